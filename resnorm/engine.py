@@ -1,0 +1,216 @@
+"""Training and evaluation: the loop, the schedule, the best-validation model. No MLflow here.
+
+``train`` reports every epoch to a callback (the tracking side writes it to MLflow) and returns
+the model restored to its best-validation epoch, with that model's scores on every split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from resnorm import metrics, names
+from resnorm.config import TrainConfig
+from resnorm.data import SPLITS, DataBundle, Split, batches
+from resnorm.errors import ConfigError, TrainingDiverged
+from resnorm.model import ResNet, resnet
+from resnorm.norms import clip_gates_
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float  # the learning rate this epoch trained with
+    epoch_seconds: float  # training and validation
+    images_per_second: float  # training images per second of training
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    labels: np.ndarray  # (N,) true classes
+    predictions: np.ndarray  # (N,) predicted classes
+
+    def scores(self) -> dict[str, float]:
+        return metrics.scores(self.labels, self.predictions)
+
+
+@dataclass
+class TrainResult:
+    model: ResNet  # restored to the best-validation epoch, in eval mode
+    best_epoch: int
+    history: list[EpochStats]
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)  # split -> eval of the best model
+
+    def final_metrics(self) -> dict[str, float]:
+        """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model."""
+        out: dict[str, float] = {names.BEST_EPOCH: float(self.best_epoch)}
+        for split, ev in self.evaluations.items():
+            out.update({names.final_metric(split, k): v for k, v in ev.scores().items()})
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent CUDA is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, data: DataBundle) -> ResNet:
+    mean, std = data.mean_std()
+    return resnet(cfg.n, data.num_classes, cfg.norm, data.channels, cfg.groups, mean, std)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # Weight decay by tensor rank, so it works for every norm: conv and linear weights decay;
+    # biases, norm affines and Batch-Instance gates (which Nam & Kim exempt) do not.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; valid: cosine, step, none")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> Evaluation:
+    """Loss and predictions over a whole split in eval mode, without augmentation."""
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    preds = []
+    for x, y in batches(split, batch_size, device):
+        logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        preds.append(logits.argmax(1))
+    predictions = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
+    return Evaluation(loss.item() / max(1, len(split)), split.labels.numpy(), predictions)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[float, float, int]:
+    """One pass over the shuffled, augmented training split: (mean loss, accuracy, images)."""
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches(split, cfg.batch_size, device, generator, cfg.augment_padding):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clip_gates_(model)
+        # Accumulate on the device: no host sync per step.
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+def train(
+    cfg: TrainConfig,
+    data: DataBundle,
+    device: torch.device | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``cfg`` on ``data``; keep and return the epoch with the best validation accuracy.
+
+    ``progress``: True for a tqdm bar, False for silence, None for a bar on a terminal and one
+    line per epoch otherwise.
+    """
+    device = device or resolve_device("auto")
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation draws
+    model = build_model(cfg, data).to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+
+    history: list[EpochStats] = []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    # tqdm's disable=None turns the bar off when not writing to a terminal; one line per epoch then.
+    bar = tqdm(range(1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch", disable=None if progress is None else not progress)
+    epoch_lines = progress is None and bar.disable
+    for epoch in bar:
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc, seen = train_one_epoch(model, optimizer, data.train, cfg, generator, device)
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"the training loss became {train_loss} in epoch {epoch} (lr={cfg.lr:g}, norm={cfg.norm}); "
+                "lower the learning rate"
+            )
+        scheduler.step()
+        val = evaluate(model, data.val, cfg.batch_size, device)
+        val_scores = val.scores()
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=train_acc,
+            val_loss=val.loss,
+            val_accuracy=val_scores["accuracy"],
+            val_macro_f1=val_scores["macro_f1"],
+            lr=lr,
+            epoch_seconds=time.perf_counter() - start,
+            images_per_second=seen / train_seconds,
+        )
+        history.append(stats)
+        if stats.val_accuracy > best_acc:
+            best_acc, best_epoch = stats.val_accuracy, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(stats)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{stats.val_accuracy:.3f}", best=best_epoch)
+        if epoch_lines:
+            print(
+                f"epoch {epoch}/{cfg.epochs} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
+                f"val_loss {val.loss:.4f} val_acc {stats.val_accuracy:.4f} ({stats.epoch_seconds:.1f}s)",
+                flush=True,
+            )
+    bar.close()
+
+    assert best_state is not None  # epochs >= 1 is validated by TrainConfig
+    model.load_state_dict(best_state)
+    model.eval()
+    evaluations = {s: evaluate(model, data.split(s), cfg.batch_size, device) for s in SPLITS}
+    return TrainResult(model, best_epoch, history, evaluations)

@@ -1,0 +1,17 @@
+"""Errors a user can cause and fix. Entry points print them as one line, without a traceback."""
+
+
+class ResnormError(Exception):
+    """Base of every user-facing error; the message names the value at fault and what is allowed."""
+
+
+class ConfigError(ResnormError, ValueError):
+    """A parameter is out of range or unknown."""
+
+
+class DataError(ResnormError, ValueError):
+    """The data source cannot be used (missing, empty, unreadable, inconsistent)."""
+
+
+class TrainingDiverged(ResnormError, RuntimeError):
+    """The loss became NaN or infinite."""

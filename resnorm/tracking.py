@@ -1,0 +1,173 @@
+"""Everything MLflow: the run, its params, per-epoch metrics, artifacts, the model and the registry.
+
+Nothing here trains. ``training_run`` opens (or, under ``mlflow run``, resumes) the run;
+the ``RunLogger`` it yields is the engine's per-epoch callback and logs the result at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import mlflow
+import mlflow.pytorch
+import torch
+from mlflow.data import get_registered_sources
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from resnorm import names
+from resnorm.config import TrainConfig
+from resnorm.data import SPLITS, DataBundle
+from resnorm.engine import EpochStats, TrainResult
+from resnorm.metrics import per_class_report
+from resnorm.plots import confusion_matrix, curves
+
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:4000]
+
+
+def use_default_experiment() -> None:
+    """Log to the ``resnorm`` experiment unless the environment names one (``mlflow run`` does)."""
+    if not any(k in os.environ for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
+        mlflow.set_experiment(names.EXPERIMENT)
+
+
+def fail_pending_run(reason: str) -> None:
+    """Mark the run that ``mlflow run`` created for this process FAILED, with ``reason``.
+
+    For errors found before the script opens its run (bad parameters, bad data), so the run
+    ``mlflow run`` made is not left RUNNING without a word of why.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    client.set_tag(run_id, names.TAG_ERROR, reason)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+class RunLogger:
+    """Writes one training run to MLflow through an explicit client and run id."""
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+
+    def log_config(self, cfg: TrainConfig, data: DataBundle, device: torch.device) -> None:
+        params = cfg.as_params()
+        params["num_classes"] = str(data.num_classes)
+        # `mlflow run` has already logged the -P values in the user's spelling ("0.10"); logging
+        # the same key again with another spelling fails, so only the missing keys are sent.
+        existing = self.client.get_run(self.run_id).data.params
+        missing = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(missing), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=missing[i : i + MAX_PARAMS_PER_BATCH])
+        self.client.update_run(self.run_id, name=cfg.run_name())
+        self.client.set_tag(self.run_id, names.TAG_DEVICE, str(device))
+
+    def log_dataset(self, data: DataBundle) -> None:
+        """Record each split as a metadata-only MLflow dataset input (source, digest, context)."""
+        local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+        short = os.path.basename(data.name.rstrip("/")) or data.name
+        for split in SPLITS:
+            dataset = MetaDataset(local(data.source), name=f"{short}-{split}", digest=data.digest(split))
+            mlflow.log_input(dataset, context=DATASET_CONTEXTS[split])
+
+    def __call__(self, stats: EpochStats) -> None:
+        """The engine's per-epoch callback: one ``log_batch`` per epoch, step = epoch."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_result(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> int | None:
+        """Final metrics, figures, per-class report and the model; returns the registered version."""
+        final = result.final_metrics()
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
+
+        h = result.history
+        epochs = [s.epoch for s in h]
+        fig = curves(
+            epochs,
+            {
+                "loss": {"train": [s.train_loss for s in h], "val": [s.val_loss for s in h]},
+                "accuracy": {"train": [s.train_accuracy for s in h], "val": [s.val_accuracy for s in h]},
+            },
+            title=cfg.run_name(),
+        )
+        self.client.log_figure(self.run_id, fig, "curves.png")
+        test = result.evaluations["test"]
+        fig = confusion_matrix(test.labels, test.predictions, data.classes, title=f"{cfg.run_name()} (test)")
+        self.client.log_figure(self.run_id, fig, "confusion_matrix_test.png")
+        report = per_class_report(test.labels, test.predictions, data.classes)
+        self.client.log_dict(self.run_id, report, "classification_report_test.json")
+        self.client.log_dict(self.run_id, {"classes": list(data.classes)}, "classes.json")
+        return self.log_model(cfg, data, result, final[names.final_metric("val", "accuracy")])
+
+    def log_model(self, cfg: TrainConfig, data: DataBundle, result: TrainResult, val_accuracy: float) -> int:
+        """Log the kept model (pt2, eval mode, CPU), register it and move ``champion`` if it is better."""
+        model = result.model.to("cpu").eval()
+        # Two real test images: a batch of one would fix the exported batch size to 1.
+        example = data.test.images[:2].float().div(255).numpy()
+        name = names.registered_model(cfg.norm)
+        info = mlflow.pytorch.log_model(
+            model,
+            name=names.MODEL_ARTIFACT,
+            input_example=example,
+            registered_model_name=name,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+        version = int(info.registered_model_version)
+        self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))
+        promote_if_better(self.client, name, version, val_accuracy)
+        return version
+
+
+def champion_val_accuracy(client: MlflowClient, name: str) -> float | None:
+    """``best_val_accuracy`` of the run behind ``name@champion``; None when no version holds it."""
+    try:
+        current = client.get_model_version_by_alias(name, names.CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    value = client.get_run(current.run_id).data.metrics.get(names.final_metric("val", "accuracy"))
+    return None if value is None else float(value)
+
+
+def promote_if_better(client: MlflowClient, name: str, version: int, val_accuracy: float) -> bool:
+    """Point ``champion`` at ``version`` when no version holds it or its val accuracy is lower."""
+    current = champion_val_accuracy(client, name)
+    if current is not None and val_accuracy <= current:
+        return False
+    client.set_registered_model_alias(name, names.CHAMPION, str(version))
+    return True
+
+
+@contextlib.contextmanager
+def training_run(cfg: TrainConfig, data: DataBundle, device: torch.device) -> Iterator[RunLogger]:
+    """Open the run (or resume the one ``mlflow run`` made), log config and data, yield the logger.
+
+    An exception ends the run FAILED with its message in the ``resnorm.error`` tag.
+    """
+    use_default_experiment()
+    with mlflow.start_run(run_name=cfg.run_name()) as run:
+        logger = RunLogger(run.info.run_id)
+        try:
+            logger.log_config(cfg, data, device)
+            logger.log_dataset(data)
+            yield logger
+        except BaseException as e:
+            logger.client.set_tag(logger.run_id, names.TAG_ERROR, one_line(e))
+            raise
