@@ -51,7 +51,7 @@ def train(device: str, **options) -> None:
     cfg = TrainConfig(**options)
     dev = resolve_device(device)
     data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, dev) as run:
+    with training_run(cfg, data, device, dev) as run:
         result = fit(cfg, data, dev, on_epoch=run)
         version = run.log_result(cfg, data, result)
     final = result.final_metrics()

@@ -73,6 +73,7 @@ class TrainConfig:
 
     def as_params(self) -> dict[str, str]:
         """Every field (and the derived depth) as MLflow param strings."""
-        params = {k: v for k, v in dataclasses.asdict(self).items()}
+        params = dataclasses.asdict(self)
         params["depth"] = self.depth
-        return {k: str(v) for k, v in params.items()}
+        # Booleans spelled as MLproject passes them, so runs started either way agree.
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}

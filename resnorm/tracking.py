@@ -63,9 +63,10 @@ class RunLogger:
         self.run_id = run_id
         self.client = client or MlflowClient()
 
-    def log_config(self, cfg: TrainConfig, data: DataBundle, device: torch.device) -> None:
+    def log_config(self, cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device) -> None:
         params = cfg.as_params()
         params["num_classes"] = str(data.num_classes)
+        params["device"] = requested_device  # as asked (auto, cpu, cuda); the tag says which one ran
         # `mlflow run` has already logged the -P values in the user's spelling ("0.10"); logging
         # the same key again with another spelling fails, so only the missing keys are sent.
         existing = self.client.get_run(self.run_id).data.params
@@ -156,7 +157,7 @@ def promote_if_better(client: MlflowClient, name: str, version: int, val_accurac
 
 
 @contextlib.contextmanager
-def training_run(cfg: TrainConfig, data: DataBundle, device: torch.device) -> Iterator[RunLogger]:
+def training_run(cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device) -> Iterator[RunLogger]:
     """Open the run (or resume the one ``mlflow run`` made), log config and data, yield the logger.
 
     An exception ends the run FAILED with its message in the ``resnorm.error`` tag.
@@ -165,7 +166,7 @@ def training_run(cfg: TrainConfig, data: DataBundle, device: torch.device) -> It
     with mlflow.start_run(run_name=cfg.run_name()) as run:
         logger = RunLogger(run.info.run_id)
         try:
-            logger.log_config(cfg, data, device)
+            logger.log_config(cfg, data, requested_device, device)
             logger.log_dataset(data)
             yield logger
         except BaseException as e:

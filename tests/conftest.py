@@ -1,0 +1,73 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Distinct colours per class, so a test can tell from the pixels which class an image was.
+COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 60), "owl": (50, 60, 230)}
+
+
+def write_image(path: Path, colour, size=(20, 14), mode="RGB", fmt=None, seed=0) -> None:
+    """A real image file: a flat colour with a little noise, saved in ``mode``."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour)[None, None, :] + rng.integers(-10, 10, (size[1], size[0], 3)), 0, 255)
+    img = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+
+
+def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: int = 0) -> Path:
+    """``root/<class>/<i>.png|jpg`` with a mix of RGB, grayscale-free RGBA and palette files."""
+    for c in classes:
+        for i in range(per_class):
+            ext, mode = [("png", "RGB"), ("jpg", "RGB"), ("png", "RGBA"), ("png", "P")][i % 4]
+            write_image(root / c / f"{i}.{ext}", COLOURS[c], mode=mode, seed=seed + i)
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    return make_class_tree(tmp_path / "tree", per_class=20)
+
+
+@pytest.fixture
+def split_folder(tmp_path):
+    root = tmp_path / "splits"
+    for split, k in (("train", 8), ("val", 3), ("test", 4)):
+        make_class_tree(root / split, per_class=k, seed=hash(split) % 100)
+    return root
+
+
+@pytest.fixture
+def mlflow_env(tmp_path, monkeypatch):
+    """A real, empty MLflow SQLite store in a temp folder; the test runs from that folder."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def subprocess_env(tracking_uri: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
