@@ -56,6 +56,8 @@ def mlflow_env(tmp_path, monkeypatch):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id="0")  # forget an experiment cached from another store
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")  # ...which set_experiment also exports
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

@@ -1,0 +1,109 @@
+"""Tracking against a real MLflow SQLite store and model registry in a temp folder."""
+
+import json
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from resnorm import names
+from resnorm.config import TrainConfig
+from resnorm.data import synthetic
+from resnorm.engine import train
+from resnorm.errors import TrainingDiverged
+from resnorm.tracking import promote_if_better, training_run
+
+CPU = torch.device("cpu")
+
+
+def tracked_run(cfg: TrainConfig, data):
+    with training_run(cfg, data, "cpu", CPU) as run:
+        result = train(cfg, data, CPU, on_epoch=run, progress=False)
+        version = run.log_result(cfg, data, result)
+    return run.run_id, result, version
+
+
+def test_a_run_records_everything_the_design_names(mlflow_env):
+    data = synthetic(16, per_class=30, num_classes=4)
+    cfg = TrainConfig(norm="gn", groups=4, data="synthetic", image_size=16, epochs=3, batch_size=16, n=1)
+    run_id, result, version = tracked_run(cfg, data)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "gn-sgd-lr0.1-aug-bs16"
+    assert client.get_experiment(run.info.experiment_id).name == names.EXPERIMENT
+    assert run.data.params == {
+        "norm": "gn", "optimizer": "sgd", "lr": "0.1", "weight_decay": "0.0001", "momentum": "0.9",
+        "scheduler": "cosine", "epochs": "3", "batch_size": "16", "augment": "true", "n": "1", "depth": "8",
+        "num_classes": "4", "image_size": "16", "groups": "4", "seed": "0", "data": "synthetic", "device": "cpu",
+    }
+    assert run.data.tags[names.TAG_DEVICE] == "cpu"
+    # Every per-epoch curve has each epoch exactly once, with the engine's values.
+    for key in names.EPOCH_METRICS:
+        points = client.get_metric_history(run_id, key)
+        assert [p.step for p in points] == [1, 2, 3], key
+        assert [p.value for p in points] == pytest.approx([getattr(s, key) for s in result.history]), key
+    final = result.final_metrics()
+    assert {k: run.data.metrics[k] for k in final} == pytest.approx(final)
+    assert run.data.metrics[names.BEST_EPOCH] == result.best_epoch
+    # The datasets, one per split, with their MLflow contexts.
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert inputs == {
+        "synthetic-train": {"mlflow.data.context": "training"},
+        "synthetic-val": {"mlflow.data.context": "validation"},
+        "synthetic-test": {"mlflow.data.context": "test"},
+    }
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"curves.png", "confusion_matrix_test.png", "classification_report_test.json", "classes.json"} <= artifacts
+    local = client.download_artifacts(run_id, "classification_report_test.json")
+    report = json.load(open(local))
+    assert set(data.classes) <= set(report) and report["accuracy"] == pytest.approx(final["best_test_accuracy"])
+    with open(client.download_artifacts(run_id, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # The registered version is this run's model; it loads without pickled code and predicts
+    # exactly as the trained model does.
+    mv = client.get_model_version(names.registered_model("gn"), str(version))
+    assert mv.run_id == run_id
+    assert int(client.get_model_version_by_alias("resnorm-gn", names.CHAMPION).version) == version
+    loaded = mlflow.pytorch.load_model("models:/resnorm-gn@champion")
+    x = data.test.images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x))
+    signature = mlflow.models.get_model_info("models:/resnorm-gn@champion").signature
+    assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 16, 16)
+
+
+def _version_with(client: MlflowClient, name: str, val_accuracy: float) -> int:
+    with mlflow.start_run() as run:
+        mlflow.log_metric(names.final_metric("val", "accuracy"), val_accuracy)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return int(client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version)
+
+
+def test_champion_moves_only_to_a_better_version(mlflow_env):
+    client, name = MlflowClient(), "resnorm-test"
+    champion = lambda: int(client.get_model_version_by_alias(name, names.CHAMPION).version)  # noqa: E731
+    v1 = _version_with(client, name, 0.80)
+    assert promote_if_better(client, name, v1, 0.80) and champion() == v1
+    v2 = _version_with(client, name, 0.70)
+    assert not promote_if_better(client, name, v2, 0.70) and champion() == v1
+    v3 = _version_with(client, name, 0.90)
+    assert promote_if_better(client, name, v3, 0.90) and champion() == v3
+    v4 = _version_with(client, name, 0.90)
+    assert not promote_if_better(client, name, v4, 0.90) and champion() == v3  # a tie keeps it
+
+
+def test_a_run_that_fails_is_marked_failed_with_the_reason(mlflow_env):
+    data = synthetic(16, per_class=10, num_classes=2)
+    cfg = TrainConfig(norm="nn", lr=1e10, data="synthetic", image_size=16, epochs=2, batch_size=8, n=1)
+    with pytest.raises(TrainingDiverged):
+        tracked_run(cfg, data)
+    run = MlflowClient().search_runs([mlflow.get_experiment_by_name(names.EXPERIMENT).experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags[names.TAG_ERROR].startswith("the training loss became")
+    assert not MlflowClient().search_registered_models()  # nothing half-written in the registry
