@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from resnorm.errors import ResnormError
+from resnorm.errors import ConfigError, ResnormError, one_line
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -20,6 +21,8 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as e:  # bad option value, unknown option
         _fail(e.format_message(), e.exit_code)
+    except ConfigError as e:  # a value click could not check alone (e.g. groups against the norm)
+        _fail(str(e), 2)
     except ResnormError as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:
@@ -27,9 +30,10 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    from resnorm.tracking import fail_pending_run, one_line
-
-    line = one_line(Exception(message))
+    line = one_line(message)
     click.echo(f"error: {line}", err=True)
-    fail_pending_run(line)
+    if os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`: say why in its run
+        from resnorm.tracking import fail_pending_run
+
+        fail_pending_run(line)
     sys.exit(code)

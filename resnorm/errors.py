@@ -1,6 +1,12 @@
 """Errors a user can cause and fix. Entry points print them as one line, without a traceback."""
 
 
+def one_line(error: BaseException | str, limit: int = 4000) -> str:
+    """An error's message on one line (for stderr and the run's ``resnorm.error`` tag)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:limit]
+
+
 class ResnormError(Exception):
     """Base of every user-facing error; the message names the value at fault and what is allowed."""
 

@@ -24,16 +24,12 @@ from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import SPLITS, DataBundle
 from resnorm.engine import EpochStats, TrainResult
+from resnorm.errors import one_line
 from resnorm.metrics import per_class_report
 from resnorm.plots import confusion_matrix, curves
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:4000]
 
 
 def use_default_experiment() -> None:

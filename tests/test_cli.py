@@ -1,0 +1,132 @@
+"""The `train` entry point as a user meets it: `mlflow run` and the script, as subprocesses."""
+
+import subprocess
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from resnorm import names
+from resnorm.data import load_data
+from resnorm.norms import NORM_NAMES
+from tests.conftest import PYTHON, ROOT, make_class_tree, subprocess_env, write_image
+
+TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
+
+
+def run(args, uri, cwd, timeout=600):
+    return subprocess.run(args, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_mlflow_run_trains_every_norm_into_a_complete_run(norm, mlflow_env, tmp_path):
+    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", f"norm={norm}", "-P", "epochs=2",
+           "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
+    proc = run(cmd, mlflow_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(names.EXPERIMENT)
+    (r,) = client.search_runs([exp.experiment_id])
+    assert r.info.status == "FINISHED"
+    assert r.info.run_name == f"{norm}-sgd-lr0.1-aug-bs32"
+    assert r.data.params["norm"] == norm and r.data.params["depth"] == "14" and r.data.params["num_classes"] == "10"
+    assert r.data.tags["mlflow.project.entryPoint"] == "train"
+    for key in names.EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2], key
+    assert r.data.metrics[names.BEST_EPOCH] in (1, 2)
+    # The registered champion, loaded here, scores the digits test split as the run logged.
+    model = mlflow.pytorch.load_model(f"models:/{names.registered_model(norm)}@{names.CHAMPION}")
+    test = load_data("digits", 32).test
+    with torch.no_grad():
+        accuracy = (model(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(r.data.metrics[names.final_metric("test", "accuracy")])
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+BAD_OPTIONS = [
+    (["--norm", "batchnorm"], ["'batchnorm' is not one of", "'torch_bn'", "'nn'"]),
+    (["--optimizer", "rmsprop"], ["'rmsprop' is not one of", "'sgd'", "'adam'"]),
+    (["--scheduler", "linear"], ["'linear' is not one of", "'cosine'"]),
+    (["--epochs", "0"], ["--epochs", "0 is not in the range x>=1"]),
+    (["--batch-size", "0"], ["--batch-size", "0 is not in the range x>=1"]),
+    (["--lr", "-0.1"], ["--lr", "-0.1 is not in the range x>0"]),
+    (["--epochs", "two"], ["--epochs", "'two' is not a valid integer"]),
+    (["--augment", "maybe"], ["--augment", "'maybe' is not a valid boolean"]),
+    (["--norm", "gn", "--groups", "3"], ["groups=3 must divide every stage's channels (16, 32, 64)", "allowed: 1, 2, 4, 8, 16"]),
+    (["--colour", "red"], ["No such option '--colour'"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_end_in_one_line_and_no_run(args, fragments, mlflow_env, tmp_path):
+    proc = run(TRAIN + args, mlflow_env, tmp_path)
+    assert_one_line_error(proc, *fragments)
+    assert proc.returncode == 2
+    assert not MlflowClient().search_runs(["0"]), "no run for a rejected command"
+
+
+def bad_data(tmp_path):
+    corrupt = make_class_tree(tmp_path / "corrupt", per_class=10, classes=("cat", "dog"))
+    (corrupt / "cat" / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    split = tmp_path / "split"
+    for s in ("train", "val", "test"):
+        make_class_tree(split / s, per_class=4, classes=("cat", "dog"))
+    write_image(split / "test" / "owl" / "0.png", (0, 0, 200))
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    return [
+        (str(tmp_path / "missing"), "is not a folder"),
+        (str(corrupt), f"cannot read image {corrupt / 'cat' / '7.png'}"),
+        (str(split), "class folders differ between splits"),
+        (str(empty), "Found no valid file for the classes cat"),
+    ]
+
+
+def test_bad_data_ends_in_one_line_each(mlflow_env, tmp_path):
+    for data, fragment in bad_data(tmp_path):
+        proc = run(TRAIN + ["--data", data, "--epochs", "1"], mlflow_env, tmp_path)
+        assert_one_line_error(proc, fragment)
+        assert proc.returncode == 1
+    assert not MlflowClient().search_runs(["0"])
+
+
+def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, tmp_path):
+    proc = run(TRAIN + ["--norm", "nn", "--lr", "1e10", "--epochs", "2", "--image-size", "8"], mlflow_env, tmp_path)
+    line = assert_one_line_error(proc, "the training loss became", "epoch 1", "lower the learning rate")
+    client = MlflowClient()
+    (r,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
+    assert r.info.status == "FAILED"
+    assert "error: " + r.data.tags[names.TAG_ERROR] == line
+    assert not client.search_registered_models()
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_a_bad_value_leaves_a_failed_run_that_says_why(mlflow_env, tmp_path):
+    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", "data=/no/such/folder", "--env-manager", "local"]
+    proc = run(cmd, mlflow_env, tmp_path)
+    assert proc.returncode != 0
+    assert "error: data '/no/such/folder' is not a folder" in proc.stderr
+    (r,) = MlflowClient().search_runs(["0"])
+    assert r.info.status == "FAILED"
+    assert r.data.tags[names.TAG_ERROR].startswith("data '/no/such/folder' is not a folder")
+
+
+def test_help_lists_every_option_with_its_default(tmp_path):
+    proc = subprocess.run(TRAIN + ["--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0
+    for option in ("--norm", "--lr", "--weight-decay", "--batch-size", "--augment", "--data", "--device"):
+        assert option in proc.stdout
+    assert proc.stdout.count("[default:") >= 15
