@@ -35,7 +35,8 @@ def final_metric(split: str, score: str) -> str:
 # Tags.
 TAG_ERROR = "resnorm.error"  # why a FAILED run failed
 TAG_DEVICE = "resnorm.device"  # cpu, cuda:0, ...
-TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to
+TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to (parent and children)
+TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
 
 # Artifacts and the registry.
 MODEL_ARTIFACT = "model"

@@ -52,6 +52,18 @@ def fail_pending_run(reason: str) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log the params the run does not have yet, in batches.
+
+    `mlflow run` has already logged the -P values in the user's spelling ("0.10"); logging the
+    same key again with another spelling fails, so only the missing keys are sent.
+    """
+    existing = client.get_run(run_id).data.params
+    missing = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    for i in range(0, len(missing), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=missing[i : i + MAX_PARAMS_PER_BATCH])
+
+
 class RunLogger:
     """Writes one training run to MLflow through an explicit client and run id."""
 
@@ -63,13 +75,10 @@ class RunLogger:
         params = cfg.as_params()
         params["num_classes"] = str(data.num_classes)
         params["device"] = requested_device  # as asked (auto, cpu, cuda); the tag says which one ran
-        # `mlflow run` has already logged the -P values in the user's spelling ("0.10"); logging
-        # the same key again with another spelling fails, so only the missing keys are sent.
-        existing = self.client.get_run(self.run_id).data.params
-        missing = [Param(k, v) for k, v in params.items() if k not in existing]
-        for i in range(0, len(missing), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=missing[i : i + MAX_PARAMS_PER_BATCH])
-        self.client.update_run(self.run_id, name=cfg.run_name())
+        log_new_params(self.client, self.run_id, params)
+        # A sweep names its children before they start (``-s{seed}`` when seeds vary): keep that.
+        if not self.client.get_run(self.run_id).info.run_name.startswith(cfg.run_name()):
+            self.client.update_run(self.run_id, name=cfg.run_name())
         self.client.set_tag(self.run_id, names.TAG_DEVICE, str(device))
 
     def log_dataset(self, data: DataBundle) -> None:

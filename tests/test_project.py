@@ -57,6 +57,8 @@ def test_every_parameter_reaches_its_command_and_every_option_is_declared(name):
             assert spec["default"] in option.type.choices, key
         elif option.type is click.BOOL:
             assert spec["type"] == "string" and spec["default"] in ("true", "false"), key
+        elif isinstance(option.type, click.Path):
+            assert spec["type"] in ("string", "path"), key
         elif base is not None:
             assert spec["type"] == {int: "int", float: "float"}[base], key
         else:

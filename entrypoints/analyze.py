@@ -1,0 +1,41 @@
+"""Rebuild the study's tables and figures from a sweep's runs (the `analyze` entry point).
+
+    mlflow run . -e analyze --env-manager local --experiment-name resnorm
+    python entrypoints/analyze.py --sweep-run-id <parent run id> --out report
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resnorm import names  # noqa: E402
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--experiment", type=str, default=names.EXPERIMENT, help="Experiment whose latest sweep is analysed.")
+@click.option("--sweep-run-id", type=str, default="", help="A sweep's parent run id (empty: the latest sweep).")
+@click.option("--out", type=click.Path(file_okay=False), default="report",
+              help="Folder for report.md, report.html, tables/ and figures/.")
+def analyze(experiment: str, sweep_run_id: str, out: str) -> None:
+    """Tables 1-6 and Figures 1-6 of a sweep, as Markdown, CSV, LaTeX and HTML, logged to MLflow."""
+    from analysis.report import analyze as run_analysis, main_table_text
+
+    report = run_analysis(experiment, sweep_run_id, out)
+    click.echo(main_table_text(report))
+    click.echo(f"\nreport: {os.path.abspath(out)}/report.html ({report.runs} runs of sweep {report.sweep_run_id}); "
+               f"logged to run {report.run_id} under report/")
+
+
+def main() -> None:
+    from resnorm.cli import run_command
+
+    run_command(analyze)
+
+
+if __name__ == "__main__":
+    main()

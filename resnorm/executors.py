@@ -1,0 +1,218 @@
+"""Run a sweep's children: here, one after another or a few at a time (``local``), or as
+Ray Tune trials on a Ray cluster (``ray``).
+
+Every child is an ordinary run of the MLproject's ``train`` entry point, started with
+``mlflow.projects.run`` into a run created here first, so that it carries the sweep's tags
+from its first second (nested under the parent in the UI even while it trains) and looks the
+same whichever executor started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import mlflow
+import mlflow.projects
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils import mlflow_tags
+from mlflow.utils.git_utils import get_git_commit
+
+from resnorm import names
+from resnorm.config import TrainConfig
+from resnorm.errors import ConfigError
+
+EXECUTORS = ("local", "ray")
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+
+
+@dataclass(frozen=True)
+class Child:
+    config: TrainConfig
+    name: str
+    device: str  # the train entry point's device parameter (auto, cpu, cuda)
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    parent_run_id: str
+    experiment_id: str
+    preset: str
+    project_dir: str
+
+
+def train_parameters(child: Child) -> dict[str, str]:
+    """The MLproject ``train`` parameters of a child."""
+    params = child.config.as_params()
+    params.pop("depth")  # derived from n, not a parameter
+    params["device"] = child.device
+    return params
+
+
+def absolute_tracking_uri() -> str:
+    """The tracking URI with a relative SQLite path made absolute, for processes elsewhere."""
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
+
+
+def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child) -> str:
+    """The child's run, nested under the parent and tagged as ``mlflow run -e train`` would tag it."""
+    tags = {
+        mlflow_tags.MLFLOW_PARENT_RUN_ID: ctx.parent_run_id,
+        names.TAG_PRESET: ctx.preset,
+        mlflow_tags.MLFLOW_SOURCE_TYPE: "PROJECT",
+        mlflow_tags.MLFLOW_SOURCE_NAME: ctx.project_dir,
+        mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT: "train",
+    }
+    commit = get_git_commit(ctx.project_dir)
+    if commit:
+        tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
+    return client.create_run(ctx.experiment_id, run_name=child.name, tags=tags).info.run_id
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """Set environment variables for a child process started inside the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None):
+    """Create the child's run and start ``train`` in it; returns MLflow's ``SubmittedRun``."""
+    run_id = create_child_run(client, ctx, child)
+    visible = None if gpu is None else str(gpu)
+    with _environment(CUDA_VISIBLE_DEVICES=visible) if gpu is not None else contextlib.nullcontext():
+        return mlflow.projects.run(
+            ctx.project_dir,
+            entry_point="train",
+            parameters=train_parameters(child),
+            experiment_id=ctx.experiment_id,
+            env_manager="local",
+            synchronous=False,
+            run_id=run_id,
+        )
+
+
+def close_child(client: MlflowClient, submitted) -> str:
+    """Wait for a child; a process that died without closing its run gets it marked FAILED."""
+    submitted.wait()
+    run = client.get_run(submitted.run_id)
+    if run.info.status == "RUNNING":
+        client.set_tag(submitted.run_id, names.TAG_ERROR, "the training process ended without closing its run")
+        client.set_terminated(submitted.run_id, FAILED)
+        return FAILED
+    return run.info.status
+
+
+def run_local(ctx: SweepContext, children: Sequence[Child], parallel: int = 1, gpus: int = 0) -> dict[str, str]:
+    """Children as subprocesses, ``parallel`` at a time; with GPUs, child i sees GPU i % gpus."""
+    client = MlflowClient()
+    statuses: dict[str, str] = {}
+    running: list[tuple[Child, object]] = []
+    queue = list(children)
+    total = len(children)
+    slot = 0
+    while queue or running:
+        while queue and len(running) < parallel:
+            child = queue.pop(0)
+            running.append((child, start_child(client, ctx, child, slot % gpus if gpus else None)))
+            slot += 1
+        done = [(c, s) for c, s in running if s.get_status() != "RUNNING"]
+        if not done:
+            time.sleep(0.5)
+            continue
+        for child, submitted in done:
+            running.remove((child, submitted))
+            statuses[child.name] = close_child(client, submitted)
+            print(f"[{len(statuses)}/{total}] {child.name}: {statuses[child.name]} (run {submitted.run_id})", flush=True)
+    return statuses
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the address in the message, when nothing answers at host:port."""
+    if address in ("", "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray address {address!r} is not host:port (or ray://host:port, auto, local)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"ray address {address!r} does not answer ({e.strerror or e}); start Ray there or leave it empty") from None
+
+
+def _ray_trial(trial_config: dict) -> None:
+    """One Ray Tune trial: one child, from the worker's copy of the project."""
+    from ray import tune
+
+    spec = trial_config["spec"]
+    ctx = SweepContext(**{**spec["ctx"], "project_dir": os.getcwd()})
+    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"])
+    client = MlflowClient()
+    status = close_child(client, start_child(client, ctx, child))
+    tune.report({"finished": int(status == FINISHED)})
+
+
+def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0) -> dict[str, str]:
+    """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, one GPU.
+
+    With no ``address``, Ray starts on this machine. The project folder travels to the workers as
+    Ray's ``working_dir``; the tracking URI goes with them, so it must be one every worker reaches
+    (an ``mlflow server`` for a cluster of several machines).
+    """
+    import ray
+    from ray import tune
+
+    check_ray_address(address)
+    excludes = [".git", "mlflow.db", "mlruns", "mlartifacts", ".whl", "**/__pycache__"]
+    runtime_env = {
+        "working_dir": ctx.project_dir,
+        "excludes": excludes,
+        "env_vars": {"MLFLOW_TRACKING_URI": absolute_tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true"},
+    }
+    ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
+    try:
+        specs = [
+            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device} for c in children
+        ]
+        resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
+        with tempfile.TemporaryDirectory() as storage:
+            tuner = tune.Tuner(
+                tune.with_resources(_ray_trial, resources),
+                param_space={"spec": tune.grid_search(specs)},
+                run_config=tune.RunConfig(storage_path=storage, name="resnorm-sweep", verbose=0),
+            )
+            tuner.fit()
+    finally:
+        ray.shutdown()
+    client = MlflowClient()
+    runs = client.search_runs(
+        [ctx.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_run_id}'", max_results=10000
+    )
+    latest = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        latest[r.info.run_name] = r.info.status
+    return {c.name: latest.get(c.name, FAILED) for c in children}

@@ -1,0 +1,117 @@
+"""Sweeps: which training configurations a preset or a grid stands for. No MLflow here.
+
+A sweep is a list of ``TrainConfig``s: a base (the train defaults, a preset's own defaults,
+then what the user passed), and on top of it one point per configuration (a preset's list,
+or the cartesian product of a grid), each repeated with ``seeds`` seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from resnorm.config import TrainConfig
+from resnorm.errors import ConfigError
+from resnorm.norms import NORM_NAMES
+
+PRESETS = ("quick", "study", "custom")
+FIELD_TYPES: dict[str, type] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_PARSE = {"int": int, "float": float, "str": str}
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_value(field: str, text: str) -> Any:
+    """``text`` as the type of TrainConfig's ``field`` ("batch_size", "8" -> 8)."""
+    if field not in FIELD_TYPES:
+        raise ConfigError(f"unknown parameter {field!r}; valid: {', '.join(FIELD_TYPES)}")
+    kind = FIELD_TYPES[field]  # a name: config.py has `from __future__ import annotations`
+    text = text.strip()
+    if kind == "bool":
+        if text.lower() not in BOOL_WORDS:
+            raise ConfigError(f"{field}={text!r} is not a boolean; use true or false")
+        return BOOL_WORDS[text.lower()]
+    try:
+        return _PARSE[kind](text)
+    except ValueError:
+        raise ConfigError(f"{field}={text!r} is not a valid {kind}") from None
+
+
+def parse_grid(text: str) -> dict[str, list[Any]]:
+    """``"norm=bn,gn;batch_size=8,128"`` -> ``{"norm": ["bn", "gn"], "batch_size": [8, 128]}``."""
+    grid: dict[str, list[Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        field, sep, values = part.partition("=")
+        field = field.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"grid entry {part!r} is not name=value[,value...]")
+        if field in grid:
+            raise ConfigError(f"grid names {field!r} twice")
+        grid[field] = [parse_value(field, v) for v in values.split(",")]
+    return grid
+
+
+def config_from_params(params: Mapping[str, str]) -> TrainConfig:
+    """The TrainConfig a run's logged params describe (extra params such as depth are ignored)."""
+    return TrainConfig(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
+
+
+def _study_points() -> list[dict[str, Any]]:
+    """The grid behind the study's Tables 1-5 and Figures 1-6 (27 configurations)."""
+    sgd = [{"norm": n} for n in NORM_NAMES]  # Table 3, Figure 4: SGD 0.1 with augmentation
+    no_aug = [{"norm": "torch_bn", "augment": False}]  # Table 1
+    adam = [{"norm": n, "optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-7} for n in NORM_NAMES]  # Table 4
+    slow_sgd = [{"norm": n, "lr": 1e-4} for n in NORM_NAMES]  # Table 5, Figure 1
+    batches = [{"norm": n, "batch_size": b} for n in ("bn", "gn") for b in (8, 128)]  # Figures 5, 6
+    step = [{"norm": "torch_bn", "scheduler": "step"}]  # StepLR against cosine
+    return sgd + no_aug + adam + slow_sgd + batches + step
+
+
+# preset -> (its defaults under the user's values, its points)
+PRESET_SPECS: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    "study": ({}, _study_points()),
+    "quick": ({"epochs": 5, "data": "digits"}, [{"norm": n} for n in NORM_NAMES]),
+}
+
+
+def plan(
+    preset: str, grid: str = "", seeds: int = 1, overrides: Mapping[str, str] | None = None
+) -> list[TrainConfig]:
+    """The configurations of a sweep, in order, each validated.
+
+    ``overrides`` are the user's training parameters as text; empty values are left out. A
+    value a preset point or the grid sets wins over an override of the same name.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if seeds < 1:
+        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    if preset == "custom":
+        axes = parse_grid(grid)
+        if not axes:
+            raise ConfigError("preset 'custom' needs a grid, e.g. grid='norm=bn,gn;batch_size=8,128'")
+        defaults: dict[str, Any] = {}
+        points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    elif grid.strip():
+        raise ConfigError(f"a grid is only used with preset 'custom', not with {preset!r}")
+    else:
+        defaults, points = PRESET_SPECS[preset]
+    user = {k: parse_value(k, v) for k, v in (overrides or {}).items() if str(v).strip()}
+    base = {**defaults, **user}
+    first_seed = base.pop("seed", TrainConfig.seed)
+    configs = []
+    for point in points:
+        for s in range(seeds):
+            fields = {**base, **point}
+            fields.setdefault("seed", first_seed + s)
+            configs.append(TrainConfig(**fields))
+    duplicates = len(configs) - len(set(configs))
+    if duplicates:
+        raise ConfigError(f"the sweep repeats {duplicates} configuration(s); vary seeds with seeds=K, not in the grid")
+    return configs
+
+
+def child_name(cfg: TrainConfig, seeds: int) -> str:
+    """The run name of a sweep child: the train run name, plus ``-s{seed}`` when seeds vary."""
+    return f"{cfg.run_name()}-s{cfg.seed}" if seeds > 1 else cfg.run_name()
