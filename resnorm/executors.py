@@ -169,7 +169,9 @@ def _ray_trial(trial_config: dict) -> None:
     from ray import tune
 
     spec = trial_config["spec"]
-    ctx = SweepContext(**{**spec["ctx"], "project_dir": os.getcwd()})
+    # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
+    project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
     child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"])
     client = MlflowClient()
     status = close_child(client, start_child(client, ctx, child))
@@ -183,8 +185,11 @@ def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpu
     Ray's ``working_dir``; the tracking URI goes with them, so it must be one every worker reaches
     (an ``mlflow server`` for a cluster of several machines).
     """
-    import ray
-    from ray import tune
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise ConfigError("executor 'ray' needs Ray: pip install 'ray[tune]' (or pip install -e '.[ray]')") from None
 
     check_ray_address(address)
     excludes = [".git", "mlflow.db", "mlruns", "mlartifacts", ".whl", "**/__pycache__"]

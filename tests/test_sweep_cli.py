@@ -1,0 +1,239 @@
+"""`sweep` and `analyze` as a user runs them: `mlflow run` subprocesses on a real store, Ray on
+this machine, and the MLflow UI in headless Chromium."""
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from resnorm import names
+from resnorm.norms import NORM_NAMES
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["-P", "epochs=1", "-P", "image_size=8"]  # the demo, shrunk to seconds per child
+
+
+def mlflow_run(entry, params, uri, cwd, *extra, timeout=900):
+    cmd = ["mlflow", "run", str(ROOT), "-e", entry, *params, "--env-manager", "local",
+           "--experiment-name", names.EXPERIMENT, *extra]
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
+
+
+def script(name, args, uri, cwd, timeout=900):
+    cmd = [PYTHON, str(ROOT / "entrypoints" / f"{name}.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
+
+
+def children_of(client, parent_id, status=None):
+    exp = client.get_experiment_by_name(names.EXPERIMENT)
+    query = f"tags.mlflow.parentRunId = '{parent_id}'" + (f" and attributes.status = '{status}'" if status else "")
+    return client.search_runs([exp.experiment_id], query, max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def quick_sweep(tmp_path_factory):
+    """A finished quick sweep (every norm, 1 epoch, 8 px) in its own SQLite store."""
+    folder = tmp_path_factory.mktemp("quick")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    proc = mlflow_run("sweep", ["-P", "preset=quick", *QUICK], uri, folder)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id], f"tags.`{names.TAG_SWEEP}` = 'true'"
+    )
+    return folder, uri, client, parent
+
+
+def test_quick_sweep_nests_one_ordinary_training_run_per_norm(quick_sweep):
+    _, _, client, parent = quick_sweep
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep-quick"
+    assert parent.data.tags[names.TAG_PRESET] == "quick"
+    kids = children_of(client, parent.info.run_id)
+    assert sorted(r.data.params["norm"] for r in kids) == sorted(NORM_NAMES)
+    for r in kids:
+        norm = r.data.params["norm"]
+        assert r.info.status == "FINISHED"
+        assert r.info.run_name == f"{norm}-sgd-lr0.1-aug-bs32"
+        assert r.data.tags[names.TAG_PRESET] == "quick"
+        assert r.data.tags["mlflow.project.entryPoint"] == "train"
+        assert (r.data.params["epochs"], r.data.params["image_size"], r.data.params["data"]) == ("1", "8", "digits")
+        assert [m.step for m in client.get_metric_history(r.info.run_id, names.VAL_LOSS)] == [1]
+        assert names.final_metric("test", "macro_f1") in r.data.metrics
+
+
+def test_analyze_rebuilds_table_3_from_the_recorded_metrics(quick_sweep):
+    folder, uri, client, parent = quick_sweep
+    proc = mlflow_run("analyze", ["-P", f"out={folder / 'report'}"], uri, folder)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The main table is printed, one row per norm.
+    assert "Table 3: every norm, SGD lr 0.1, augmentation on" in proc.stdout
+    for norm in NORM_NAMES:
+        assert f"\n| {norm} |" in proc.stdout
+    # Every cell of Table 3 equals the child's logged metric.
+    by_norm = {r.data.params["norm"]: r.data.metrics for r in children_of(client, parent.info.run_id)}
+    with open(folder / "report" / "tables" / "table3.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 * 9
+    for row in rows:
+        logged = by_norm[row["row"]][names.final_metric(row["split"], row["score"])]
+        assert float(row["mean"]) == pytest.approx(logged) and row["runs"] == "1"
+    shown = (folder / "report" / "tables" / "table3.md").read_text()
+    bn_test = by_norm["bn"][names.final_metric("test", "accuracy")]
+    assert f"{bn_test * 100:.2f}" in shown.split("| bn |")[1].splitlines()[0]
+    # Tables whose runs a quick sweep does not have say which are missing.
+    table4 = (folder / "report" / "report.md").read_text().split("## Table 4")[1].split("## ")[0]
+    assert "Missing (no finished run): torch_bn (torch_bn-adam-lr0.0001-aug-bs32)" in table4
+    # Figure 4 is drawn; the report is logged to an analysis run.
+    with open(folder / "report" / "figures" / "figure4.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "<img src=\"figures/figure4.png\"" in (folder / "report" / "report.html").read_text()
+    exp = client.get_experiment_by_name(names.EXPERIMENT)
+    (analysis,) = client.search_runs([exp.experiment_id], f"tags.`resnorm.analysis_of` = '{parent.info.run_id}'")
+    logged = {a.path for a in client.list_artifacts(analysis.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/tables", "report/figures"} <= logged
+
+
+def test_rerunning_into_the_parent_runs_only_what_did_not_finish(quick_sweep):
+    folder, uri, client, parent = quick_sweep
+    kids = children_of(client, parent.info.run_id, "FINISHED")
+    crashed = next(r for r in kids if r.data.params["norm"] == "ln")
+    client.set_terminated(crashed.info.run_id, "FAILED")  # as if its process had died
+    proc = mlflow_run("sweep", ["-P", "preset=quick", *QUICK], uri, folder, "--run-id", parent.info.run_id)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "7 configurations, 6 already finished, 1 to run" in proc.stdout
+    finished = children_of(client, parent.info.run_id, "FINISHED")
+    assert sorted(r.data.params["norm"] for r in finished) == sorted(NORM_NAMES)
+    assert len(children_of(client, parent.info.run_id)) == 8  # the failed one stays, as history
+    # Resuming with other parameters is refused.
+    proc = mlflow_run("sweep", ["-P", "preset=custom", "-P", "grid=norm=bn"], uri, folder, "--run-id", parent.info.run_id)
+    assert proc.returncode != 0
+    assert "is a sweep with preset='quick' (now 'custom')" in proc.stderr
+
+
+def comparable(client, run):
+    """What must not depend on the executor: names, params, tag keys, metric keys, artifacts."""
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("resnorm.", "mlflow.project.entry", "mlflow.source.type"))}
+    tags.pop(names.TAG_PRESET)
+    return {
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "params": {k: v for k, v in run.data.params.items()},
+        "tags": tags,
+        "metrics": sorted(run.data.metrics),
+        "steps": [m.step for m in client.get_metric_history(run.info.run_id, names.TRAIN_LOSS)],
+        "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+        "nested": "mlflow.parentRunId" in run.data.tags,
+    }
+
+
+def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
+    _, uri, client, parent = quick_sweep
+    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--epochs", "1", "--image-size", "8",
+                            "--executor", "ray"], uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    exp = client.get_experiment_by_name(names.EXPERIMENT)
+    (ray_parent,) = client.search_runs([exp.experiment_id], "tags.`resnorm.preset` = 'custom' and tags.`resnorm.sweep` = 'true'")
+    ray_kids = {r.data.params["norm"]: r for r in children_of(client, ray_parent.info.run_id)}
+    local_kids = {r.data.params["norm"]: r for r in children_of(client, parent.info.run_id, "FINISHED")}
+    assert set(ray_kids) == {"bn", "gn"}
+    for norm, run in ray_kids.items():
+        assert run.data.tags[names.TAG_PRESET] == "custom"
+        assert comparable(client, run) == comparable(client, local_kids[norm])
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--preset", "everything"], "'everything' is not one of 'quick', 'study', 'custom'"),
+        (["--preset", "custom", "--grid", "colour=red"], "unknown parameter 'colour'; valid: norm, optimizer"),
+        (["--preset", "custom", "--grid", "norm=bn,batchnorm"], "unknown norm 'batchnorm'; valid: torch_bn"),
+        (["--preset", "quick", "--epochs", "many"], "epochs='many' is not a valid int"),
+        (["--executor", "ray", "--ray-address", "127.0.0.1:{port}"], "ray address '127.0.0.1:{port}' does not answer"),
+    ],
+)
+def test_bad_sweeps_end_in_one_line(args, fragment, tmp_path):
+    port = free_port()
+    args = [a.replace("{port}", str(port)) for a in args]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = script("sweep", args, uri, tmp_path, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert fragment.replace("{port}", str(port)) in line
+
+
+def test_analyze_without_a_sweep_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = script("analyze", [], uri, tmp_path, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: there is no experiment 'resnorm'; run a sweep first" in proc.stderr
+    proc = script("analyze", ["--sweep-run-id", "0123456789abcdef"], uri, tmp_path, timeout=120)
+    assert "error: run '0123456789abcdef' does not exist" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_ui(quick_sweep, tmp_path):
+    """A real `mlflow server` on loopback over the quick sweep's store."""
+    _, uri, _, _ = quick_sweep
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=subprocess_env(uri), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
+    reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",
+)
+def test_the_mlflow_ui_lists_the_children_under_the_sweep(quick_sweep, mlflow_ui):
+    from playwright.sync_api import sync_playwright
+
+    _, _, client, parent = quick_sweep
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs", wait_until="load")
+            page.get_by_text("sweep-quick", exact=True).wait_for(timeout=60_000)
+            child = page.get_by_text("bn-sgd-lr0.1-aug-bs32", exact=True)
+            assert child.count() == 0  # folded under the parent
+            row = page.locator("[role=row]", has_text="sweep-quick").last
+            row.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand
+            child.wait_for(timeout=30_000)
+            for norm in NORM_NAMES:
+                assert page.get_by_text(f"{norm}-sgd-lr0.1-aug-bs32", exact=True).count() == 1, norm
+        finally:
+            browser.close()
