@@ -124,13 +124,16 @@ def train_one_epoch(
     cfg: TrainConfig,
     generator: torch.Generator,
     device: torch.device,
+    progress: bool = False,
 ) -> tuple[float, float, int]:
     """One pass over the shuffled, augmented training split: (mean loss, accuracy, images)."""
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for x, y in batches(split, cfg.batch_size, device, generator, cfg.augment_padding):
+    steps = len(split) // cfg.batch_size
+    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding)
+    for x, y in tqdm(stream, total=steps, unit="step", leave=False, disable=not progress):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -173,7 +176,9 @@ def train(
     for epoch in bar:
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, seen = train_one_epoch(model, optimizer, data.train, cfg, generator, device)
+        train_loss, train_acc, seen = train_one_epoch(
+            model, optimizer, data.train, cfg, generator, device, progress=not bar.disable
+        )
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise TrainingDiverged(
