@@ -103,7 +103,9 @@ def gradcam_grid(
         explained[name] = gradcam(model, images)
 
     rows, cols = len(images), len(models)
-    fig = Figure(figsize=(1.9 * cols + 0.6, 2.0 * rows + 1.0), layout="constrained")
+    height = 2.0 * rows + 1.0  # inches
+    width = max(1.9 * cols + 0.6, 4.0)  # room for the title and the colorbar's label
+    fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     pictures = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for imshow
     shown = None
@@ -125,7 +127,9 @@ def gradcam_grid(
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel("true ?" if truth is None else f"true {classes[truth]}", fontsize=9)
-    fig.colorbar(shown, ax=axes, location="bottom", shrink=0.8, aspect=40, label="GradCAM (each map scaled to max 1)")
+    # Colorbar room is a fraction of the grid's height; about 0.5 inch whatever the rows.
+    fig.colorbar(shown, ax=axes, location="bottom", shrink=0.8, aspect=40, fraction=0.5 / height, pad=0.1 / height,
+                 label="GradCAM (each map scaled to max 1)")
     if title:
         fig.suptitle(title)
     return fig
