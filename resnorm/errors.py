@@ -21,3 +21,7 @@ class DataError(ResnormError, ValueError):
 
 class TrainingDiverged(ResnormError, RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class ModelError(ResnormError, ValueError):
+    """A model cannot be found or used (unknown URI, run or alias; no checkpoint; wrong input)."""

@@ -45,3 +45,8 @@ CHAMPION = "champion"
 
 def registered_model(norm: str) -> str:
     return f"resnorm-{norm}"
+
+# The kept model's weights and what rebuilds its ResNet (GradCAM needs the nn.Module, which the
+# registered pt2 program is not): run artifacts next to the model.
+CHECKPOINT_WEIGHTS = "checkpoint/weights.pt"  # the state dict, for torch.load(weights_only=True)
+CHECKPOINT_CONFIG = "checkpoint/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 
 import mlflow
-import mlflow.pytorch
 import torch
 from mlflow.data import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
@@ -20,12 +20,13 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from resnorm import names
+from resnorm import names, serving
 from resnorm.config import TrainConfig
 from resnorm.data import SPLITS, DataBundle
 from resnorm.engine import EpochStats, TrainResult
 from resnorm.errors import one_line
 from resnorm.metrics import per_class_report
+from resnorm.model import ResNet
 from resnorm.plots import confusion_matrix, curves
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
@@ -121,23 +122,44 @@ class RunLogger:
         return self.log_model(cfg, data, result, final[names.final_metric("val", "accuracy")])
 
     def log_model(self, cfg: TrainConfig, data: DataBundle, result: TrainResult, val_accuracy: float) -> int:
-        """Log the kept model (pt2, eval mode, CPU), register it and move ``champion`` if it is better."""
+        """Log the kept model (pt2, eval mode, CPU) and its checkpoint, register it and move
+        ``champion`` if it is better."""
         model = result.model.to("cpu").eval()
+        self.log_checkpoint(cfg, data, model)
         # Two real test images: a batch of one would fix the exported batch size to 1.
         example = data.test.images[:2].float().div(255).numpy()
         name = names.registered_model(cfg.norm)
-        info = mlflow.pytorch.log_model(
+        info = serving.log_model(
             model,
             name=names.MODEL_ARTIFACT,
+            classes=data.classes,
             input_example=example,
             registered_model_name=name,
-            serialization_format="pt2",
+            run_id=self.run_id,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
         version = int(info.registered_model_version)
         self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))
         promote_if_better(self.client, name, version, val_accuracy)
         return version
+
+    def log_checkpoint(self, cfg: TrainConfig, data: DataBundle, model: ResNet) -> None:
+        """The state dict and what rebuilds the ResNet around it (``resnorm.checkpoint.load_module``)."""
+        config = {
+            "n": cfg.n,
+            "num_classes": data.num_classes,
+            "norm": cfg.norm,
+            "in_channels": data.channels,
+            "groups": cfg.groups,
+            "classes": list(data.classes),
+            "image_size": cfg.image_size,
+            "data": cfg.data,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(names.CHECKPOINT_WEIGHTS))
+            torch.save(model.state_dict(), path)
+            self.client.log_artifact(self.run_id, path, os.path.dirname(names.CHECKPOINT_WEIGHTS))
+        self.client.log_dict(self.run_id, config, names.CHECKPOINT_CONFIG)
 
 
 def champion_val_accuracy(client: MlflowClient, name: str) -> float | None:

@@ -1,0 +1,144 @@
+"""Rebuild a trained ResNet, the ``nn.Module`` itself, from the checkpoint of its MLflow run.
+
+The registered model is an exported program (pt2): it predicts, but it has no modules to hook,
+so GradCAM cannot look inside it. Every training run therefore also logs the kept weights as a
+state dict (``checkpoint/weights.pt``) and what rebuilds the ResNet around them
+(``checkpoint/model.json``); ``load_checkpoint`` finds the run behind a model URI, rebuilds the
+ResNet and loads the weights with ``torch.load(weights_only=True)``, which unpickles no code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from resnorm import names
+from resnorm.errors import ModelError
+from resnorm.model import ResNet, resnet
+from resnorm.norms import NORM_NAMES
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained ResNet (CPU, eval mode) and what it was trained on."""
+
+    model: ResNet
+    uri: str  # as the user gave it
+    run_id: str
+    label: str  # a short column title: "bn v3" for a registered version, "bn 1a2b3c4d" for a run
+    norm: str
+    classes: tuple[str, ...]
+    in_channels: int
+    image_size: int  # the size it was trained at
+    data: str  # the training run's `data` param: "digits", "synthetic" or a folder
+
+
+def resolve(uri: str, client: MlflowClient | None = None) -> tuple[str, str | None]:
+    """The run id behind ``models:/name@alias``, ``models:/name/version``, ``runs:/id[/...]`` or a
+    bare run id, and the registered version (None for a run)."""
+    client = client or MlflowClient()
+    if m := _MODELS_URI.match(uri):
+        name = m["name"]
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException as e:
+            if e.error_code not in _MISSING:
+                raise
+            raise ModelError(f"no registered model named {name!r} (in {uri!r}); {_known_models(client)}") from None
+        if m["alias"]:
+            version = registered.aliases.get(m["alias"])
+            if version is None:
+                held = ", ".join(sorted(registered.aliases)) or "none"
+                raise ModelError(f"no version of {name!r} holds the alias {m['alias']!r} (in {uri!r}); aliases held: {held}")
+        else:
+            version = m["version"]
+        try:
+            mv = client.get_model_version(name, str(version))
+        except MlflowException as e:
+            if e.error_code not in _MISSING:
+                raise
+            raise ModelError(f"model {name!r} has no version {version!r} (in {uri!r})") from None
+        return mv.run_id, str(mv.version)
+    if uri.startswith("models:/"):
+        raise ModelError(f"cannot read model URI {uri!r}; use models:/<name>@<alias> or models:/<name>/<version>")
+    run_id = m["run_id"] if (m := _RUNS_URI.match(uri)) else uri
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code not in _MISSING:
+            raise
+        raise ModelError(
+            f"no run with id {run_id!r} (from {uri!r}); give models:/<name>@<alias>, models:/<name>/<version>, "
+            "runs:/<run_id> or a run id"
+        ) from None
+    return run_id, None
+
+
+def _known_models(client: MlflowClient) -> str:
+    found = sorted(rm.name for rm in client.search_registered_models())
+    return f"registered: {', '.join(found)}" if found else "no model is registered in this tracking store"
+
+
+def load_checkpoint(uri: str, client: MlflowClient | None = None) -> Checkpoint:
+    """Rebuild the ResNet of the run behind ``uri`` (see ``resolve``) from its checkpoint."""
+    client = client or MlflowClient()
+    run_id, version = resolve(uri, client)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config_path = client.download_artifacts(run_id, names.CHECKPOINT_CONFIG, tmp)
+            weights_path = client.download_artifacts(run_id, names.CHECKPOINT_WEIGHTS, tmp)
+        except MlflowException:
+            raise ModelError(
+                f"run {run_id} (from {uri!r}) has no {names.CHECKPOINT_CONFIG} and {names.CHECKPOINT_WEIGHTS}; "
+                "it was not logged by resnorm's train, or before checkpoints were logged: train it again"
+            ) from None
+        config = json.loads(Path(config_path).read_text())
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model = resnet(config["n"], config["num_classes"], config["norm"], config["in_channels"], config["groups"])
+    model.load_state_dict(state)  # the input mean and std are buffers: they come with the weights
+    model.eval()
+    norm = config["norm"]
+    return Checkpoint(
+        model=model,
+        uri=uri,
+        run_id=run_id,
+        label=f"{norm} v{version}" if version else f"{norm} {run_id[:8]}",
+        norm=norm,
+        classes=tuple(config["classes"]),
+        in_channels=config["in_channels"],
+        image_size=config["image_size"],
+        data=config["data"],
+    )
+
+
+def load_module(uri: str, client: MlflowClient | None = None) -> ResNet:
+    """The trained ``ResNet`` (CPU, eval mode) behind a model URI or run id."""
+    return load_checkpoint(uri, client).model
+
+
+def champion_uris(client: MlflowClient | None = None) -> list[str]:
+    """``models:/resnorm-{norm}@champion`` for every norm whose registered model has a champion."""
+    client = client or MlflowClient()
+    uris = []
+    for norm in NORM_NAMES:
+        name = names.registered_model(norm)
+        try:
+            aliases = client.get_registered_model(name).aliases
+        except MlflowException as e:
+            if e.error_code not in _MISSING:
+                raise
+            continue
+        if names.CHAMPION in aliases:
+            uris.append(f"models:/{name}@{names.CHAMPION}")
+    return uris
