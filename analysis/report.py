@@ -12,9 +12,11 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from analysis.figures import FIGURES, build_figure
-from analysis.runs import Histories, children, find_sweep
-from analysis.tables import MAIN_TABLE, TABLES, Table, build_table, to_markdown
+from analysis.runs import Histories, children, find_sweep, select
+from analysis.tables import MAIN_TABLE, STUDY, TABLES, Table, build_table, to_markdown
 from resnorm import names
+from resnorm.errors import ResnormError
+from resnorm.norms import NORM_NAMES
 
 TAG_ANALYSIS_OF = "resnorm.analysis_of"  # on an analysis run: the sweep's parent run id
 
@@ -27,6 +29,8 @@ class Report:
     figures: dict[str, Figure | None]
     figure_missing: dict[str, list[str]]
     out_dir: Path
+    gradcam: Figure | None = None
+    gradcam_note: str = ""  # which runs the grid explains, or why there is none
     files: list[Path] = field(default_factory=list)
     run_id: str | None = None  # the analysis run
 
@@ -40,6 +44,25 @@ def build(client: MlflowClient, experiment: str, sweep_run_id: str = "") -> tupl
     for spec in FIGURES:
         figures[spec.id], missing[spec.id] = build_figure(spec, runs, histories)
     return parent, runs, tables, figures, missing
+
+
+def gradcam_of_champions(runs) -> tuple[Figure | None, str]:
+    """GradCAM of each norm's champion in this sweep: its Table 3 run (SGD 0.1, augmentation)
+    with the best validation accuracy, on the same test images."""
+    from resnorm.explain import explain
+
+    chosen = select(runs, **STUDY)
+    best = chosen.loc[chosen.groupby("norm")[names.final_metric("val", "accuracy")].idxmax()] if len(chosen) else chosen
+    by_norm = dict(zip(best["norm"], best["run_id"]))
+    uris = [f"runs:/{by_norm[n]}" for n in NORM_NAMES if n in by_norm]
+    if not uris:
+        return None, "No GradCAM grid: the sweep has no Table 3 run (SGD lr 0.1 with augmentation)."
+    try:
+        result = explain(uris)
+    except ResnormError as e:
+        return None, f"No GradCAM grid: {e}"
+    runs_text = ", ".join(f"{n} ({by_norm[n][:8]})" for n in NORM_NAMES if n in by_norm)
+    return result.figure, f"Each norm's best Table 3 run of this sweep: {runs_text}."
 
 
 def _missing_md(missing: list[str]) -> str:
@@ -65,6 +88,12 @@ def write(report: Report, parent_name: str) -> None:
         page += [f"<h2>{html.escape(table.spec.title)}</h2>", shown.to_html(border=0)]
         if table.missing:
             page.append(f"<p><em>Missing (no finished run): {html.escape('; '.join(table.missing))}.</em></p>")
+    md += ["## GradCAM of the champions", "", report.gradcam_note]
+    page += ["<h2>GradCAM of the champions</h2>", f"<p>{html.escape(report.gradcam_note)}</p>"]
+    if report.gradcam is not None:
+        report.gradcam.savefig(out / "figures" / "gradcam.png", dpi=110)
+        md.append("\n![GradCAM of the champions](figures/gradcam.png)\n")
+        page.append('<img src="figures/gradcam.png" alt="GradCAM of the champions">')
     for spec in FIGURES:
         fig, missing = report.figures[spec.id], report.figure_missing[spec.id]
         md.append(f"## {spec.title}")
@@ -91,6 +120,7 @@ def analyze(experiment: str, sweep_run_id: str, out_dir: str) -> Report:
     client = MlflowClient()
     parent, runs, tables, figures, missing = build(client, experiment, sweep_run_id)
     report = Report(parent.info.run_id, len(runs), tables, figures, missing, Path(out_dir))
+    report.gradcam, report.gradcam_note = gradcam_of_champions(runs)
     write(report, parent.info.run_name)
     # Under `mlflow run -e analyze` the run exists already (MLFLOW_RUN_ID); otherwise it goes
     # next to the sweep.

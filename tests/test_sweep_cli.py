@@ -95,6 +95,13 @@ def test_analyze_rebuilds_table_3_from_the_recorded_metrics(quick_sweep):
     with open(folder / "report" / "figures" / "figure4.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "<img src=\"figures/figure4.png\"" in (folder / "report" / "report.html").read_text()
+    # The GradCAM grid of each norm's champion of this sweep (its Table 3 run).
+    with open(folder / "report" / "figures" / "gradcam.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    gradcam_note = (folder / "report" / "report.md").read_text().split("## GradCAM of the champions")[1].split("## ")[0]
+    for norm in NORM_NAMES:
+        run_id = next(r.info.run_id for r in children_of(client, parent.info.run_id) if r.data.params["norm"] == norm)
+        assert f"{norm} ({run_id[:8]})" in gradcam_note
     exp = client.get_experiment_by_name(names.EXPERIMENT)
     (analysis,) = client.search_runs([exp.experiment_id], f"tags.`resnorm.analysis_of` = '{parent.info.run_id}'")
     logged = {a.path for a in client.list_artifacts(analysis.info.run_id, "report")}
