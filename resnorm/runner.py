@@ -77,7 +77,8 @@ def run_sweep(
               "ray_address": ray_address, "device": device, **{k: str(v) for k, v in training.items()}}
 
     use_default_experiment()
-    with mlflow.start_run(run_name=f"sweep-{preset}") as parent:
+    # No run_name here: resuming a run with a name renames it, before the parameters are checked.
+    with mlflow.start_run() as parent:
         client, run_id = MlflowClient(), parent.info.run_id
         try:
             existing = client.get_run(run_id).data.params

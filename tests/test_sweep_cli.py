@@ -123,6 +123,7 @@ def test_rerunning_into_the_parent_runs_only_what_did_not_finish(quick_sweep):
     proc = mlflow_run("sweep", ["-P", "preset=custom", "-P", "grid=norm=bn"], uri, folder, "--run-id", parent.info.run_id)
     assert proc.returncode != 0
     assert "is a sweep with preset='quick' (now 'custom')" in proc.stderr
+    assert client.get_run(parent.info.run_id).info.run_name == "sweep-quick"  # not renamed by the refusal
 
 
 def comparable(client, run):
