@@ -21,3 +21,7 @@ class DataError(ResnormError, ValueError):
 
 class TrainingDiverged(ResnormError, RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrackingUnavailable(ResnormError, ConnectionError):
+    """The tracking server does not answer (at the start, or when a run must be finished)."""
