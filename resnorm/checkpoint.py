@@ -9,11 +9,14 @@ is removed once the run has FINISHED with its model logged.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+
+from resnorm.errors import ConfigError
 
 FILE = "checkpoint.pt"
 
@@ -43,7 +46,29 @@ def load(path: Path) -> dict[str, Any]:
 
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+    path.with_name("lock").unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:  # something else lives there; leave the folder
         pass
+
+
+def lock(run_id: str) -> IO:
+    """Hold the run's lock for the life of this process; refuse if another live process holds it.
+
+    Two processes training one run would interleave their epochs. The kernel drops the lock
+    when its process dies, even by ``kill -9``, so an interrupted run is free to resume.
+    """
+    path = path_for(run_id).with_name("lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        raise ConfigError(f"run {run_id} is being trained by another live process ({handle.read().strip()}); "
+                          "wait for it or stop it before resuming") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle

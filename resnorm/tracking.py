@@ -233,7 +233,9 @@ def training_run(
         MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
     if not resume:
         use_default_experiment()
+    held = checkpoint.lock(resume) if resume else None  # before the run is touched
     run = mlflow.start_run(run_id=resume or None, run_name=None if resume else cfg.run_name())
+    held = held or checkpoint.lock(run.info.run_id)
     logger = RunLogger(run.info.run_id)
     try:
         if not resume:
@@ -252,3 +254,4 @@ def training_run(
     logger.outbox.close()
     mlflow.end_run()
     checkpoint.remove(logger.checkpoint)  # the run is complete in MLflow; nothing left to resume
+    held.close()

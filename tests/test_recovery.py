@@ -40,6 +40,21 @@ def logged_epochs(client, run_id) -> int:
     return len(client.get_metric_history(run_id, names.VAL_LOSS))
 
 
+def kill_trainer_of(run_id):
+    """kill -9 the process training ``run_id`` (found by the MLFLOW_RUN_ID that `mlflow run` gave it:
+    MLflow starts a project's command in a session of its own, out of reach of the sweep's group)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def wait_for(predicate, timeout, what, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,9 +129,10 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
         return False
 
     wait_for(child_at_epoch_2, 300, "the child's epoch 2", sweep)
-    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its child, as a lost machine would
-    sweep.wait()
     child, parent = found["child"], found["parent"]
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its child, as a lost machine would
+    kill_trainer_of(child)
+    sweep.wait()
     assert client.get_run(child).info.status == "RUNNING"
     assert logged_epochs(client, child) < EPOCHS
 
@@ -129,3 +145,54 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     assert [k.info.run_id for k in kids] == [child], "continued, not started over"
     assert client.get_run(child).info.status == "FINISHED"
     assert comparable(client, child) == comparable(client, ref_id)
+
+
+@pytest.mark.slow
+def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sqlite_server, tmp_path, monkeypatch):
+    server = sqlite_server
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
+    epochs = 30
+    args = TRAIN + ["--norm", "gn", "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(server.url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(server.url)
+    found = []
+
+    def first_epoch_logged():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+        return bool(found) and logged_epochs(client, found[0]) >= 1
+
+    wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
+    (run_id,) = found
+    server.kill()
+    down = time.monotonic()
+    ckpt = checkpoint.path_for(run_id)
+
+    def trained_on(n):
+        return lambda: ckpt.exists() and len(checkpoint.load(ckpt)["history"]) >= n
+
+    # Training does not wait for the server: three more epochs pass while it is away.
+    at_kill = len(checkpoint.load(ckpt)["history"])
+    wait_for(trained_on(at_kill + 3), 120, "three epochs without the server", proc)
+    server.start()
+    outage = time.monotonic() - down
+    assert len(checkpoint.load(ckpt)["history"]) < epochs, "training ended before the server was back"
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, epochs + 1)), key  # every epoch, exactly once
+    assert run.data.metrics[names.BEST_EPOCH] >= 1
+    assert client.get_registered_model(names.registered_model("gn")).latest_versions
+    print(f"outage survived: {outage:.1f}s")
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path))
+    held = checkpoint.lock("abc")
+    with pytest.raises(Exception, match=f"run abc is being trained by another live process \\(pid {os.getpid()}\\)"):
+        checkpoint.lock("abc")
+    held.close()
+    checkpoint.lock("abc").close()  # free again once its holder lets go (or dies)
