@@ -24,6 +24,7 @@ from resnorm.engine import train as fit
 from tests.conftest import PYTHON, ROOT, free_port, make_class_tree, subprocess_env, write_image
 
 NOT_IN_RANGE = "is not in the range"
+ONE = ["--preset", "custom", "--grid", "seed=0"]  # a one-point sweep: under a preset, its grid would decide
 
 # (entry point, arguments, fragments of the one error line: the value and what is allowed)
 CASES = [
@@ -47,7 +48,7 @@ CASES = [
     ("train", ["--data", "no-such-folder"], ["data 'no-such-folder' is not a folder", "'digits', 'synthetic'"]),
     ("train", ["--device", "tpu"], ["'tpu' is not one of", "'auto'", "'cpu'", "'cuda'"]),
     ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no checkpoint", "interrupted on this machine"]),
-    ("train", ["--colour", "red"], ["No such option: --colour"]),
+    ("train", ["--colour", "red"], ["No such option '--colour'"]),
     # sweep: its own options, then each training option as text
     ("sweep", ["--preset", "everything"], ["'everything' is not one of", "'quick'", "'study'", "'custom'"]),
     ("sweep", ["--preset", "custom", "--grid", "colour=red"], ["unknown parameter 'colour'", "valid: norm, optimizer"]),
@@ -57,19 +58,19 @@ CASES = [
     ("sweep", ["--parallel", "-1"], ["--parallel", f"-1 {NOT_IN_RANGE} x>=0"]),
     ("sweep", ["--executor", "ray", "--ray-address", "nohost"], ["ray address 'nohost' is not host:port"]),
     ("sweep", ["--device", "tpu"], ["'tpu' is not one of", "'auto'"]),
-    ("sweep", ["--norm", "batchnorm"], ["unknown norm 'batchnorm'", "valid: torch_bn"]),
-    ("sweep", ["--optimizer", "rmsprop"], ["unknown optimizer 'rmsprop'", "valid: sgd, adam"]),
-    ("sweep", ["--lr", "fast"], ["lr='fast' is not a valid float"]),
-    ("sweep", ["--weight-decay", "-1"], ["weight_decay must be a finite number >= 0, got -1"]),
-    ("sweep", ["--momentum", "x"], ["momentum='x' is not a valid float"]),
-    ("sweep", ["--scheduler", "linear"], ["unknown scheduler 'linear'", "valid: cosine, step, none"]),
-    ("sweep", ["--epochs", "many"], ["epochs='many' is not a valid int"]),
-    ("sweep", ["--batch-size", "0"], ["batch_size must be at least 1, got 0"]),
-    ("sweep", ["--augment", "maybe"], ["augment='maybe'"]),
-    ("sweep", ["--n", "0"], ["n must be at least 1, got 0"]),
-    ("sweep", ["--image-size", "4"], ["image_size must be at least 8, got 4"]),
-    ("sweep", ["--norm", "gn", "--groups", "3"], ["groups=3 must divide", "allowed: 1, 2, 4, 8, 16"]),
-    ("sweep", ["--seed", "one"], ["seed='one' is not a valid int"]),
+    ("sweep", [*ONE, "--norm", "batchnorm"], ["unknown norm 'batchnorm'", "valid: torch_bn"]),
+    ("sweep", [*ONE, "--optimizer", "rmsprop"], ["unknown optimizer 'rmsprop'", "valid: sgd, adam"]),
+    ("sweep", [*ONE, "--lr", "fast"], ["lr='fast' is not a valid float"]),
+    ("sweep", [*ONE, "--weight-decay", "-1"], ["weight_decay must be a finite number >= 0, got -1"]),
+    ("sweep", [*ONE, "--momentum", "x"], ["momentum='x' is not a valid float"]),
+    ("sweep", [*ONE, "--scheduler", "linear"], ["unknown scheduler 'linear'", "valid: cosine, step, none"]),
+    ("sweep", [*ONE, "--epochs", "many"], ["epochs='many' is not a valid int"]),
+    ("sweep", [*ONE, "--batch-size", "0"], ["batch_size must be at least 1, got 0"]),
+    ("sweep", [*ONE, "--augment", "maybe"], ["augment='maybe'"]),
+    ("sweep", [*ONE, "--n", "0"], ["n must be at least 1, got 0"]),
+    ("sweep", [*ONE, "--image-size", "4"], ["image_size must be at least 8, got 4"]),
+    ("sweep", [*ONE, "--norm", "gn", "--groups", "3"], ["groups=3 must divide", "allowed: 1, 2, 4, 8, 16"]),
+    ("sweep", [*ONE, "--seed", "one"], ["seed='one' is not a valid int"]),
     # analyze
     ("analyze", ["--experiment", "nope"], ["there is no experiment 'nope'", "run a sweep first"]),
     ("analyze", ["--sweep-run-id", "0123456789abcdef"], ["run '0123456789abcdef' does not exist"]),
