@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 WRITERS = 8
 EPOCHS = 2
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # for psycopg2.connect
+STORE = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 picks psycopg 3 for postgresql://
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def postgres_store():
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {db}")
     try:
-        yield f"{POSTGRES}/{db}"
+        yield f"{STORE}/{db}"
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
