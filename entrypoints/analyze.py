@@ -24,7 +24,9 @@ from resnorm import names  # noqa: E402
 def analyze(experiment: str, sweep_run_id: str, out: str) -> None:
     """Tables 1-6 and Figures 1-6 of a sweep, as Markdown, CSV, LaTeX and HTML, logged to MLflow."""
     from analysis.report import analyze as run_analysis, main_table_text
+    from resnorm.tracking import check_tracking_server
 
+    check_tracking_server()
     report = run_analysis(experiment, sweep_run_id, out)
     click.echo(main_table_text(report))
     click.echo(f"\nreport: {os.path.abspath(out)}/report.html ({report.runs} runs of sweep {report.sweep_run_id}); "

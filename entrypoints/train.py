@@ -42,17 +42,21 @@ D = TrainConfig()  # the defaults, stated once
 @click.option("--data", type=str, default=D.data,
               help="'digits' (embedded), 'synthetic', or an image folder (train/ val/ test/, or one class tree).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present, else CPU.")
-def train(device: str, **options) -> None:
+@click.option("--resume", type=str, default="",
+              help="Run id of an interrupted run to continue from its last completed epoch, into the same run "
+              "(its configuration comes from its checkpoint; the training options above are then ignored).")
+def train(device: str, resume: str, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
     from resnorm.data import load_data
     from resnorm.engine import resolve_device, train as fit
-    from resnorm.tracking import training_run
+    from resnorm.tracking import check_tracking_server, resumable_config, training_run
 
-    cfg = TrainConfig(**options)
+    cfg = resumable_config(resume) if resume else TrainConfig(**options)
     dev = resolve_device(device)
+    check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
     data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, device, dev) as run:
-        result = fit(cfg, data, dev, on_epoch=run)
+    with training_run(cfg, data, device, dev, resume) as run:
+        result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint)
         version = run.log_result(cfg, data, result)
     final = result.final_metrics()
     click.echo(

@@ -1,15 +1,19 @@
 """Training and evaluation: the loop, the schedule, the best-validation model. No MLflow here.
 
 ``train`` reports every epoch to a callback (the tracking side writes it to MLflow) and returns
-the model restored to its best-validation epoch, with that model's scores on every split.
+the model restored to its best-validation epoch, with that model's scores on every split. Given a
+checkpoint path it saves everything the next epoch depends on after every epoch, and continues
+from that file when it exists, so an interrupted run ends exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from resnorm import metrics, names
+from resnorm import metrics, names, snapshots
 from resnorm.config import TrainConfig
 from resnorm.data import SPLITS, DataBundle, Split, batches
 from resnorm.errors import ConfigError, TrainingDiverged
@@ -36,6 +40,7 @@ class EpochStats:
     lr: float  # the learning rate this epoch trained with
     epoch_seconds: float  # training and validation
     images_per_second: float  # training images per second of training
+    timestamp_ms: int = 0  # wall clock at the epoch's end; a re-sent epoch keeps its timestamp
 
 
 @dataclass
@@ -153,11 +158,13 @@ def train(
     device: torch.device | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
+    checkpoint_path: Path | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on ``data``; keep and return the epoch with the best validation accuracy.
 
     ``progress``: True for a tqdm bar, False for silence, None for a bar on a terminal and one
-    line per epoch otherwise.
+    line per epoch otherwise. ``checkpoint_path``: saved after every epoch; when the file exists,
+    training continues from it (its epochs are reported to ``on_epoch`` again first).
     """
     device = device or resolve_device("auto")
     if cfg.batch_size > len(data.train):
@@ -170,8 +177,25 @@ def train(
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = snapshots.load(checkpoint_path)
+        if state["config"] != cfg.as_params():
+            raise ConfigError(f"the checkpoint {checkpoint_path} is of another configuration ({state['config']}); not resuming it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = [EpochStats(**h) for h in state["history"]]
+        best_acc, best_epoch, best_state = state["best_acc"], state["best_epoch"], state["best_state"]
+        # Report the restored epochs again: a crash between the checkpoint and the report must
+        # not lose one, and an identical re-sent point (same timestamp) is dropped by MLflow.
+        for stats in history:
+            if on_epoch is not None:
+                on_epoch(stats)
     # tqdm's disable=None turns the bar off when not writing to a terminal; one line per epoch then.
-    bar = tqdm(range(1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch", disable=None if progress is None else not progress)
+    bar = tqdm(range(len(history) + 1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch",
+               disable=None if progress is None else not progress)
     epoch_lines = progress is None and bar.disable
     for epoch in bar:
         start = time.perf_counter()
@@ -198,11 +222,29 @@ def train(
             lr=lr,
             epoch_seconds=time.perf_counter() - start,
             images_per_second=seen / train_seconds,
+            timestamp_ms=int(time.time() * 1000),
         )
         history.append(stats)
         if stats.val_accuracy > best_acc:
             best_acc, best_epoch = stats.val_accuracy, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if checkpoint_path is not None:
+            # Before the report: once the epoch is reported, it must be resumable.
+            snapshots.save(
+                {
+                    "config": cfg.as_params(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": [dataclasses.asdict(h) for h in history],
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                },
+                checkpoint_path,
+            )
         if on_epoch is not None:
             on_epoch(stats)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{stats.val_accuracy:.3f}", best=best_epoch)

@@ -25,3 +25,7 @@ class TrainingDiverged(ResnormError, RuntimeError):
 
 class ModelError(ResnormError, ValueError):
     """A model cannot be found or used (unknown URI, run or alias; no checkpoint; wrong input)."""
+
+
+class TrackingUnavailable(ResnormError, ConnectionError):
+    """The tracking server does not answer (at the start, or when a run must be finished)."""

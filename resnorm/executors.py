@@ -38,6 +38,7 @@ class Child:
     config: TrainConfig
     name: str
     device: str  # the train entry point's device parameter (auto, cpu, cuda)
+    resume: str = ""  # run id of this child's interrupted run, continued from its checkpoint
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def train_parameters(child: Child) -> dict[str, str]:
     params = child.config.as_params()
     params.pop("depth")  # derived from n, not a parameter
     params["device"] = child.device
+    params["resume"] = child.resume
     return params
 
 
@@ -100,8 +102,9 @@ def _environment(**values: str | None) -> Iterator[None]:
 
 
 def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None):
-    """Create the child's run and start ``train`` in it; returns MLflow's ``SubmittedRun``."""
-    run_id = create_child_run(client, ctx, child)
+    """Create the child's run (or reuse its interrupted one) and start ``train`` in it; returns
+    MLflow's ``SubmittedRun``."""
+    run_id = child.resume or create_child_run(client, ctx, child)
     visible = None if gpu is None else str(gpu)
     with _environment(CUDA_VISIBLE_DEVICES=visible) if gpu is not None else contextlib.nullcontext():
         return mlflow.projects.run(
@@ -172,7 +175,7 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
-    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"])
+    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"], spec["resume"])
     client = MlflowClient()
     status = close_child(client, start_child(client, ctx, child))
     tune.report({"finished": int(status == FINISHED)})
@@ -201,7 +204,8 @@ def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpu
     ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
     try:
         specs = [
-            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device} for c in children
+            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device, "resume": c.resume}
+            for c in children
         ]
         resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
         with tempfile.TemporaryDirectory() as storage:

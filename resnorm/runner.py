@@ -9,12 +9,12 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from resnorm import names
+from resnorm import names, snapshots
 from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError, ResnormError, one_line
 from resnorm.executors import FINISHED, Child, SweepContext, check_ray_address, run_local, run_ray
 from resnorm.sweep import child_name, config_from_params, plan
-from resnorm.tracking import log_new_params, use_default_experiment
+from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment
 
 
 class SweepIncomplete(ResnormError):
@@ -34,6 +34,29 @@ def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: st
         except ResnormError:  # not a training run of ours; it cannot match a planned config
             continue
     return done
+
+
+def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
+    """Children that did not finish but left a checkpoint on this machine: config -> run id.
+
+    A child killed with its sweep stays RUNNING; one whose process died under a live sweep was
+    marked FAILED. Either continues from its checkpoint rather than starting over.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status != 'FINISHED'",
+        max_results=50000,
+        order_by=["attributes.start_time ASC"],  # the latest attempt of a config wins
+    )
+    found = {}
+    for run in runs:
+        if not snapshots.path_for(run.info.run_id).exists():
+            continue
+        try:
+            found[config_from_params(run.data.params)] = run.info.run_id
+        except ResnormError:
+            continue
+    return found
 
 
 def _unquote(value: str) -> str:
@@ -76,6 +99,7 @@ def run_sweep(
     params = {"preset": preset, "grid": grid, "seeds": str(seeds), "executor": executor, "parallel": str(parallel),
               "ray_address": ray_address, "device": device, **{k: str(v) for k, v in training.items()}}
 
+    check_tracking_server()
     use_default_experiment()
     # No run_name here: resuming a run with a name renames it, before the parameters are checked.
     with mlflow.start_run() as parent:
@@ -89,10 +113,14 @@ def run_sweep(
             client.set_tag(run_id, names.TAG_PRESET, preset)
             client.update_run(run_id, name=f"sweep-{preset}")
             done = finished_configs(client, parent.info.experiment_id, run_id)
-            children = [Child(c, child_name(c, seeds), device) for c in configs if c not in done]
+            interrupted = interrupted_children(client, parent.info.experiment_id, run_id)
+            children = [
+                Child(c, child_name(c, seeds), device, interrupted.get(c, "")) for c in configs if c not in done
+            ]
             print(
                 f"sweep {preset} (run {run_id}): {len(configs)} configurations, "
-                f"{len(configs) - len(children)} already finished, {len(children)} to run",
+                f"{len(configs) - len(children)} already finished, {len(children)} to run "
+                f"({sum(bool(c.resume) for c in children)} resumed from a checkpoint)",
                 flush=True,
             )
             ctx = SweepContext(run_id, parent.info.experiment_id, preset, project_dir)

@@ -2,6 +2,7 @@
 
 Nothing here trains. ``training_run`` opens (or, under ``mlflow run``, resumes) the run;
 the ``RunLogger`` it yields is the engine's per-epoch callback and logs the result at the end.
+Per-epoch metrics go through an ``Outbox`` so that a tracking server outage never stalls training.
 """
 
 from __future__ import annotations
@@ -20,17 +21,39 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, serving
+from resnorm import names, serving, snapshots
 from resnorm.config import TrainConfig
 from resnorm.data import SPLITS, DataBundle
 from resnorm.engine import EpochStats, TrainResult
-from resnorm.errors import one_line
+from resnorm.errors import ConfigError, TrackingUnavailable, one_line
 from resnorm.metrics import per_class_report
 from resnorm.model import ResNet
+from resnorm.outbox import Outbox, server_answers
 from resnorm.plots import confusion_matrix, curves
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
+SYNC_TIMEOUT_SECONDS = float(os.environ.get("RESNORM_SYNC_TIMEOUT", "300"))  # wait for the server at the end
+
+
+def check_tracking_server(timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the tracking server does not answer.
+
+    MLflow's own client would retry for minutes before saying anything.
+    """
+    uri = mlflow.get_tracking_uri()
+    why = server_answers(uri, timeout)
+    if why is not None:
+        raise TrackingUnavailable(
+            f"tracking URI {uri!r} does not answer ({why}); start the server or set MLFLOW_TRACKING_URI to one that runs"
+        )
+
+
+def _give_up_quickly() -> None:
+    """The server is away: let MLflow's remaining calls on the way out fail at once, not retry."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
 
 
 def use_default_experiment() -> None:
@@ -46,7 +69,7 @@ def fail_pending_run(reason: str) -> None:
     ``mlflow run`` made is not left RUNNING without a word of why.
     """
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
+    if not run_id or server_answers(mlflow.get_tracking_uri()) is not None:
         return
     client = MlflowClient()
     client.set_tag(run_id, names.TAG_ERROR, reason)
@@ -71,6 +94,8 @@ class RunLogger:
     def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
         self.run_id = run_id
         self.client = client or MlflowClient()
+        self.checkpoint = snapshots.path_for(run_id)
+        self.outbox = Outbox(run_id, self.client, mlflow.get_tracking_uri())
 
     def log_config(self, cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device) -> None:
         params = cfg.as_params()
@@ -91,13 +116,29 @@ class RunLogger:
             mlflow.log_input(dataset, context=DATASET_CONTEXTS[split])
 
     def __call__(self, stats: EpochStats) -> None:
-        """The engine's per-epoch callback: one ``log_batch`` per epoch, step = epoch."""
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background.
+
+        The epoch's own timestamp makes a re-sent epoch identical to the first, so MLflow keeps one.
+        """
+        now = stats.timestamp_ms or int(time.time() * 1000)
+        self.outbox.put([Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS])
+
+    def sync(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
+        """Wait (bounded) until every epoch has reached the server; say how to finish if it has not."""
+        if self.outbox.pending:
+            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending} queued metrics"
+                  f" ({self.outbox.last_error or 'sending'})", flush=True)
+        if not self.outbox.drain(timeout):
+            raise TrackingUnavailable(
+                f"tracking server {mlflow.get_tracking_uri()!r} has not answered for {timeout:g}s "
+                f"({self.outbox.last_error}); {self.outbox.pending} metrics are not sent yet. Nothing is lost: "
+                f"the checkpoint {self.checkpoint} holds every epoch. When the server is back, run "
+                f"`python entrypoints/train.py --resume {self.run_id}` to send them and log the model"
+            )
 
     def log_result(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> int | None:
         """Final metrics, figures, per-class report and the model; returns the registered version."""
+        self.sync()
         final = result.final_metrics()
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
@@ -183,19 +224,56 @@ def promote_if_better(client: MlflowClient, name: str, version: int, val_accurac
     return True
 
 
-@contextlib.contextmanager
-def training_run(cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device) -> Iterator[RunLogger]:
-    """Open the run (or resume the one ``mlflow run`` made), log config and data, yield the logger.
+def resumable_config(run_id: str) -> TrainConfig:
+    """The configuration of an interrupted run, read from its checkpoint on this machine."""
+    from resnorm.sweep import config_from_params
 
-    An exception ends the run FAILED with its message in the ``resnorm.error`` tag.
+    path = snapshots.path_for(run_id)
+    if not path.exists():
+        raise ConfigError(
+            f"resume {run_id!r}: no checkpoint at {path}; only a run interrupted on this machine "
+            f"(with the same RESNORM_HOME={snapshots.home()}) can be resumed"
+        )
+    return config_from_params(snapshots.load(path)["config"])
+
+
+@contextlib.contextmanager
+def training_run(
+    cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device, resume: str = ""
+) -> Iterator[RunLogger]:
+    """Open the run (or resume the one ``mlflow run`` made, or ``resume``), log config and data,
+    yield the logger.
+
+    An exception ends the run FAILED with its message in the ``resnorm.error`` tag; a tracking
+    server that went away leaves it RUNNING, to be resumed from its checkpoint.
     """
-    use_default_experiment()
-    with mlflow.start_run(run_name=cfg.run_name()) as run:
-        logger = RunLogger(run.info.run_id)
-        try:
+    check_tracking_server()
+    pointer = os.environ.get("MLFLOW_RUN_ID")
+    if resume and pointer and pointer != resume:
+        # `mlflow run -P resume=ID` made a new run before this script started: point it at ID.
+        MlflowClient().set_tag(pointer, TAG_RESUMED, resume)
+        MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
+    if not resume:
+        use_default_experiment()
+    held = snapshots.lock(resume) if resume else None  # before the run is touched
+    run = mlflow.start_run(run_id=resume or None, run_name=None if resume else cfg.run_name())
+    held = held or snapshots.lock(run.info.run_id)
+    logger = RunLogger(run.info.run_id)
+    try:
+        if not resume:
             logger.log_config(cfg, data, requested_device, device)
             logger.log_dataset(data)
-            yield logger
-        except BaseException as e:
-            logger.client.set_tag(logger.run_id, names.TAG_ERROR, one_line(e))
-            raise
+        yield logger
+    except TrackingUnavailable:
+        _give_up_quickly()
+        logger.outbox.close()
+        raise
+    except BaseException as e:
+        logger.outbox.close()
+        logger.client.set_tag(logger.run_id, names.TAG_ERROR, one_line(e))
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    logger.outbox.close()
+    mlflow.end_run()
+    snapshots.remove(logger.checkpoint)  # the run is complete in MLflow; nothing left to resume
+    held.close()

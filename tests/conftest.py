@@ -51,6 +51,7 @@ def mlflow_env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))  # checkpoints of this test only
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
     import mlflow
@@ -73,3 +74,62 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback in its own process group, which a test may kill
+    (every worker with it, as a crash would) and start again on the same port and store."""
+
+    def __init__(self, backend_uri: str, folder: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.backend_uri, self.folder, self.extra = backend_uri, folder, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env or subprocess_env(self.url)
+        self.proc = None
+
+    def start(self, timeout: float = 180) -> "MlflowServer":
+        import subprocess
+        import time
+        import urllib.request
+
+        cmd = ["mlflow", "server", "--backend-store-uri", self.backend_uri, "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "2", "--artifacts-destination", str(self.folder / "artifacts"),
+               *self.extra]
+        self.log = open(self.folder / f"server-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.folder, env=self.env, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.folder / f'server-{self.port}.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not start")
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+        self.log.close()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path):
+    """An ``mlflow server`` over a fresh SQLite store in the test's folder."""
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+    yield server
+    server.kill()

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.data import load_data
 from resnorm.norms import NORM_NAMES
-from tests.conftest import PYTHON, ROOT, make_class_tree, subprocess_env, write_image
+from tests.conftest import PYTHON, ROOT, subprocess_env
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 
@@ -56,51 +56,7 @@ def assert_one_line_error(proc, *fragments):
     return errors[0]
 
 
-BAD_OPTIONS = [
-    (["--norm", "batchnorm"], ["'batchnorm' is not one of", "'torch_bn'", "'nn'"]),
-    (["--optimizer", "rmsprop"], ["'rmsprop' is not one of", "'sgd'", "'adam'"]),
-    (["--scheduler", "linear"], ["'linear' is not one of", "'cosine'"]),
-    (["--epochs", "0"], ["--epochs", "0 is not in the range x>=1"]),
-    (["--batch-size", "0"], ["--batch-size", "0 is not in the range x>=1"]),
-    (["--lr", "-0.1"], ["--lr", "-0.1 is not in the range x>0"]),
-    (["--epochs", "two"], ["--epochs", "'two' is not a valid integer"]),
-    (["--augment", "maybe"], ["--augment", "'maybe' is not a valid boolean"]),
-    (["--norm", "gn", "--groups", "3"], ["groups=3 must divide every stage's channels (16, 32, 64)", "allowed: 1, 2, 4, 8, 16"]),
-    (["--colour", "red"], ["No such option '--colour'"]),
-]
-
-
-@pytest.mark.parametrize("args, fragments", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
-def test_bad_options_end_in_one_line_and_no_run(args, fragments, mlflow_env, tmp_path):
-    proc = run(TRAIN + args, mlflow_env, tmp_path)
-    assert_one_line_error(proc, *fragments)
-    assert proc.returncode == 2
-    assert not MlflowClient().search_runs(["0"]), "no run for a rejected command"
-
-
-def bad_data(tmp_path):
-    corrupt = make_class_tree(tmp_path / "corrupt", per_class=10, classes=("cat", "dog"))
-    (corrupt / "cat" / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    split = tmp_path / "split"
-    for s in ("train", "val", "test"):
-        make_class_tree(split / s, per_class=4, classes=("cat", "dog"))
-    write_image(split / "test" / "owl" / "0.png", (0, 0, 200))
-    empty = tmp_path / "empty"
-    (empty / "cat").mkdir(parents=True)
-    return [
-        (str(tmp_path / "missing"), "is not a folder"),
-        (str(corrupt), f"cannot read image {corrupt / 'cat' / '7.png'}"),
-        (str(split), "class folders differ between splits"),
-        (str(empty), "Found no valid file for the classes cat"),
-    ]
-
-
-def test_bad_data_ends_in_one_line_each(mlflow_env, tmp_path):
-    for data, fragment in bad_data(tmp_path):
-        proc = run(TRAIN + ["--data", data, "--epochs", "1"], mlflow_env, tmp_path)
-        assert_one_line_error(proc, fragment)
-        assert proc.returncode == 1
-    assert not MlflowClient().search_runs(["0"])
+# Bad options and bad data: tests/test_bad_input.py catalogues them.
 
 
 def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, tmp_path):

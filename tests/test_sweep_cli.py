@@ -157,24 +157,7 @@ def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
         assert comparable(client, run) == comparable(client, local_kids[norm])
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["--preset", "everything"], "'everything' is not one of 'quick', 'study', 'custom'"),
-        (["--preset", "custom", "--grid", "colour=red"], "unknown parameter 'colour'; valid: norm, optimizer"),
-        (["--preset", "custom", "--grid", "norm=bn,batchnorm"], "unknown norm 'batchnorm'; valid: torch_bn"),
-        (["--preset", "quick", "--epochs", "many"], "epochs='many' is not a valid int"),
-        (["--executor", "ray", "--ray-address", "127.0.0.1:{port}"], "ray address '127.0.0.1:{port}' does not answer"),
-    ],
-)
-def test_bad_sweeps_end_in_one_line(args, fragment, tmp_path):
-    port = free_port()
-    args = [a.replace("{port}", str(port)) for a in args]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = script("sweep", args, uri, tmp_path, timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert fragment.replace("{port}", str(port)) in line
+# Bad sweep parameters: tests/test_bad_input.py catalogues them.
 
 
 def test_analyze_without_a_sweep_says_so(tmp_path):

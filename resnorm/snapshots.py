@@ -1,0 +1,74 @@
+"""Where a run's per-epoch training checkpoint (snapshot) lives on this machine, and how it is written and read.
+
+A checkpoint is written after every epoch so that a run killed at any moment (``kill -9``, a
+lost node, a tracking server that went away) costs at most one epoch: ``train --resume RUN_ID``
+continues it into the same MLflow run. It lives in a local folder keyed by the run id,
+``$RESNORM_HOME/runs/<run_id>/checkpoint.pt`` (``RESNORM_HOME`` defaults to ``~/.resnorm``), and
+is removed once the run has FINISHED with its model logged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from resnorm.errors import ConfigError
+
+FILE = "checkpoint.pt"
+
+
+def home() -> Path:
+    return Path(os.environ.get("RESNORM_HOME") or Path.home() / ".resnorm")
+
+
+def path_for(run_id: str) -> Path:
+    """The checkpoint file of ``run_id`` on this machine (it may not exist)."""
+    return home() / "runs" / run_id / FILE
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write atomically: a temporary file renamed over the old one, so a kill mid-write leaves
+    the previous epoch's checkpoint intact rather than a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint without running pickled code (tensors, numbers, strings, lists, dicts)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name("lock").unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:  # something else lives there; leave the folder
+        pass
+
+
+def lock(run_id: str) -> IO:
+    """Hold the run's lock for the life of this process; refuse if another live process holds it.
+
+    Two processes training one run would interleave their epochs. The kernel drops the lock
+    when its process dies, even by ``kill -9``, so an interrupted run is free to resume.
+    """
+    path = path_for(run_id).with_name("lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        raise ConfigError(f"run {run_id} is being trained by another live process ({handle.read().strip()}); "
+                          "wait for it or stop it before resuming") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle

@@ -1,0 +1,198 @@
+"""Nothing lost: a training process killed with -9 and resumed, a sweep re-run that resumes its
+interrupted child, and a tracking server that dies mid-run and comes back. Real processes,
+a real store, real signals."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from resnorm import names, snapshots
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
+SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
+EPOCHS = 8
+# Digits at 16 px through a ResNet-8: about a second an epoch here, long enough to kill mid-run.
+CONFIG = {"norm": "bn", "epochs": str(EPOCHS), "image_size": "16", "n": "1", "data": "digits", "device": "cpu"}
+ARGS = [a for k, v in CONFIG.items() for a in (f"--{k.replace('_', '-')}", v)]
+# Wall-clock measurements; everything else must match an uninterrupted run to the last bit.
+VARYING = {names.EPOCH_SECONDS, names.IMAGES_PER_SECOND}
+
+
+def curves(client, run_id):
+    """Every per-epoch metric as [(step, value), ...]; a repeated or missing step shows up here."""
+    return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in names.EPOCH_METRICS}
+
+
+def comparable(client, run_id):
+    run = client.get_run(run_id)
+    hist = {k: v for k, v in curves(client, run_id).items() if k not in VARYING}
+    final = {k: v for k, v in run.data.metrics.items() if k.startswith("best_")}
+    return hist, final
+
+
+def logged_epochs(client, run_id) -> int:
+    return len(client.get_metric_history(run_id, names.VAL_LOSS))
+
+
+def kill_trainer_of(run_id):
+    """kill -9 the process training ``run_id`` (found by the MLFLOW_RUN_ID that `mlflow run` gave it:
+    MLflow starts a project's command in a session of its own, out of reach of the sweep's group)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_for(predicate, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def reference(mlflow_env, tmp_path):
+    """An uninterrupted run of CONFIG in the same store."""
+    proc = subprocess.run(TRAIN + ARGS, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
+    return client, run.info.run_id
+
+
+
+
+def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(reference, mlflow_env, tmp_path):
+    client, ref_id = reference
+    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    proc = subprocess.Popen(TRAIN + ARGS, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ids = []
+
+    def started():
+        ids[:] = [r.info.run_id for r in client.search_runs([exp]) if r.info.run_id != ref_id]
+        return bool(ids) and logged_epochs(client, ids[0]) >= 2
+
+    wait_for(started, 300, "epoch 2 in the store", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_id,) = ids
+    assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody closed it
+    killed_at = logged_epochs(client, run_id)
+    assert killed_at < EPOCHS, "the run finished before it was killed; the test proved nothing"
+    assert snapshots.path_for(run_id).exists()
+
+    resumed = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=subprocess_env(mlflow_env),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run {run_id}" in resumed.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([exp])) == 2, "the resume went into the same run"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each step exactly once
+    assert comparable(client, run_id) == comparable(client, ref_id)
+    assert not snapshots.path_for(run_id).exists(), "a finished run's checkpoint is removed"
+
+
+@pytest.mark.slow
+def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_path):
+    client, ref_id = reference
+    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    sweep_args = ["--preset", "custom", "--grid", "seed=0", *ARGS[:-2], "--device", "cpu"]
+    env = subprocess_env(mlflow_env)
+    sweep = subprocess.Popen(SWEEP + sweep_args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    found = {}
+
+    def child_at_epoch_2():
+        for r in client.search_runs([exp], "tags.mlflow.parentRunId != ''"):
+            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
+            return logged_epochs(client, r.info.run_id) >= 2
+        return False
+
+    wait_for(child_at_epoch_2, 300, "the child's epoch 2", sweep)
+    child, parent = found["child"], found["parent"]
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its child, as a lost machine would
+    kill_trainer_of(child)
+    sweep.wait()
+    assert client.get_run(child).info.status == "RUNNING"
+    assert logged_epochs(client, child) < EPOCHS
+
+    # Re-run into the same parent, as `mlflow run ... --run-id <parent>` does.
+    rerun = subprocess.run(SWEEP + sweep_args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent},
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "1 resumed from a checkpoint" in rerun.stdout
+    kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert [k.info.run_id for k in kids] == [child], "continued, not started over"
+    assert client.get_run(child).info.status == "FINISHED"
+    assert comparable(client, child) == comparable(client, ref_id)
+
+
+@pytest.mark.slow
+def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sqlite_server, tmp_path, monkeypatch):
+    server = sqlite_server
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
+    epochs = 30
+    args = TRAIN + ["--norm", "gn", "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(server.url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(server.url)
+    found = []
+
+    def first_epoch_logged():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+        return bool(found) and logged_epochs(client, found[0]) >= 1
+
+    wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
+    (run_id,) = found
+    server.kill()
+    down = time.monotonic()
+    ckpt = snapshots.path_for(run_id)
+
+    def trained_on(n):
+        return lambda: ckpt.exists() and len(snapshots.load(ckpt)["history"]) >= n
+
+    # Training does not wait for the server: three more epochs pass while it is away.
+    at_kill = len(snapshots.load(ckpt)["history"])
+    wait_for(trained_on(at_kill + 3), 120, "three epochs without the server", proc)
+    server.start()
+    outage = time.monotonic() - down
+    assert len(snapshots.load(ckpt)["history"]) < epochs, "training ended before the server was back"
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, epochs + 1)), key  # every epoch, exactly once
+    assert run.data.metrics[names.BEST_EPOCH] >= 1
+    assert client.get_registered_model(names.registered_model("gn")).latest_versions
+    print(f"outage survived: {outage:.1f}s")
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path))
+    held = snapshots.lock("abc")
+    with pytest.raises(Exception, match=f"run abc is being trained by another live process \\(pid {os.getpid()}\\)"):
+        snapshots.lock("abc")
+    held.close()
+    snapshots.lock("abc").close()  # free again once its holder lets go (or dies)
