@@ -225,6 +225,7 @@ def test_the_mlflow_ui_lists_the_children_under_the_sweep(quick_sweep, mlflow_ui
             row.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand
             child.wait_for(timeout=30_000)
             for norm in NORM_NAMES:
-                assert page.get_by_text(f"{norm}-sgd-lr0.1-aug-bs32", exact=True).count() == 1, norm
+                # At least once: a child that failed and ran again (the resume test) is listed twice.
+                assert page.get_by_text(f"{norm}-sgd-lr0.1-aug-bs32", exact=True).count() >= 1, norm
         finally:
             browser.close()
