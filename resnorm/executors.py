@@ -83,30 +83,27 @@ def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child) -> s
 
 
 @contextlib.contextmanager
-def _environment(**values: str | None) -> Iterator[None]:
-    """Set environment variables for a child process started inside the block."""
-    saved = {k: os.environ.get(k) for k in values}
+def _visible_gpu(gpu: int | None) -> Iterator[None]:
+    """Show only ``gpu`` to a child process started inside the block (no change without one)."""
+    if gpu is None:
+        yield
+        return
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None):
     """Create the child's run (or reuse its interrupted one) and start ``train`` in it; returns
     MLflow's ``SubmittedRun``."""
     run_id = child.resume or create_child_run(client, ctx, child)
-    visible = None if gpu is None else str(gpu)
-    with _environment(CUDA_VISIBLE_DEVICES=visible) if gpu is not None else contextlib.nullcontext():
+    with _visible_gpu(gpu):
         return mlflow.projects.run(
             ctx.project_dir,
             entry_point="train",
