@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ import mlflow
 import torch
 from mlflow.data import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from resnorm import names, serving, snapshots
 from resnorm.config import TrainConfig
@@ -33,6 +35,7 @@ from resnorm.plots import confusion_matrix, curves
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
 TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
 SYNC_TIMEOUT_SECONDS = float(os.environ.get("RESNORM_SYNC_TIMEOUT", "300"))  # wait for the server at the end
 
@@ -111,9 +114,25 @@ class RunLogger:
         """Record each split as a metadata-only MLflow dataset input (source, digest, context)."""
         local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
         short = os.path.basename(data.name.rstrip("/")) or data.name
-        for split in SPLITS:
-            dataset = MetaDataset(local(data.source), name=f"{short}-{split}", digest=data.digest(split))
-            mlflow.log_input(dataset, context=DATASET_CONTEXTS[split])
+        inputs = [
+            DatasetInput(
+                MetaDataset(local(data.source), name=f"{short}-{split}", digest=data.digest(split))._to_mlflow_entity(),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split])],
+            )
+            for split in SPLITS
+        ]
+        # The server adds a dataset it has not seen with check-then-insert, so two runs that log the
+        # same new dataset at the same moment (a parallel sweep, eight writers) can lose that race
+        # with a unique-key error. The winner's row is then there: logging inputs is idempotent, so
+        # trying again shortly after succeeds.
+        for attempt in range(DATASET_LOG_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == DATASET_LOG_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
     def __call__(self, stats: EpochStats) -> None:
         """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background.

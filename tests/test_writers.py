@@ -2,13 +2,16 @@
 (the embedded default) and over PostgreSQL (what the README's team setup uses)."""
 
 import subprocess
+import threading
 import uuid
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
+from resnorm.data import synthetic
 from resnorm.norms import NORM_NAMES
+from resnorm.tracking import RunLogger
 from tests.conftest import PYTHON, ROOT, MlflowServer, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -68,6 +71,40 @@ def eight_writers(server: MlflowServer, tmp_path):
         assert names.final_metric("test", "accuracy") in r.data.metrics
     versions = sum(len(client.search_model_versions(f"name = '{names.registered_model(n)}'")) for n in set(norms))
     assert versions == WRITERS, "every writer registered its model"
+
+
+def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
+    """The server adds an unseen dataset with check-then-insert; runs that race on it must still
+    all record their inputs (without the retry, three runs of this test out of three failed)."""
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+    try:
+        client = MlflowClient(server.url)
+        experiment = client.create_experiment("race")
+        for round_ in range(4):
+            data = synthetic(image_size=8, per_class=20, seed=round_)  # a dataset the server has not seen
+            loggers = [RunLogger(client.create_run(experiment).info.run_id, client) for _ in range(16)]
+            start, errors = threading.Barrier(len(loggers)), []
+
+            def log(logger):
+                start.wait()
+                try:
+                    logger.log_dataset(data)
+                except Exception as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=log, args=(lg,)) for lg in loggers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for lg in loggers:
+                lg.outbox.close()
+            assert not errors, errors
+            for lg in loggers:
+                inputs = client.get_run(lg.run_id).inputs.dataset_inputs
+                assert sorted(i.dataset.digest for i in inputs) == sorted(data.digest(s) for s in ("train", "val", "test"))
+    finally:
+        server.kill()
 
 
 def test_eight_writers_on_sqlite(tmp_path):
