@@ -240,7 +240,21 @@ def promote_if_better(client: MlflowClient, name: str, version: int, val_accurac
     if current is not None and val_accuracy <= current:
         return False
     client.set_registered_model_alias(name, names.CHAMPION, str(version))
-    return True
+    # Runs of one norm finishing together (a parallel sweep) can both read the old champion and
+    # both move the alias, the worse one last. Every mover re-reads the versions after its move and
+    # settles on the best of them, so the last one to do so leaves the alias on the best version.
+    best = best_version(client, name)
+    if best is not None and best != version:
+        client.set_registered_model_alias(name, names.CHAMPION, str(best))
+    return best in (None, version)
+
+
+def best_version(client: MlflowClient, name: str) -> int | None:
+    """The version with the highest recorded val accuracy (the earliest of equals), or None."""
+    key = names.final_metric("val", "accuracy")
+    scored = [(-float(v.tags[key]), int(v.version)) for v in client.search_model_versions(f"name = '{name}'")
+              if key in v.tags]
+    return min(scored)[1] if scored else None
 
 
 def resumable_config(run_id: str) -> TrainConfig:

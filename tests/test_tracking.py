@@ -82,7 +82,9 @@ def _version_with(client: MlflowClient, name: str, val_accuracy: float) -> int:
         mlflow.log_metric(names.final_metric("val", "accuracy"), val_accuracy)
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
-    return int(client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    client.set_model_version_tag(name, version, names.final_metric("val", "accuracy"), str(val_accuracy))  # as training does
+    return int(version)
 
 
 def test_champion_moves_only_to_a_better_version(mlflow_env):
@@ -107,3 +109,13 @@ def test_a_run_that_fails_is_marked_failed_with_the_reason(mlflow_env):
     assert run.info.status == "FAILED"
     assert run.data.tags[names.TAG_ERROR].startswith("the training loss became")
     assert not MlflowClient().search_registered_models()  # nothing half-written in the registry
+
+
+def test_two_runs_promoting_at_once_leave_the_better_champion(mlflow_env):
+    """Both runs read "no champion" before either moves it; the worse one moves it last."""
+    client, name = MlflowClient(), "resnorm-race"
+    better, worse = _version_with(client, name, 0.90), _version_with(client, name, 0.80)
+    assert promote_if_better(client, name, better, 0.90)
+    client.delete_registered_model_alias(name, names.CHAMPION)  # the worse run's stale read: no champion yet
+    assert not promote_if_better(client, name, worse, 0.80)
+    assert int(client.get_model_version_by_alias(name, names.CHAMPION).version) == better
