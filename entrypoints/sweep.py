@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnorm.config import DEVICES, TrainConfig  # noqa: E402
 from resnorm.executors import EXECUTORS  # noqa: E402
+from resnorm.fast import MODES  # noqa: E402
 from resnorm.sweep import FIELD_TYPES, PRESETS  # noqa: E402
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,12 +47,14 @@ def training_options(command):
               help="local: children at once (0: one per GPU, or 1 without GPUs).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="Device of every child.")
+@click.option("--mode", type=click.Choice(MODES), default="auto",
+              help="Training path of every child: plain, fast, or auto (fast on CUDA).")
 @training_options
-def sweep(preset, grid, seeds, executor, parallel, ray_address, device, **training) -> None:
+def sweep(preset, grid, seeds, executor, parallel, ray_address, device, mode, **training) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
     from resnorm.runner import run_sweep
 
-    run_sweep(PROJECT_DIR, preset, grid, seeds, executor, parallel, ray_address, device, training)
+    run_sweep(PROJECT_DIR, preset, grid, seeds, executor, parallel, ray_address, device, training, mode)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnorm.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig  # noqa: E402
+from resnorm.fast import MODES  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
 
 D = TrainConfig()  # the defaults, stated once
@@ -42,10 +43,13 @@ D = TrainConfig()  # the defaults, stated once
 @click.option("--data", type=str, default=D.data,
               help="'digits' (embedded), 'synthetic', or an image folder (train/ val/ test/, or one class tree).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present, else CPU.")
+@click.option("--mode", type=click.Choice(MODES), default="auto",
+              help="plain: float32, eager; fast: bf16 autocast, channels_last, torch.compile, images kept on the "
+              "GPU; auto: fast on CUDA, plain on the CPU.")
 @click.option("--resume", type=str, default="",
               help="Run id of an interrupted run to continue from its last completed epoch, into the same run "
               "(its configuration comes from its checkpoint; the training options above are then ignored).")
-def train(device: str, resume: str, **options) -> None:
+def train(device: str, mode: str, resume: str, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
     from resnorm.data import load_data
     from resnorm.engine import resolve_device, train as fit
@@ -55,8 +59,8 @@ def train(device: str, resume: str, **options) -> None:
     dev = resolve_device(device)
     check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
     data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, device, dev, resume) as run:
-        result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint)
+    with training_run(cfg, data, device, dev, resume, mode) as run:
+        result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint, mode=mode)
         version = run.log_result(cfg, data, result)
     final = result.final_metrics()
     click.echo(

@@ -166,20 +166,97 @@ def _decode(path: str, image_size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def _read_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(classes, image paths, labels) of a tree of class folders."""
     try:
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:
         raise DataError(f"{root}: {e}") from None
-    paths = [p for p, _ in samples]
-    labels = np.array([t for _, t in samples], dtype=np.int64)
+    return classes, [p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64)
+
+
+def _read_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+    """Decode every image of a class tree, in parallel (PIL releases the GIL while decoding), into
+    one preallocated uint8 tensor."""
+    classes, paths, labels = _list_class_tree(root)
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = torch.from_numpy(_decode(paths[i], image_size))
+
     workers = min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(workers) as pool:
-        decoded = list(
-            tqdm(pool.map(lambda p: _decode(p, image_size), paths), total=len(paths), desc=desc, unit="img", leave=False)
+        for _ in tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
+            pass
+    return classes, images, labels
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_fits(root: Path, count: int, image_size: int) -> None:
+    need = count * 3 * image_size * image_size
+    available = _available_memory()
+    if available is not None and need > 0.8 * available:
+        raise DataError(
+            f"{root}: {count} images at image_size {image_size} need {need / 2**30:.1f} GiB decoded, but only "
+            f"{available / 2**30:.1f} GiB of memory is available; lower --image-size or use a machine with more memory"
         )
-    return classes, torch.from_numpy(np.stack(decoded)), labels
+
+
+# The decoded images of a folder are kept on disk, keyed by every file's path, size and mtime and
+# by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    from resnorm import snapshots
+
+    return snapshots.home() / "decoded"
+
+
+def _folder_key(root: Path, image_size: int) -> str:
+    h = hashlib.sha256(f"{CACHE_FORMAT}:{root}:{image_size}".encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _load_cached(path: Path, root: Path) -> DataBundle | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, mmap=True)
+        splits = {s: Split(state[s]["images"], state[s]["labels"]) for s in SPLITS}
+        return DataBundle(str(root), str(root), tuple(state["classes"]), **splits)
+    except Exception:  # noqa: BLE001 - a damaged cache is decoded again and rewritten
+        return None
+
+
+def _save_cached(path: Path, data: DataBundle) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"classes": list(data.classes)}
+    state.update({s: {"images": data.split(s).images, "labels": data.split(s).labels} for s in SPLITS})
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # whole or absent, also with several runs writing it at once
+    except OSError as e:  # a full or read-only disk costs the next run a decode, nothing more
+        tmp.unlink(missing_ok=True)
+        print(f"warning: could not keep the decoded images in {path}: {e}", flush=True)
 
 
 def _image_folder(root: Path, image_size: int) -> DataBundle:
@@ -189,13 +266,24 @@ def _image_folder(root: Path, image_size: int) -> DataBundle:
             "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
         )
     root = root.resolve()
+    cached = cache_dir() / f"{root.name}-{image_size}px-{_folder_key(root, image_size)}.pt"
+    data = _load_cached(cached, root)
+    if data is None:
+        data = _decode_folder(root, image_size)
+        _save_cached(cached, data)
+    return data
+
+
+def _decode_folder(root: Path, image_size: int) -> DataBundle:
     present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and len(present) != len(SPLITS):
+        missing = sorted(set(SPLITS) - set(present))
+        raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
+    trees = [root / s for s in SPLITS] if present else [root]
+    _check_fits(root, sum(len(_list_class_tree(t)[1]) for t in trees), image_size)
     if not present:
         classes, images, labels = _read_class_tree(root, image_size, f"decoding {root.name}")
         return _from_arrays(str(root), str(root), classes, images, labels)
-    if len(present) != len(SPLITS):
-        missing = sorted(set(SPLITS) - set(present))
-        raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
     splits, classes = {}, None
     for s in SPLITS:
         names, images, labels = _read_class_tree(root / s, image_size, f"decoding {s}")
@@ -216,11 +304,24 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int) -> t
 
     ``images`` is a (N, C, H, W) batch on any device; the draws come from ``generator`` (CPU).
     """
+    dy, dx, flip = augment_draws(len(images), generator, padding)
+    dev = images.device
+    return crop_flip(images, dy.to(dev), dx.to(dev), flip.to(dev), padding)
+
+
+def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets (dy, dx) in [0, 2 * padding] and flip flags for ``n`` images."""
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop every image of a (N, C, H, W) batch at (dy, dx) of its zero-padded self and flip the
+    flagged ones: one gather, on the images' device."""
     n, c, h, w = images.shape
     dev = images.device
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     padded = F.pad(images, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
     rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (N, 1, H, 1)
     cols = dx[:, None] + torch.arange(w, device=dev)  # (N, W)
@@ -236,21 +337,32 @@ def batches(
     device: torch.device,
     generator: torch.Generator | None = None,
     augment_padding: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (images as float in [0, 1], labels) on ``device``.
 
     With a ``generator`` the order is shuffled, the last incomplete batch is dropped (batch norm
-    needs more than one sample) and, if ``augment_padding`` > 0, every image is augmented. Without
-    one the split is walked in order, whole, with no augmentation (evaluation).
+    needs more than one sample) and, if ``augment_padding`` > 0, every image is augmented. The
+    epoch's draws are made up front on the CPU and sent to the device once, so the same seed gives
+    the same epoch on any device and a batch costs no host round trip. Without a generator the split
+    is walked in order, whole, with no augmentation (evaluation).
     """
     n = len(split)
+    src = split.images.device
     if generator is None:
-        order, stop = torch.arange(n), n
+        order, stop = torch.arange(n, device=src), n
+        draws = None
     else:
         order, stop = torch.randperm(n, generator=generator), n - n % batch_size
+        draws = augment_draws(n, generator, augment_padding) if augment_padding else None
+        order = order.to(src, non_blocking=True)
+        if draws is not None:
+            draws = tuple(d.to(device, non_blocking=True) for d in draws)
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x = split.images[idx].to(device, non_blocking=True)
-        if generator is not None and augment_padding:
-            x = augment(x, generator, augment_padding)
-        yield x.float().div_(255), split.labels[idx].to(device, non_blocking=True)
+        y = split.labels[idx].to(device, non_blocking=True)
+        if draws is not None:
+            dy, dx, flip = (d[start : start + batch_size] for d in draws)
+            x = crop_flip(x, dy, dx, flip, augment_padding)
+        yield x.float().div_(255).contiguous(memory_format=memory_format), y

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from resnorm import metrics, names, snapshots
+from resnorm import fast, metrics, names, snapshots
 from resnorm.config import TrainConfig
 from resnorm.data import SPLITS, DataBundle, Split, batches
 from resnorm.errors import ConfigError, TrainingDiverged
+from resnorm.fast import CompiledModel, Speed
 from resnorm.model import ResNet, resnet
-from resnorm.norms import clip_gates_
+from resnorm.norms import gate_clipper
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,16 @@ class TrainResult:
     best_epoch: int
     history: list[EpochStats]
     evaluations: dict[str, Evaluation] = field(default_factory=dict)  # split -> eval of the best model
+    speed: Speed = Speed("plain")
+    compile_seconds: float = 0.0  # spent compiling in the first train and eval calls (fast path)
+    compile_fallback: str | None = None  # why torch.compile failed, when it did (training went on eagerly)
 
     def final_metrics(self) -> dict[str, float]:
-        """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model."""
+        """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model
+        (and ``compile_seconds`` when the model was compiled)."""
         out: dict[str, float] = {names.BEST_EPOCH: float(self.best_epoch)}
+        if self.speed.compile_mode:
+            out[names.COMPILE_SECONDS] = self.compile_seconds
         for split, ev in self.evaluations.items():
             out.update({names.final_metric(split, k): v for k, v in ev.scores().items()})
         return out
@@ -82,7 +89,7 @@ def build_model(cfg: TrainConfig, data: DataBundle) -> ResNet:
     return resnet(cfg.n, data.num_classes, cfg.norm, data.channels, cfg.groups, mean, std)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     # Weight decay by tensor rank, so it works for every norm: conv and linear weights decay;
     # biases, norm affines and Batch-Instance gates (which Nam & Kim exempt) do not.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -90,10 +97,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    # fused: one kernel for every parameter's update (CUDA); otherwise torch's default (foreach).
+    kind = {"fused": True} if fused else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kind)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, **kind)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
 
 
@@ -109,17 +118,30 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> Evaluation:
-    """Loss and predictions over a whole split in eval mode, without augmentation."""
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, device: torch.device, speed: Speed = Speed("plain"), forward=None
+) -> Evaluation:
+    """Loss and predictions over a whole split in eval mode, without augmentation.
+
+    Everything stays on the device until the end. The fast path evaluates in batches of one size
+    (``speed.eval_batch``, the last one padded) so a compiled model sees a single shape.
+    """
     model.eval()
+    forward = forward or model
+    size = speed.eval_batch or batch_size
     loss = torch.zeros((), device=device, dtype=torch.float64)
     preds = []
-    for x, y in batches(split, batch_size, device):
-        logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+    fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
+    for x, y in batches(split, size, device, memory_format=fmt):
+        real = len(y)
+        if speed.eval_batch and real < size:
+            x = torch.cat([x, x.new_zeros((size - real, *x.shape[1:]))]).contiguous(memory_format=fmt)
+        with fast.autocast(speed, device):
+            logits = forward(x)[:real].float()
+        loss += F.cross_entropy(logits, y, reduction="sum")
         preds.append(logits.argmax(1))
     predictions = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
-    return Evaluation(loss.item() / max(1, len(split)), split.labels.numpy(), predictions)
+    return Evaluation(loss.item() / max(1, len(split)), split.labels.cpu().numpy(), predictions)
 
 
 def train_one_epoch(
@@ -130,26 +152,55 @@ def train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     progress: bool = False,
+    speed: Speed = Speed("plain"),
+    forward: CompiledModel | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the shuffled, augmented training split: (mean loss, accuracy, images)."""
+    """One pass over the shuffled, augmented training split: (mean loss, accuracy, images).
+
+    Nothing here waits for the device: loss and accuracy are summed where they are computed.
+    """
     model.train()
+    forward = forward or CompiledModel(model, None)
+    clip_gates = gate_clipper(model)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     steps = len(split) // cfg.batch_size
-    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding)
+    fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
+    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding, memory_format=fmt)
     for x, y in tqdm(stream, total=steps, unit="step", leave=False, disable=not progress):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clip_gates_(model)
-        # Accumulate on the device: no host sync per step.
+        logits, loss = _step(model, forward, optimizer, x, y, speed, device)
+        clip_gates()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
     return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+def _step(model, forward: CompiledModel, optimizer, x, y, speed: Speed, device):
+    """Forward, backward and update of one batch; the first compiled backward falls back to
+    eager like the forward does, redoing the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    with fast.autocast(speed, device):
+        logits = forward(x)
+    loss = F.cross_entropy(logits.float(), y)
+    if forward.compiled and not forward.backward_checked:
+        start = time.perf_counter()
+        try:
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - the backward graph compiles on its first call
+            forward.fail(e)
+            optimizer.zero_grad(set_to_none=True)
+            with fast.autocast(speed, device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+        forward.backward_checked = True
+        forward.compile_seconds += time.perf_counter() - start
+    else:
+        loss.backward()
+    optimizer.step()
+    return logits, loss
 
 
 def train(
@@ -159,21 +210,31 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
     checkpoint_path: Path | None = None,
+    mode: str = "auto",
+    compile_mode: str = "auto",
 ) -> TrainResult:
     """Train ``cfg`` on ``data``; keep and return the epoch with the best validation accuracy.
 
     ``progress``: True for a tqdm bar, False for silence, None for a bar on a terminal and one
     line per epoch otherwise. ``checkpoint_path``: saved after every epoch; when the file exists,
     training continues from it (its epochs are reported to ``on_epoch`` again first).
+    ``mode``: ``plain``, ``fast`` or ``auto`` (fast on CUDA), see ``resnorm.fast``.
     """
     device = device or resolve_device("auto")
+    speed = fast.resolve_speed(mode, device, cfg.batch_size, compile_mode)
+    fast.configure_backends(speed, device)
     if cfg.batch_size > len(data.train):
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation draws
     model = build_model(cfg, data).to(device)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, fused=speed.fast and device.type == "cuda")
     scheduler = build_scheduler(cfg, optimizer)
+    if speed.fast:
+        model = model.to(memory_format=torch.channels_last)
+        data, where = fast.place_images(data, device)
+        print(f"{speed.describe()}; images in {where}", flush=True)
+    forward = CompiledModel(model, speed.compile_mode)
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
@@ -201,7 +262,7 @@ def train(
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc, seen = train_one_epoch(
-            model, optimizer, data.train, cfg, generator, device, progress=not bar.disable
+            model, optimizer, data.train, cfg, generator, device, not bar.disable, speed, forward
         )
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
@@ -210,7 +271,7 @@ def train(
                 "lower the learning rate"
             )
         scheduler.step()
-        val = evaluate(model, data.val, cfg.batch_size, device)
+        val = evaluate(model, data.val, cfg.batch_size, device, speed, forward)
         val_scores = val.scores()
         stats = EpochStats(
             epoch=epoch,
@@ -259,5 +320,6 @@ def train(
     assert best_state is not None  # epochs >= 1 is validated by TrainConfig
     model.load_state_dict(best_state)
     model.eval()
-    evaluations = {s: evaluate(model, data.split(s), cfg.batch_size, device) for s in SPLITS}
-    return TrainResult(model, best_epoch, history, evaluations)
+    evaluations = {s: evaluate(model, data.split(s), cfg.batch_size, device, speed, forward) for s in SPLITS}
+    model = model.to(memory_format=torch.contiguous_format)
+    return TrainResult(model, best_epoch, history, evaluations, speed, forward.compile_seconds, forward.fallback)

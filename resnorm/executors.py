@@ -39,6 +39,7 @@ class Child:
     name: str
     device: str  # the train entry point's device parameter (auto, cpu, cuda)
     resume: str = ""  # run id of this child's interrupted run, continued from its checkpoint
+    mode: str = "auto"  # the train entry point's mode parameter (auto, plain, fast)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def train_parameters(child: Child) -> dict[str, str]:
     params = child.config.as_params()
     params.pop("depth")  # derived from n, not a parameter
     params["device"] = child.device
+    params["mode"] = child.mode
     params["resume"] = child.resume
     return params
 
@@ -172,7 +174,7 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
-    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"], spec["resume"])
+    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"], spec["resume"], spec["mode"])
     client = MlflowClient()
     status = close_child(client, start_child(client, ctx, child))
     tune.report({"finished": int(status == FINISHED)})
@@ -201,7 +203,7 @@ def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpu
     ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
     try:
         specs = [
-            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device, "resume": c.resume}
+            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device, "resume": c.resume, "mode": c.mode}
             for c in children
         ]
         resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}

@@ -24,6 +24,7 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, VAL_MACRO_F
 
 # Final metrics of the kept model, measured in eval mode without augmentation.
 BEST_EPOCH = "best_epoch"
+COMPILE_SECONDS = "compile_seconds"  # fast path: time the first compiled calls took
 SCORES = ("accuracy", "micro_f1", "macro_f1")
 
 
@@ -35,6 +36,8 @@ def final_metric(split: str, score: str) -> str:
 # Tags.
 TAG_ERROR = "resnorm.error"  # why a FAILED run failed
 TAG_DEVICE = "resnorm.device"  # cpu, cuda:0, ...
+TAG_SPEED = "resnorm.speed"  # the training path that ran: plain, or fast with its settings
+TAG_COMPILE_FALLBACK = "resnorm.compile_fallback"  # why torch.compile failed (training went on eagerly)
 TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to (parent and children)
 TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
 

@@ -88,6 +88,7 @@ def run_sweep(
     ray_address: str,
     device: str,
     training: Mapping[str, str],
+    mode: str = "auto",
 ) -> None:
     configs = plan(preset, grid, seeds, training)
     if executor == "ray":
@@ -97,7 +98,7 @@ def run_sweep(
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
     parallel = parallel or max(1, gpus)
     params = {"preset": preset, "grid": grid, "seeds": str(seeds), "executor": executor, "parallel": str(parallel),
-              "ray_address": ray_address, "device": device, **{k: str(v) for k, v in training.items()}}
+              "ray_address": ray_address, "device": device, "mode": mode, **{k: str(v) for k, v in training.items()}}
 
     check_tracking_server()
     use_default_experiment()
@@ -115,7 +116,7 @@ def run_sweep(
             done = finished_configs(client, parent.info.experiment_id, run_id)
             interrupted = interrupted_children(client, parent.info.experiment_id, run_id)
             children = [
-                Child(c, child_name(c, seeds), device, interrupted.get(c, "")) for c in configs if c not in done
+                Child(c, child_name(c, seeds), device, interrupted.get(c, ""), mode) for c in configs if c not in done
             ]
             print(
                 f"sweep {preset} (run {run_id}): {len(configs)} configurations, "

@@ -100,10 +100,13 @@ class RunLogger:
         self.checkpoint = snapshots.path_for(run_id)
         self.outbox = Outbox(run_id, self.client, mlflow.get_tracking_uri())
 
-    def log_config(self, cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device) -> None:
+    def log_config(
+        self, cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device, mode: str = "auto"
+    ) -> None:
         params = cfg.as_params()
         params["num_classes"] = str(data.num_classes)
         params["device"] = requested_device  # as asked (auto, cpu, cuda); the tag says which one ran
+        params["mode"] = mode  # as asked (auto, plain, fast); the resnorm.speed tag says what ran
         log_new_params(self.client, self.run_id, params)
         # A sweep names its children before they start (``-s{seed}`` when seeds vary): keep that.
         if not self.client.get_run(self.run_id).info.run_name.startswith(cfg.run_name()):
@@ -158,6 +161,9 @@ class RunLogger:
     def log_result(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> int | None:
         """Final metrics, figures, per-class report and the model; returns the registered version."""
         self.sync()
+        self.client.set_tag(self.run_id, names.TAG_SPEED, result.speed.describe())
+        if result.compile_fallback:
+            self.client.set_tag(self.run_id, names.TAG_COMPILE_FALLBACK, result.compile_fallback[:5000])
         final = result.final_metrics()
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
@@ -272,7 +278,12 @@ def resumable_config(run_id: str) -> TrainConfig:
 
 @contextlib.contextmanager
 def training_run(
-    cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device, resume: str = ""
+    cfg: TrainConfig,
+    data: DataBundle,
+    requested_device: str,
+    device: torch.device,
+    resume: str = "",
+    mode: str = "auto",
 ) -> Iterator[RunLogger]:
     """Open the run (or resume the one ``mlflow run`` made, or ``resume``), log config and data,
     yield the logger.
@@ -294,7 +305,7 @@ def training_run(
     logger = RunLogger(run.info.run_id)
     try:
         if not resume:
-            logger.log_config(cfg, data, requested_device, device)
+            logger.log_config(cfg, data, requested_device, device, mode)
             logger.log_dataset(data)
         yield logger
     except TrackingUnavailable:

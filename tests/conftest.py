@@ -32,6 +32,12 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
     return root
 
 
+@pytest.fixture(autouse=True)
+def _own_resnorm_home(tmp_path, monkeypatch):
+    """Checkpoints and decoded-image caches of this test only, never the user's ~/.resnorm."""
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     return make_class_tree(tmp_path / "tree", per_class=20)

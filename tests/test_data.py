@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnorm.data import _stratified_split, augment, batches, load_data, synthetic
+from resnorm import data as data_module
+from resnorm.data import _stratified_split, augment, batches, cache_dir, load_data, synthetic
 from resnorm.errors import DataError
 from tests.conftest import COLOURS, make_class_tree, write_image
 
@@ -53,6 +54,40 @@ def test_single_class_tree_is_split_by_class(image_tree):
         assert torch.bincount(split.labels).tolist() == [len(split) // 3] * 3
     again = load_data(str(image_tree), 8)
     assert torch.equal(d.val.images, again.val.images)
+
+
+def test_a_folder_is_decoded_once_and_read_from_the_cache_after(split_folder, monkeypatch):
+    first = load_data(str(split_folder), 12)
+    (cached,) = cache_dir().glob("splits-12px-*.pt")
+    with monkeypatch.context() as m:
+        m.setattr(data_module, "_decode", lambda *a: pytest.fail("decoded again"))
+        again = load_data(str(split_folder), 12)
+    for s in ("train", "val", "test"):
+        assert torch.equal(first.split(s).images, again.split(s).images)
+        assert torch.equal(first.split(s).labels, again.split(s).labels)
+    assert again.classes == first.classes and again.digest("test") == first.digest("test")
+    # Another size, or a changed file, is another cache entry; the first one stays valid.
+    load_data(str(split_folder), 8)
+    write_image(split_folder / "train" / "cat" / "0.png", (0, 0, 0), seed=99)
+    changed = load_data(str(split_folder), 12)
+    assert not torch.equal(changed.train.images, first.train.images)
+    assert len(list(cache_dir().glob("splits-*.pt"))) == 3 and cached.exists()
+
+
+def test_a_damaged_cache_is_decoded_again(split_folder):
+    first = load_data(str(split_folder), 12)
+    (cached,) = cache_dir().glob("splits-12px-*.pt")
+    cached.write_bytes(cached.read_bytes()[:100])
+    again = load_data(str(split_folder), 12)
+    assert torch.equal(first.train.images, again.train.images)
+    assert torch.equal(torch.load(cached, weights_only=True)["train"]["images"], first.train.images)  # rewritten
+
+
+def test_a_folder_too_big_for_memory_stops_before_decoding(split_folder, monkeypatch):
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
+    with pytest.raises(DataError, match=r"45 images at image_size 64 need 0\.0 GiB decoded, but only 0\.0 GiB"):
+        load_data(str(split_folder), 64)
+    assert not list(cache_dir().glob("*.pt"))
 
 
 def test_missing_path_is_named(tmp_path):

@@ -39,8 +39,10 @@ def test_a_run_records_everything_the_design_names(mlflow_env):
         "norm": "gn", "optimizer": "sgd", "lr": "0.1", "weight_decay": "0.0001", "momentum": "0.9",
         "scheduler": "cosine", "epochs": "3", "batch_size": "16", "augment": "true", "n": "1", "depth": "8",
         "num_classes": "4", "image_size": "16", "groups": "4", "seed": "0", "data": "synthetic", "device": "cpu",
+        "mode": "auto",
     }
     assert run.data.tags[names.TAG_DEVICE] == "cpu"
+    assert run.data.tags[names.TAG_SPEED] == "plain (float32, NCHW, eager)"  # auto on the CPU
     # Every per-epoch curve has each epoch exactly once, with the engine's values.
     for key in names.EPOCH_METRICS:
         points = client.get_metric_history(run_id, key)
