@@ -161,7 +161,7 @@ def _decode(path: str, image_size: int) -> np.ndarray:
             # Grayscale, palette and RGBA files all become RGB; the short side is resized to
             # image_size and the centre cropped square, as torchvision's Resize + CenterCrop do.
             img = ImageOps.fit(img.convert("RGB"), (image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 

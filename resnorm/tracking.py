@@ -59,10 +59,10 @@ def _give_up_quickly() -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
 
 
-def use_default_experiment() -> None:
-    """Log to the ``resnorm`` experiment unless the environment names one (``mlflow run`` does)."""
+def use_default_experiment(name: str = names.EXPERIMENT) -> None:
+    """Log to experiment ``name`` unless the environment names one (``mlflow run`` does)."""
     if not any(k in os.environ for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
-        mlflow.set_experiment(names.EXPERIMENT)
+        mlflow.set_experiment(name)
 
 
 def fail_pending_run(reason: str) -> None:
