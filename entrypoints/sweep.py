@@ -44,7 +44,8 @@ def training_options(command):
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local",
               help="local: subprocesses on this machine; ray: Ray Tune trials.")
 @click.option("--parallel", type=click.IntRange(min=0), default=0,
-              help="local: children at once (0: one per GPU, or 1 without GPUs).")
+              help="Children at once (0: one per GPU, or 1 without GPUs); more than the GPUs share them, "
+              "parallel / GPUs trainings on each (local and ray).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="Device of every child.")
 @click.option("--mode", type=click.Choice(MODES), default="auto",

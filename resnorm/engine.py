@@ -63,15 +63,21 @@ class TrainResult:
     speed: Speed = Speed("plain")
     compile_seconds: float = 0.0  # spent compiling in the first train and eval calls (fast path)
     compile_fallback: str | None = None  # why torch.compile failed, when it did (training went on eagerly)
+    overhead_seconds: float = 0.0  # the loop's time outside training and evaluation: checkpoints, tracking
 
     def final_metrics(self) -> dict[str, float]:
-        """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model
-        (and ``compile_seconds`` when the model was compiled)."""
+        """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model."""
         out: dict[str, float] = {names.BEST_EPOCH: float(self.best_epoch)}
-        if self.speed.compile_mode:
-            out[names.COMPILE_SECONDS] = self.compile_seconds
         for split, ev in self.evaluations.items():
             out.update({names.final_metric(split, k): v for k, v in ev.scores().items()})
+        return out
+
+    def timings(self) -> dict[str, float]:
+        """Where time went besides training: ``overhead_seconds`` (checkpoints, tracking) and,
+        for a compiled model, ``compile_seconds``."""
+        out = {names.OVERHEAD_SECONDS: self.overhead_seconds}
+        if self.speed.compile_mode:
+            out[names.COMPILE_SECONDS] = self.compile_seconds
         return out
 
 
@@ -238,6 +244,7 @@ def train(
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
+    overhead = 0.0  # seconds the loop spent checkpointing and handing epochs to tracking
     if checkpoint_path is not None and checkpoint_path.exists():
         state = snapshots.load(checkpoint_path)
         if state["config"] != cfg.as_params():
@@ -289,6 +296,7 @@ def train(
         if stats.val_accuracy > best_acc:
             best_acc, best_epoch = stats.val_accuracy, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        aside = time.perf_counter()
         if checkpoint_path is not None:
             # Before the report: once the epoch is reported, it must be resumable.
             snapshots.save(
@@ -308,6 +316,7 @@ def train(
             )
         if on_epoch is not None:
             on_epoch(stats)
+        overhead += time.perf_counter() - aside
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{stats.val_accuracy:.3f}", best=best_epoch)
         if epoch_lines:
             print(
@@ -322,4 +331,5 @@ def train(
     model.eval()
     evaluations = {s: evaluate(model, data.split(s), cfg.batch_size, device, speed, forward) for s in SPLITS}
     model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, best_epoch, history, evaluations, speed, forward.compile_seconds, forward.fallback)
+    return TrainResult(model, best_epoch, history, evaluations, speed, forward.compile_seconds, forward.fallback,
+                       overhead)

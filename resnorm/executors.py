@@ -180,8 +180,12 @@ def _ray_trial(trial_config: dict) -> None:
     tune.report({"finished": int(status == FINISHED)})
 
 
-def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0) -> dict[str, str]:
-    """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, one GPU.
+def run_ray(
+    ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0, per_gpu: int = 1
+) -> dict[str, str]:
+    """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, a
+    ``1 / per_gpu`` share of one (a small model leaves a big GPU idle: several trainings at once
+    can raise the total rate; ``bench`` and the sweep's own timings tell).
 
     With no ``address``, Ray starts on this machine. The project folder travels to the workers as
     Ray's ``working_dir``; the tracking URI goes with them, so it must be one every worker reaches
@@ -206,7 +210,7 @@ def run_ray(ctx: SweepContext, children: Sequence[Child], address: str = "", gpu
             {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device, "resume": c.resume, "mode": c.mode}
             for c in children
         ]
-        resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
+        resources = {"cpu": 1, "gpu": 1 / per_gpu} if gpus else {"cpu": 1}
         with tempfile.TemporaryDirectory() as storage:
             tuner = tune.Tuner(
                 tune.with_resources(_ray_trial, resources),

@@ -25,6 +25,7 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, VAL_MACRO_F
 # Final metrics of the kept model, measured in eval mode without augmentation.
 BEST_EPOCH = "best_epoch"
 COMPILE_SECONDS = "compile_seconds"  # fast path: time the first compiled calls took
+OVERHEAD_SECONDS = "overhead_seconds"  # time the epoch loop spent on checkpoints and handing epochs to MLflow
 SCORES = ("accuracy", "micro_f1", "macro_f1")
 
 

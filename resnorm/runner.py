@@ -126,7 +126,7 @@ def run_sweep(
             )
             ctx = SweepContext(run_id, parent.info.experiment_id, preset, project_dir)
             if executor == "ray":
-                statuses = run_ray(ctx, children, ray_address, gpus)
+                statuses = run_ray(ctx, children, ray_address, gpus, per_gpu=max(1, parallel // max(1, gpus)))
             else:
                 statuses = run_local(ctx, children, parallel, gpus)
             failed = [name for name, status in statuses.items() if status != FINISHED]

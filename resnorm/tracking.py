@@ -164,7 +164,7 @@ class RunLogger:
         self.client.set_tag(self.run_id, names.TAG_SPEED, result.speed.describe())
         if result.compile_fallback:
             self.client.set_tag(self.run_id, names.TAG_COMPILE_FALLBACK, result.compile_fallback[:5000])
-        final = result.final_metrics()
+        final = {**result.final_metrics(), **result.timings()}
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
 
