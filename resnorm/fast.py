@@ -115,7 +115,9 @@ class CompiledModel:
     def __init__(self, model: nn.Module, compile_mode: str | None) -> None:
         self.model = model
         self.compile_mode = compile_mode
-        self.fn = torch.compile(model, mode=compile_mode) if compile_mode else model
+        # Static shapes: one graph for the training batch and one for the evaluation batch, each
+        # specialised (and, under reduce-overhead, recorded as a CUDA graph) for its size.
+        self.fn = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
         self.fallback: str | None = None  # why compiling failed
         self.compile_seconds = 0.0
         self._first = {True: True, False: True}  # first call in train mode / eval mode
