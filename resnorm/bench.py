@@ -184,6 +184,8 @@ def run(
     progress=print,
 ) -> tuple[list[TrainRate], list[FeedRate]]:
     rates = []
+    if "fast" in modes:  # before anything touches torch's compiler: it fixes its cache folder on first use
+        fast.configure_backends(fast.resolve_speed("fast", device, 32), device)
     for batch_size in batch_sizes:
         for norm in norms:
             for mode in modes:

@@ -74,14 +74,25 @@ def resolve_speed(mode: str, device: torch.device, batch_size: int, compile_mode
 
 def configure_backends(speed: Speed, device: torch.device) -> None:
     """Process-wide settings of the fast path: cuDNN autotuning for fixed shapes, a compile cache
-    that outlives /tmp, so the runs of a sweep compile once."""
+    that outlives /tmp, so the runs of a sweep compile once. Call it before the first compile:
+    torch fixes its cache folder then."""
     if not speed.fast:
         return
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     from resnorm import snapshots
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(snapshots.home() / "torchinductor"))
+    # torch fills the variable with its /tmp default as soon as something imports its compiler
+    # (torchvision does); a folder the user chose is kept.
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        default = os.path.abspath(default_cache_dir())
+    except (ImportError, AttributeError):
+        default = None
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(snapshots.home() / "torchinductor")
 
 
 def autocast(speed: Speed, device: torch.device):
