@@ -62,7 +62,11 @@ def _give_up_quickly() -> None:
 def use_default_experiment(name: str = names.EXPERIMENT) -> None:
     """Log to experiment ``name`` unless the environment names one (``mlflow run`` does)."""
     if not any(k in os.environ for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+        # When another process creates the experiment at the same moment, MLflow's set_experiment
+        # returns it without making it the active one, and the run would land in Default. Setting
+        # it by id always activates it.
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
 
 
 def fail_pending_run(reason: str) -> None:
