@@ -2,7 +2,7 @@
 of the data pipeline that feeds them (the ``bench`` entry point).
 
 A configuration is one (mode, norm, batch size). Each trains a fresh ResNet through the engine's
-own step (``resnorm.engine._step``) on batches from the engine's own feeding (``batches``) over
+own step (``resnorm.engine.train_step``) on batches from the engine's own feeding (``batches``) over
 random uint8 images placed as that mode places them, so what is timed is what ``train`` runs.
 The first ``warmup`` steps (compiling, cuDNN autotuning) are timed apart from the ``steps`` that
 give images per second; the device is synchronised before every clock read.
@@ -22,8 +22,8 @@ import torch
 
 from resnorm import fast
 from resnorm.config import TrainConfig
-from resnorm.data import DataBundle, Split, _read_class_tree, batches
-from resnorm.engine import _step, build_model, build_optimizer
+from resnorm.data import DataBundle, Split, batches, decode_class_tree
+from resnorm.engine import build_model, build_optimizer, train_step
 from resnorm.fast import CompiledModel, Speed
 
 EXPERIMENT = "resnorm-bench"
@@ -99,7 +99,7 @@ def train_rate(
         if i == warmup:
             _sync(device)
             warm = time.perf_counter()
-        _step(model, forward, optimizer, x, y, speed, device)
+        train_step(model, forward, optimizer, x, y, speed, device)
     _sync(device)
     end = time.perf_counter()
     warmup_seconds = warm - start
@@ -139,7 +139,7 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
         rates.append(FeedRate("plain: PIL + DataLoader", seen / (time.perf_counter() - start),
                               f"{workers} workers, JPEG {int(image_size * 1.17)}px -> resize, crop, flip"))
         start = time.perf_counter()
-        _, images, _ = _read_class_tree(Path(tmp), image_size, "decoding")
+        _, images, _ = decode_class_tree(Path(tmp), image_size, "decoding")
         rates.append(FeedRate("decode once into the uint8 cache", len(images) / (time.perf_counter() - start),
                               f"PIL in {min(32, workers + 4)} threads, once per folder and image size"))
     cache = random_bundle(max(files, 8 * batch_size), image_size, 4)

@@ -176,7 +176,7 @@ def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, [p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64)
 
 
-def _read_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
     """Decode every image of a class tree, in parallel (PIL releases the GIL while decoding), into
     one preallocated uint8 tensor."""
     classes, paths, labels = _list_class_tree(root)
@@ -282,11 +282,11 @@ def _decode_folder(root: Path, image_size: int) -> DataBundle:
     trees = [root / s for s in SPLITS] if present else [root]
     _check_fits(root, sum(len(_list_class_tree(t)[1]) for t in trees), image_size)
     if not present:
-        classes, images, labels = _read_class_tree(root, image_size, f"decoding {root.name}")
+        classes, images, labels = decode_class_tree(root, image_size, f"decoding {root.name}")
         return _from_arrays(str(root), str(root), classes, images, labels)
     splits, classes = {}, None
     for s in SPLITS:
-        names, images, labels = _read_class_tree(root / s, image_size, f"decoding {s}")
+        names, images, labels = decode_class_tree(root / s, image_size, f"decoding {s}")
         if classes is None:
             classes = names
         elif names != classes:

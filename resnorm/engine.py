@@ -175,7 +175,7 @@ def train_one_epoch(
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding, memory_format=fmt)
     for x, y in tqdm(stream, total=steps, unit="step", leave=False, disable=not progress):
-        logits, loss = _step(model, forward, optimizer, x, y, speed, device)
+        logits, loss = train_step(model, forward, optimizer, x, y, speed, device)
         clip_gates()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -183,7 +183,7 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen, seen
 
 
-def _step(model, forward: CompiledModel, optimizer, x, y, speed: Speed, device):
+def train_step(model, forward: CompiledModel, optimizer, x, y, speed: Speed, device):
     """Forward, backward and update of one batch; the first compiled backward falls back to
     eager like the forward does, redoing the batch."""
     optimizer.zero_grad(set_to_none=True)

@@ -132,7 +132,7 @@ class CompiledModel:
         self.fallback: str | None = None  # why compiling failed
         self.compile_seconds = 0.0
         self._first = {True: True, False: True}  # first call in train mode / eval mode
-        self.backward_checked = False  # the backward graph compiles at the first backward (engine._step)
+        self.backward_checked = False  # the backward graph compiles at the first backward (engine.train_step)
 
     @property
     def compiled(self) -> bool:
