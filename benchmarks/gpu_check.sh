@@ -7,7 +7,7 @@
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 SIZE=${SIZE:-256}; IMAGES=${IMAGES:-30000}; EPOCHS=${EPOCHS:-3}; SKIP=${SKIP:-}
-BENCH=${BENCH:---norms torch_bn,bn,bin,gn --batch-sizes 32 --steps 30 --warmup 10}
+BENCH=${BENCH:---norms torch_bn,bn,bin,gn --batch-sizes 32 --steps 30 --warmup 10 --share 1,3}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD || exit 1

@@ -41,6 +41,16 @@ def _sizes(ctx, param, value: str) -> list[int]:
     return sizes
 
 
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        counts = [0]
+    if any(c < 1 or c > 16 for c in counts):
+        raise click.BadParameter(f"{value!r}: give a comma-separated list of process counts from 1 to 16, or nothing")
+    return counts
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--norms", default=",".join(NORM_NAMES), callback=_names(NORM_NAMES), help="Comma-separated norms.")
 @click.option("--batch-sizes", default="8,32,128", callback=_sizes, help="Comma-separated batch sizes.")
@@ -57,8 +67,12 @@ def _sizes(ctx, param, value: str) -> list[int]:
               "on CUDA, else default; none: eager.")
 @click.option("--feed-files", type=click.IntRange(min=0), default=512,
               help="JPEG files for the data-pipeline rates (0: skip them).")
+@click.option("--share", default="", callback=lambda ctx, param, value: _counts(value),
+              help="Comma-separated numbers of trainings at once on the device, each its own process, e.g. 1,2,3 "
+              "(fast torch_bn at batch 32 where measured): does sharing one GPU raise the total rate? Empty: skip.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present, else CPU.")
-def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, compile_mode, feed_files, device) -> None:
+def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, compile_mode, feed_files, share,
+          device) -> None:
     """Measure img/s and ms/step of plain and fast training side by side; log the table to MLflow."""
     import mlflow
     import pandas as pd
@@ -78,13 +92,13 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     params = {"norms": ",".join(norms), "batch_sizes": ",".join(map(str, batch_sizes)), "modes": ",".join(modes),
               "image_size": image_size, "steps": steps, "warmup": warmup, "classes": classes, "n": n,
-              "compile_mode": compile_mode, "feed_files": feed_files, "device": device}
+              "compile_mode": compile_mode, "feed_files": feed_files, "share": ",".join(map(str, share)), "device": device}
     with mlflow.start_run(run_name=f"bench-{dev.type}-{image_size}px") as run:
         mlflow.log_params(params)
         mlflow.set_tags({"resnorm.device": gpu, "torch": torch.__version__})
         click.echo(f"bench on {gpu}, torch {torch.__version__}: ResNet-{6 * n + 2}, {image_size} px, {classes} classes")
-        rates, feeds = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n, compile_mode,
-                             feed_files, progress=click.echo)
+        rates, feeds, shares = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n,
+                                     compile_mode, feed_files, share, progress=click.echo)
         frame = pd.DataFrame(b.table(rates)).set_index(["norm", "batch_size"])
         feed = pd.DataFrame(b.as_dicts(feeds))
         metrics = {}
@@ -100,6 +114,11 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
                 metrics[f"fast_over_plain_{r.norm}_bs{r.batch_size}"] = r.images_per_second / plain
         for f in feeds:
             metrics["feed_" + f.pipeline.split(":")[0].split()[0] + "_img_per_s"] = f.images_per_second
+        shared = pd.DataFrame(b.as_dicts(shares))
+        for sh in shares:
+            metrics[f"share{sh.processes}_img_per_s"] = sh.images_per_second
+        if shares and shares[0].processes == 1:
+            shared["over_one"] = shared["images_per_second"] / shares[0].images_per_second
         mlflow.log_metrics(metrics)
         mlflow.log_table(pd.DataFrame(b.as_dicts(rates)), "bench/train.json")
         mlflow.log_text(frame.reset_index().to_csv(index=False), "bench/train.csv")
@@ -109,6 +128,10 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
         if feeds:
             mlflow.log_text(feed.to_csv(index=False), "bench/feed.csv")
             text += ["", "## feeding the model (img/s)", "", to_markdown(feed.set_index("pipeline").round(1))]
+        if shares:
+            mlflow.log_text(shared.to_csv(index=False), "bench/share.csv")
+            text += ["", "## trainings at once on one device (img/s together)", "",
+                     to_markdown(shared.set_index("processes").round(2))]
         fallbacks = sorted({r.fallback for r in rates if r.fallback})
         if fallbacks:
             text += ["", "torch.compile failed, measured eagerly: " + "; ".join(fallbacks)]
@@ -116,6 +139,8 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
     click.echo("\n" + frame.to_string())
     if feeds:
         click.echo("\n" + feed.round(1).to_string(index=False))
+    if shares:
+        click.echo("\n" + shared.round(2).to_string(index=False))
     click.echo(f"\nlogged to run {run.info.run_id} (experiment {b.EXPERIMENT} unless -e/--experiment-name said otherwise)")
 
 

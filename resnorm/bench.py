@@ -10,10 +10,13 @@ give images per second; the device is synchronised before every clock read.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +44,15 @@ class TrainRate:
     peak_memory_mb: float | None  # CUDA only
     speed: str  # what ran, e.g. "fast (bf16 autocast, channels_last, torch.compile(reduce-overhead))"
     fallback: str | None = None  # why compiling failed, if it did
+    timed_from: float = 0.0  # wall clock (time.time()) of the timed stretch
+    timed_to: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShareRate:
+    processes: int  # trainings at once on one device
+    images_per_second: float  # all of them together, over the wall time their timed stretches span
+    per_process: float  # the mean of their own rates
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,10 @@ def train_rate(
     classes: int = 25,
     n: int = 2,
     compile_mode: str = "auto",
+    barrier: Callable[[], None] | None = None,
 ) -> TrainRate:
-    """Images per second of ``steps`` training steps after ``warmup`` ones, for one configuration."""
+    """Images per second of ``steps`` training steps after ``warmup`` ones, for one configuration.
+    ``barrier`` is called between the two (processes sharing a device time the same stretch)."""
     speed = fast.resolve_speed(mode, device, batch_size, compile_mode)
     fast.configure_backends(speed, device)
     torch._dynamo.reset()  # every configuration compiles afresh (and none hits the recompile limit)
@@ -99,14 +113,18 @@ def train_rate(
         if i == warmup:
             _sync(device)
             warm = time.perf_counter()
+            warmup_seconds = warm - start
+            if barrier is not None:
+                barrier()
+                warm = time.perf_counter()
+            began = time.time()
         train_step(model, forward, optimizer, x, y, speed, device)
     _sync(device)
     end = time.perf_counter()
-    warmup_seconds = warm - start
     elapsed = end - warm
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return TrainRate(mode, norm, batch_size, steps * batch_size / elapsed, 1000 * elapsed / steps, warmup_seconds,
-                     forward.compile_seconds, peak, speed.describe(), forward.fallback)
+                     forward.compile_seconds, peak, speed.describe(), forward.fallback, began, time.time())
 
 
 def feed_rates(image_size: int, device: torch.device, files: int, batch_size: int = 32) -> list[FeedRate]:
@@ -181,8 +199,12 @@ def run(
     n: int,
     compile_mode: str,
     feed_files: int,
+    share: Sequence[int] = (),
     progress=print,
-) -> tuple[list[TrainRate], list[FeedRate]]:
+) -> tuple[list[TrainRate], list[FeedRate], list[ShareRate]]:
+    """Every (batch size, norm, mode), then the feeding rates, then ``share``: that many trainings
+    at once on the device (fast torch_bn at batch 32 where those are measured, else the first of
+    each), each in its own process."""
     rates = []
     if "fast" in modes:  # before anything touches torch's compiler: it fixes its cache folder on first use
         fast.configure_backends(fast.resolve_speed("fast", device, 32), device)
@@ -194,7 +216,17 @@ def run(
                          f"({r.ms_per_step:.2f} ms/step, warm-up {r.warmup_seconds:.1f} s)")
                 rates.append(r)
     feeds = feed_rates(image_size, device, feed_files) if feed_files else []
-    return rates, feeds
+    shares = []
+    if share:
+        settings = {"mode": "fast" if "fast" in modes else modes[0], "norm": "torch_bn" if "torch_bn" in norms else norms[0],
+                    "batch_size": 32 if 32 in batch_sizes else batch_sizes[0], "image_size": image_size,
+                    "steps": steps, "warmup": warmup, "classes": classes, "n": n, "compile_mode": compile_mode,
+                    "device": str(device)}
+        for k in share:
+            shares.append(shared_rate(k, settings))
+            progress(f"{k} at once ({settings['mode']} {settings['norm']} bs {settings['batch_size']}): "
+                     f"{shares[-1].images_per_second:10.1f} img/s together")
+    return rates, feeds, shares
 
 
 def table(rates: Sequence[TrainRate]) -> list[dict]:
@@ -220,3 +252,44 @@ def table(rates: Sequence[TrainRate]) -> list[dict]:
 
 def as_dicts(items) -> list[dict]:
     return [asdict(i) for i in items]
+
+
+def shared_rate(processes: int, settings: dict, timeout: float = 900) -> ShareRate:
+    """Total training rate of ``processes`` trainings of one configuration at once on one device,
+    each its own process (as a sweep's children are): they warm up, wait for each other, and the
+    total is their images over the wall time from the first timed step to the last."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as rendezvous:
+        job = json.dumps({**settings, "rendezvous": rendezvous, "processes": processes})
+        procs = [subprocess.Popen([sys.executable, "-m", "resnorm.bench", job], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            if p.returncode != 0:
+                raise RuntimeError(f"a bench worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    images = sum(r["images_per_second"] * (r["timed_to"] - r["timed_from"]) for r in results)
+    span = max(r["timed_to"] for r in results) - min(r["timed_from"] for r in results)
+    return ShareRate(processes, images / span, sum(r["images_per_second"] for r in results) / processes)
+
+
+def _worker(job: dict) -> None:
+    """One of ``shared_rate``'s processes: prints its TrainRate as JSON."""
+    rendezvous, processes = Path(job.pop("rendezvous")), job.pop("processes")
+
+    def barrier() -> None:
+        (rendezvous / str(os.getpid())).touch()
+        deadline = time.monotonic() + 600
+        while len(list(rendezvous.iterdir())) < processes:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other bench workers did not get through their warm-up")
+            time.sleep(0.01)
+
+    device = torch.device(job.pop("device"))
+    print(json.dumps(asdict(train_rate(device=device, barrier=barrier, **job))), flush=True)
+
+
+if __name__ == "__main__":
+    _worker(json.loads(sys.argv[1]))

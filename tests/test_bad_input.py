@@ -86,6 +86,8 @@ CASES = [
     ("bench", ["--n", "0"], ["--n", f"0 {NOT_IN_RANGE} x>=1"]),
     ("bench", ["--compile-mode", "fastest"], ["'fastest' is not one of", "'reduce-overhead'", "'none'"]),
     ("bench", ["--feed-files", "-1"], ["--feed-files", f"-1 {NOT_IN_RANGE} x>=0"]),
+    ("bench", ["--share", "1,0"], ["'1,0'", "process counts from 1 to 16"]),
+    ("bench", ["--share", "two"], ["'two'", "process counts from 1 to 16"]),
     ("bench", ["--device", "tpu"], ["'tpu' is not one of", "'auto'"]),
     # analyze
     ("analyze", ["--experiment", "nope"], ["there is no experiment 'nope'", "run a sweep first"]),

@@ -155,7 +155,7 @@ def test_a_failing_compiler_costs_speed_not_the_run(mlflow_env, tmp_path):
 def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, tmp_path):
     args = [PYTHON, str(ROOT / "entrypoints" / "bench.py"), "--image-size", "16", "--norms", "bn,gn",
             "--batch-sizes", "8,16", "--steps", "3", "--warmup", "1", "--classes", "3", "--n", "1",
-            "--compile-mode", "none", "--feed-files", "16", "--device", "cpu"]
+            "--compile-mode", "none", "--feed-files", "16", "--share", "1,2", "--device", "cpu"]
     proc = subprocess.run(args, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -173,6 +173,7 @@ def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, t
             assert m[f"plain_{norm}_bs{bs}_ms_per_step"] == pytest.approx(1000 * bs / plain, rel=1e-6)
     for feed in ("plain", "decode", "fast"):
         assert m[f"feed_{feed}_img_per_s"] > 0
+    assert m["share1_img_per_s"] > 0 and m["share2_img_per_s"] > 0  # fast bn at batch 8, one and two processes
     out = tmp_path / "artifacts"
     client.download_artifacts(run.info.run_id, "bench", str(out))
     rows = json.loads((out / "bench" / "train.json").read_text())
@@ -180,4 +181,6 @@ def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, t
     assert sorted(zip(table["mode"], table["norm"], table["batch_size"])) == sorted(
         (mode, norm, bs) for mode in ("plain", "fast") for norm in ("bn", "gn") for bs in (8, 16))
     assert "| gn bs16 |" in (out / "bench" / "bench.md").read_text()
+    share = (out / "bench" / "share.csv").read_text().splitlines()
+    assert share[0] == "processes,images_per_second,per_process,over_one" and len(share) == 3
     assert "fast_over_plain" in proc.stdout and "uint8 cache -> augmented batch" in proc.stdout
