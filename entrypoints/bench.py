@@ -100,7 +100,7 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
         rates, feeds, shares = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n,
                                      compile_mode, feed_files, share, progress=click.echo)
         frame = pd.DataFrame(b.table(rates)).set_index(["norm", "batch_size"])
-        feed = pd.DataFrame(b.as_dicts(feeds))
+        feed = pd.DataFrame(b.as_dicts(feeds), columns=["pipeline", "images_per_second", "detail"])
         metrics = {}
         for r in rates:
             key = f"{r.mode}_{r.norm}_bs{r.batch_size}"
@@ -113,7 +113,7 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
             if r.mode == "fast" and plain:
                 metrics[f"fast_over_plain_{r.norm}_bs{r.batch_size}"] = r.images_per_second / plain
         for f in feeds:
-            metrics["feed_" + f.pipeline.split(":")[0].split()[0] + "_img_per_s"] = f.images_per_second
+            metrics[f"feed_{f.key}_img_per_s"] = f.images_per_second
         shared = pd.DataFrame(b.as_dicts(shares))
         for sh in shares:
             metrics[f"share{sh.processes}_img_per_s"] = sh.images_per_second

@@ -26,8 +26,7 @@ import torch
 from resnorm import fast
 from resnorm.config import TrainConfig
 from resnorm.data import DataBundle, Split, batches, decode_class_tree
-from resnorm.engine import build_model, build_optimizer, train_step
-from resnorm.fast import CompiledModel, Speed
+from resnorm.engine import prepare, train_step
 
 EXPERIMENT = "resnorm-bench"
 
@@ -57,6 +56,7 @@ class ShareRate:
 
 @dataclass(frozen=True)
 class FeedRate:
+    key: str  # plain, decode, fast: the metric is feed_{key}_img_per_s
     pipeline: str
     images_per_second: float
     detail: str
@@ -96,17 +96,12 @@ def train_rate(
     cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=image_size, n=n, augment=True, groups=8)
     data = random_bundle(batch_size * (warmup + steps), image_size, classes)
     torch.manual_seed(0)
-    model = build_model(cfg, data).to(device)
-    optimizer = build_optimizer(cfg, model, fused=speed.fast and device.type == "cuda")
-    if speed.fast:
-        model = model.to(memory_format=torch.channels_last)
-        data, _ = fast.place_images(data, device)
-    forward = CompiledModel(model, speed.compile_mode)
+    model, optimizer, data, forward, _ = prepare(cfg, data, device, speed)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
-    stream = batches(data.train, batch_size, device, torch.Generator().manual_seed(0), cfg.augment_padding, fmt)
+    stream = batches(data.train, batch_size, device, torch.Generator().manual_seed(0), cfg.augment_padding,
+                     speed.memory_format)
     _sync(device)
     start = time.perf_counter()
     for i, (x, y) in enumerate(stream):
@@ -154,14 +149,14 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
             x = x.to(device, non_blocking=True)
             seen += len(x)
         _sync(device)
-        rates.append(FeedRate("plain: PIL + DataLoader", seen / (time.perf_counter() - start),
+        rates.append(FeedRate("plain", "plain: PIL + DataLoader", seen / (time.perf_counter() - start),
                               f"{workers} workers, JPEG {int(image_size * 1.17)}px -> resize, crop, flip"))
         start = time.perf_counter()
         _, images, _ = decode_class_tree(Path(tmp), image_size, "decoding")
-        rates.append(FeedRate("decode once into the uint8 cache", len(images) / (time.perf_counter() - start),
+        rates.append(FeedRate("decode", "decode once into the uint8 cache", len(images) / (time.perf_counter() - start),
                               f"PIL in {min(32, workers + 4)} threads, once per folder and image size"))
     cache = random_bundle(max(files, 8 * batch_size), image_size, 4)
-    placed, where = fast.place_images(cache, device) if device.type == "cuda" else (cache, "host")
+    placed, where = fast.place_images(cache, device)
     generator = torch.Generator().manual_seed(0)
     for _ in batches(placed.train, batch_size, device, generator, image_size // 8):  # warm-up
         pass
@@ -171,7 +166,7 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
         for x, _ in batches(placed.train, batch_size, device, generator, image_size // 8, torch.channels_last):
             seen += len(x)
     _sync(device)
-    rates.append(FeedRate("fast: uint8 cache -> augmented batch", seen / (time.perf_counter() - start),
+    rates.append(FeedRate("fast", "fast: uint8 cache -> augmented batch", seen / (time.perf_counter() - start),
                           f"cache in {where}, crop + flip as tensor ops on {device.type}"))
     return rates
 

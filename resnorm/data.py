@@ -178,8 +178,12 @@ def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
     """Decode every image of a class tree, in parallel (PIL releases the GIL while decoding), into
-    one preallocated uint8 tensor."""
-    classes, paths, labels = _list_class_tree(root)
+    one preallocated uint8 tensor: (classes, images, labels)."""
+    return _decode_listing(_list_class_tree(root), image_size, desc)
+
+
+def _decode_listing(listing, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+    classes, paths, labels = listing
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
 
     def decode_into(i: int) -> None:
@@ -279,14 +283,14 @@ def _decode_folder(root: Path, image_size: int) -> DataBundle:
     if present and len(present) != len(SPLITS):
         missing = sorted(set(SPLITS) - set(present))
         raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
-    trees = [root / s for s in SPLITS] if present else [root]
-    _check_fits(root, sum(len(_list_class_tree(t)[1]) for t in trees), image_size)
+    listings = {s: _list_class_tree(root / s) for s in SPLITS} if present else {"": _list_class_tree(root)}
+    _check_fits(root, sum(len(paths) for _, paths, _ in listings.values()), image_size)
     if not present:
-        classes, images, labels = decode_class_tree(root, image_size, f"decoding {root.name}")
+        classes, images, labels = _decode_listing(listings[""], image_size, f"decoding {root.name}")
         return _from_arrays(str(root), str(root), classes, images, labels)
     splits, classes = {}, None
     for s in SPLITS:
-        names, images, labels = decode_class_tree(root / s, image_size, f"decoding {s}")
+        names, images, labels = _decode_listing(listings[s], image_size, f"decoding {s}")
         if classes is None:
             classes = names
         elif names != classes:

@@ -137,7 +137,7 @@ def evaluate(
     size = speed.eval_batch or batch_size
     loss = torch.zeros((), device=device, dtype=torch.float64)
     preds = []
-    fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
+    fmt = speed.memory_format
     for x, y in batches(split, size, device, memory_format=fmt):
         real = len(y)
         if speed.eval_batch and real < size:
@@ -172,8 +172,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     steps = len(split) // cfg.batch_size
-    fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
-    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding, memory_format=fmt)
+    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding, memory_format=speed.memory_format)
     for x, y in tqdm(stream, total=steps, unit="step", leave=False, disable=not progress):
         logits, loss = train_step(model, forward, optimizer, x, y, speed, device)
         clip_gates()
@@ -209,6 +208,21 @@ def train_step(model, forward: CompiledModel, optimizer, x, y, speed: Speed, dev
     return logits, loss
 
 
+def prepare(
+    cfg: TrainConfig, data: DataBundle, device: torch.device, speed: Speed
+) -> tuple[ResNet, torch.optim.Optimizer, DataBundle, CompiledModel, str]:
+    """What one run trains with on ``device``: the model (channels_last on the fast path), its
+    optimizer (fused on CUDA's fast path), the data placed as the path reads it, the forward
+    (compiled where the path compiles) and where the images are."""
+    model = build_model(cfg, data).to(device)
+    optimizer = build_optimizer(cfg, model, fused=speed.fast and device.type == "cuda")
+    where = "host"
+    if speed.fast:
+        model = model.to(memory_format=speed.memory_format)
+        data, where = fast.place_images(data, device)
+    return model, optimizer, data, CompiledModel(model, speed.compile_mode), where
+
+
 def train(
     cfg: TrainConfig,
     data: DataBundle,
@@ -233,14 +247,10 @@ def train(
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation draws
-    model = build_model(cfg, data).to(device)
-    optimizer = build_optimizer(cfg, model, fused=speed.fast and device.type == "cuda")
+    model, optimizer, data, forward, where = prepare(cfg, data, device, speed)
     scheduler = build_scheduler(cfg, optimizer)
     if speed.fast:
-        model = model.to(memory_format=torch.channels_last)
-        data, where = fast.place_images(data, device)
         print(f"{speed.describe()}; images in {where}", flush=True)
-    forward = CompiledModel(model, speed.compile_mode)
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None

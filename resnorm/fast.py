@@ -43,6 +43,10 @@ class Speed:
     def fast(self) -> bool:
         return self.mode == "fast"
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def describe(self) -> str:
         if not self.fast:
             return "plain (float32, NCHW, eager)"
