@@ -175,9 +175,15 @@ def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sql
     # Training does not wait for the server: three more epochs pass while it is away.
     at_kill = len(snapshots.load(ckpt)["history"])
     wait_for(trained_on(at_kill + 3), 120, "three epochs without the server", proc)
-    server.start()
-    outage = time.monotonic() - down
-    assert len(snapshots.load(ckpt)["history"]) < epochs, "training ended before the server was back"
+    # Hold the trainer (SIGSTOP) while the server restarts, so a fast machine cannot finish all
+    # epochs before the server is back: the outage then spans both trained and pending epochs.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        server.start()
+        outage = time.monotonic() - down
+        assert len(snapshots.load(ckpt)["history"]) < epochs, "training ended before the server was back"
+    finally:
+        proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     run = client.get_run(run_id)
