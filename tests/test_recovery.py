@@ -202,3 +202,54 @@ def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, monkeypatch):
         snapshots.lock("abc")
     held.close()
     snapshots.lock("abc").close()  # free again once its holder lets go (or dies)
+
+
+@pytest.mark.slow
+def test_a_run_whose_server_stays_away_ends_running_and_a_resume_syncs_it(sqlite_server, tmp_path, monkeypatch):
+    """The server dies mid-run and is still away when training ends: the process waits
+    RESNORM_SYNC_TIMEOUT, stops with one line naming the resume command, leaves the run RUNNING
+    with its checkpoint; once the server is back that command sends every epoch and logs the model."""
+    server = sqlite_server
+    home = tmp_path / "resnorm-home"
+    monkeypatch.setenv("RESNORM_HOME", str(home))
+    epochs = 5
+    env = {**subprocess_env(server.url), "RESNORM_SYNC_TIMEOUT": "3"}
+    args = TRAIN + ["--norm", "ln", "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(server.url)
+    found = []
+
+    def first_epoch_logged():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+        return bool(found) and logged_epochs(client, found[0]) >= 1
+
+    wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
+    (run_id,) = found
+    server.kill()
+    out, err = proc.communicate(timeout=600)
+
+    assert proc.returncode == 1, err[-3000:]
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert lines[-1].startswith("error: tracking server ") and "has not answered for 3s" in lines[-1], lines[-1]
+    assert f"python entrypoints/train.py --resume {run_id}" in lines[-1]
+    ckpt = snapshots.path_for(run_id)
+    assert len(snapshots.load(ckpt)["history"]) == epochs, "every epoch is kept locally"
+
+    server.start()
+    assert client.get_run(run_id).info.status == "RUNNING", "not FAILED: nothing went wrong with the run itself"
+    assert logged_epochs(client, run_id) < epochs
+    assert not client.search_registered_models(f"name = '{names.registered_model('ln')}'")
+
+    synced = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, epochs + 1)), key  # every epoch, exactly once
+    assert run.data.metrics[names.BEST_EPOCH] >= 1
+    (version,) = client.search_model_versions(f"name = '{names.registered_model('ln')}'")
+    assert version.run_id == run_id
+    assert not ckpt.exists(), "a synced run's checkpoint is removed"
