@@ -147,15 +147,10 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     assert comparable(client, child) == comparable(client, ref_id)
 
 
-@pytest.mark.slow
-def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sqlite_server, tmp_path, monkeypatch):
-    server = sqlite_server
-    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
-    epochs = 30
-    args = TRAIN + ["--norm", "gn", "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(server.url), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(server.url)
+def train_past_epoch_1(client, norm, epochs, cwd, env):
+    """Start a small training against ``client``'s server; return it and its run id once epoch 1 is there."""
+    args = TRAIN + ["--norm", norm, "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     found = []
 
     def first_epoch_logged():
@@ -165,6 +160,16 @@ def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sql
 
     wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
     (run_id,) = found
+    return proc, run_id
+
+
+@pytest.mark.slow
+def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sqlite_server, tmp_path, monkeypatch):
+    server = sqlite_server
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
+    epochs = 30
+    client = MlflowClient(server.url)
+    proc, run_id = train_past_epoch_1(client, "gn", epochs, tmp_path, subprocess_env(server.url))
     server.kill()
     down = time.monotonic()
     ckpt = snapshots.path_for(run_id)
@@ -210,22 +215,11 @@ def test_a_run_whose_server_stays_away_ends_running_and_a_resume_syncs_it(sqlite
     RESNORM_SYNC_TIMEOUT, stops with one line naming the resume command, leaves the run RUNNING
     with its checkpoint; once the server is back that command sends every epoch and logs the model."""
     server = sqlite_server
-    home = tmp_path / "resnorm-home"
-    monkeypatch.setenv("RESNORM_HOME", str(home))
+    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
     epochs = 5
     env = {**subprocess_env(server.url), "RESNORM_SYNC_TIMEOUT": "3"}
-    args = TRAIN + ["--norm", "ln", "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(server.url)
-    found = []
-
-    def first_epoch_logged():
-        exp = client.get_experiment_by_name(names.EXPERIMENT)
-        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
-        return bool(found) and logged_epochs(client, found[0]) >= 1
-
-    wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
-    (run_id,) = found
+    proc, run_id = train_past_epoch_1(client, "ln", epochs, tmp_path, env)
     server.kill()
     out, err = proc.communicate(timeout=600)
 
