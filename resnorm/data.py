@@ -353,6 +353,7 @@ def batches(
     """
     n = len(split)
     src = split.images.device
+    staged = device.type == "cuda" and src.type == "cpu"
     if generator is None:
         order, stop = torch.arange(n, device=src), n
         draws = None
@@ -364,8 +365,12 @@ def batches(
             draws = tuple(d.to(device, non_blocking=True) for d in draws)
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        x = split.images[idx].to(device, non_blocking=True)
-        y = split.labels[idx].to(device, non_blocking=True)
+        x, y = split.images[idx], split.labels[idx]
+        if staged:
+            # A gathered batch is fresh pageable memory, which CUDA copies synchronously; pinned,
+            # the copy runs beside the previous step (torch keeps the block until the copy is done).
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if draws is not None:
             dy, dx, flip = (d[start : start + batch_size] for d in draws)
             x = crop_flip(x, dy, dx, flip, augment_padding)

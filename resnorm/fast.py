@@ -105,17 +105,15 @@ def autocast(speed: Speed, device: torch.device):
 
 def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, str]:
     """The uint8 images where the fast path reads them: on the GPU when they fit beside training,
-    else in pinned host memory, else where they are (with the reason). Returns (data, where)."""
+    else where they are, in host memory (``batches`` stages each gathered batch through pinned
+    memory for an asynchronous copy). Returns (data, where)."""
     if device.type != "cuda":
         return data, "host"
     need = sum(data.split(s).images.numel() for s in ("train", "val", "test"))
     free, _ = torch.cuda.mem_get_info(device)
     if need + TRAINING_RESERVE_BYTES <= free:
         return _moved(data, lambda t: t.to(device)), "gpu"
-    try:
-        return _moved(data, lambda t: t.pin_memory()), "pinned host memory"
-    except RuntimeError as e:  # pinning a large cache can fail where plain memory does not
-        return data, f"host memory (not pinned: {one_line(e)})"
+    return data, "host memory (batches staged through pinned memory)"
 
 
 def _moved(data: DataBundle, move) -> DataBundle:
