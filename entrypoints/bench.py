@@ -31,29 +31,26 @@ def _names(allowed):
     return parse
 
 
-def _sizes(ctx, param, value: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 2:
-        raise click.BadParameter(f"{value!r}: give a comma-separated list of batch sizes of at least 2")
-    return sizes
+def _ints(what: str, low: int, high: int | None = None, empty_ok: bool = False):
+    """A click callback parsing a comma-separated list of integers in [low, high]."""
+    allowed = f"{low} to {high}" if high else f"at least {low}"
 
-
-def _counts(value: str) -> list[int]:
-    try:
-        counts = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        counts = [0]
-    if any(c < 1 or c > 16 for c in counts):
-        raise click.BadParameter(f"{value!r}: give a comma-separated list of process counts from 1 to 16, or nothing")
-    return counts
+    def parse(ctx, param, value: str) -> list[int]:
+        try:
+            items = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            items = None
+        if items is None or (not items and not empty_ok) or any(i < low or (high and i > high) for i in items):
+            extra = ", or nothing" if empty_ok else ""
+            raise click.BadParameter(f"{value!r}: give a comma-separated list of {what} {allowed}{extra}")
+        return items
+    return parse
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--norms", default=",".join(NORM_NAMES), callback=_names(NORM_NAMES), help="Comma-separated norms.")
-@click.option("--batch-sizes", default="8,32,128", callback=_sizes, help="Comma-separated batch sizes.")
+@click.option("--batch-sizes", default="8,32,128", callback=_ints("batch sizes of", 2),
+              help="Comma-separated batch sizes.")
 @click.option("--modes", default="plain,fast", callback=_names(BENCH_MODES),
               help="plain: float32, NCHW, eager (what the study ran); fast: the fast path.")
 @click.option("--image-size", type=click.IntRange(min=8), default=256, help="Images are this many pixels square.")
@@ -67,7 +64,7 @@ def _counts(value: str) -> list[int]:
               "on CUDA, else default; none: eager.")
 @click.option("--feed-files", type=click.IntRange(min=0), default=512,
               help="JPEG files for the data-pipeline rates (0: skip them).")
-@click.option("--share", default="", callback=lambda ctx, param, value: _counts(value),
+@click.option("--share", default="", callback=_ints("process counts from", 1, 16, empty_ok=True),
               help="Comma-separated numbers of trainings at once on the device, each its own process, e.g. 1,2,3 "
               "(fast torch_bn at batch 32 where measured): does sharing one GPU raise the total rate? Empty: skip.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present, else CPU.")

@@ -174,7 +174,7 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
-    child = Child(TrainConfig(**spec["config"]), spec["name"], spec["device"], spec["resume"], spec["mode"])
+    child = Child(**{**spec["child"], "config": TrainConfig(**spec["child"]["config"])})
     client = MlflowClient()
     status = close_child(client, start_child(client, ctx, child))
     tune.report({"finished": int(status == FINISHED)})
@@ -206,10 +206,7 @@ def run_ray(
     }
     ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
     try:
-        specs = [
-            {"ctx": asdict(ctx), "config": asdict(c.config), "name": c.name, "device": c.device, "resume": c.resume, "mode": c.mode}
-            for c in children
-        ]
+        specs = [{"ctx": asdict(ctx), "child": asdict(c)} for c in children]  # plain dicts travel to the workers
         resources = {"cpu": 1, "gpu": 1 / per_gpu} if gpus else {"cpu": 1}
         with tempfile.TemporaryDirectory() as storage:
             tuner = tune.Tuner(
