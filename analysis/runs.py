@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names
 from resnorm.errors import ResnormError
-from resnorm.sweep import FIELD_TYPES, parse_value
+from resnorm.config import FIELD_TYPES, parse_value
 
 # The config fields a table row or a figure series may select on.
 SELECT_FIELDS = ("norm", "optimizer", "lr", "weight_decay", "augment", "batch_size", "scheduler")

@@ -14,11 +14,20 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.config import DEVICES  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from resnorm import bench as b  # noqa: E402
+from resnorm import names  # noqa: E402
+from resnorm.cli import run_command  # noqa: E402
+from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
+from resnorm.errors import ConfigError  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
+from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment  # noqa: E402
 
 BENCH_MODES = ("plain", "fast")
-COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "none")
+MAX_IMAGES = 1_000_000  # images one measurement generates (batch size x steps)
 
 
 def _names(allowed):
@@ -71,79 +80,48 @@ def _ints(what: str, low: int, high: int | None = None, empty_ok: bool = False):
 def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, compile_mode, feed_files, share,
           device) -> None:
     """Measure img/s and ms/step of plain and fast training side by side; log the table to MLflow."""
-    import mlflow
-    import pandas as pd
-    import torch
-
-    from analysis.tables import to_markdown
-    from resnorm import bench as b
-    from resnorm.engine import resolve_device
-    from resnorm.tracking import check_tracking_server, use_default_experiment
-
     dev = resolve_device(device)
     for bs in batch_sizes:
-        if bs * (warmup + steps) > 1_000_000:
-            raise click.BadParameter(f"batch size {bs} x {warmup + steps} steps is too many images for one measurement")
+        if bs * (warmup + steps) > MAX_IMAGES:
+            raise ConfigError(f"batch size {bs} x {warmup + steps} steps is too many images for one measurement "
+                              f"(at most {MAX_IMAGES:,})")
     check_tracking_server()
     use_default_experiment(b.EXPERIMENT)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     params = {"norms": ",".join(norms), "batch_sizes": ",".join(map(str, batch_sizes)), "modes": ",".join(modes),
               "image_size": image_size, "steps": steps, "warmup": warmup, "classes": classes, "n": n,
               "compile_mode": compile_mode, "feed_files": feed_files, "share": ",".join(map(str, share)), "device": device}
+    title = (f"bench: {gpu}, torch {torch.__version__}, ResNet-{6 * n + 2} at {image_size} px, {classes} classes "
+             f"({steps} timed steps after {warmup})")
     with mlflow.start_run(run_name=f"bench-{dev.type}-{image_size}px") as run:
-        mlflow.log_params(params)
-        mlflow.set_tags({"resnorm.device": gpu, "torch": torch.__version__})
-        click.echo(f"bench on {gpu}, torch {torch.__version__}: ResNet-{6 * n + 2}, {image_size} px, {classes} classes")
+        # `mlflow run` has logged its -P values already, in its own spelling: add only the others.
+        log_new_params(mlflow.tracking.MlflowClient(), run.info.run_id, {k: str(v) for k, v in params.items()})
+        mlflow.set_tags({names.TAG_DEVICE: gpu, names.TAG_TORCH_VERSION: torch.__version__})
+        click.echo(title)
         rates, feeds, shares = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n,
                                      compile_mode, feed_files, share, progress=click.echo)
-        frame = pd.DataFrame(b.table(rates)).set_index(["norm", "batch_size"])
-        feed = pd.DataFrame(b.as_dicts(feeds), columns=["pipeline", "images_per_second", "detail"])
-        metrics = {}
-        for r in rates:
-            key = f"{r.mode}_{r.norm}_bs{r.batch_size}"
-            metrics[f"{key}_img_per_s"] = r.images_per_second
-            metrics[f"{key}_ms_per_step"] = r.ms_per_step
-            if r.mode == "fast":
-                metrics[f"{key}_compile_s"] = r.compile_seconds
-        for r in rates:
-            plain = metrics.get(f"plain_{r.norm}_bs{r.batch_size}_img_per_s")
-            if r.mode == "fast" and plain:
-                metrics[f"fast_over_plain_{r.norm}_bs{r.batch_size}"] = r.images_per_second / plain
-        for f in feeds:
-            metrics[f"feed_{f.key}_img_per_s"] = f.images_per_second
-        shared = pd.DataFrame(b.as_dicts(shares))
-        for sh in shares:
-            metrics[f"share{sh.processes}_img_per_s"] = sh.images_per_second
-        if shares and shares[0].processes == 1:
-            shared["over_one"] = shared["images_per_second"] / shares[0].images_per_second
-        mlflow.log_metrics(metrics)
-        mlflow.log_table(pd.DataFrame(b.as_dicts(rates)), "bench/train.json")
-        mlflow.log_text(frame.reset_index().to_csv(index=False), "bench/train.csv")
-        text = [f"# bench: {gpu}, torch {torch.__version__}, ResNet-{6 * n + 2} at {image_size} px, "
-                f"{classes} classes ({steps} timed steps after {warmup})", "",
-                to_markdown(frame.set_axis([f"{norm} bs{bs}" for norm, bs in frame.index]))]
-        if feeds:
-            mlflow.log_text(feed.to_csv(index=False), "bench/feed.csv")
-            text += ["", "## feeding the model (img/s)", "", to_markdown(feed.set_index("pipeline").round(1))]
-        if shares:
-            mlflow.log_text(shared.to_csv(index=False), "bench/share.csv")
-            text += ["", "## trainings at once on one device (img/s together)", "",
-                     to_markdown(shared.set_index("processes").round(2))]
-        fallbacks = sorted({r.fallback for r in rates if r.fallback})
-        if fallbacks:
-            text += ["", "torch.compile failed, measured eagerly: " + "; ".join(fallbacks)]
-        mlflow.log_text("\n".join(text) + "\n", "bench/bench.md")
-    click.echo("\n" + frame.to_string())
+        report = b.report(rates, feeds, shares, title)
+        _log(report, rates, feeds, shares)
+    click.echo("\n" + report.train.to_string())
     if feeds:
-        click.echo("\n" + feed.round(1).to_string(index=False))
+        click.echo("\n" + report.feed.round(1).to_string(index=False))
     if shares:
-        click.echo("\n" + shared.round(2).to_string(index=False))
+        click.echo("\n" + report.share.round(2).to_string(index=False))
     click.echo(f"\nlogged to run {run.info.run_id} (experiment {b.EXPERIMENT} unless -e/--experiment-name said otherwise)")
 
 
-def main() -> None:
-    from resnorm.cli import run_command
+def _log(report: b.Report, rates, feeds, shares) -> None:
+    mlflow.log_metrics(b.metrics(rates, feeds, shares))
+    mlflow.log_table(pd.DataFrame(b.as_dicts(rates)), "bench/train.json")
+    mlflow.log_text(report.train.reset_index().to_csv(index=False), "bench/train.csv")
+    if feeds:
+        mlflow.log_text(report.feed.to_csv(index=False), "bench/feed.csv")
+    if shares:
+        mlflow.log_text(report.share.to_csv(index=False), "bench/share.csv")
+    mlflow.log_text(report.markdown, "bench/bench.md")
 
+
+def main() -> None:
     run_command(bench)
 
 

@@ -14,7 +14,9 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_SAMPLES = 10  # resnorm.explain.DEFAULT_SAMPLES; not imported, so --help stays fast
+from resnorm.cli import run_command  # noqa: E402
+from resnorm.errors import ResnormError  # noqa: E402
+from resnorm.explain import DEFAULT_SAMPLES, GRID_ARTIFACT, explain, log_gradcam  # noqa: E402
 
 
 def _split(value: str) -> list[str]:
@@ -35,9 +37,6 @@ def _split(value: str) -> list[str]:
 def gradcam(models: str, images: str, samples: int, output: str) -> None:
     """GradCAM of each model's prediction at its last residual stage: rows are images, columns are
     models. The grid is logged as gradcam.png (with gradcam.json) to a run named 'gradcam'."""
-    from resnorm.errors import ResnormError
-    from resnorm.explain import GRID_ARTIFACT, explain, log_gradcam
-
     result = explain(_split(models), _split(images), samples)
     if output:  # before the run is logged: a path that cannot be written leaves no run behind
         try:
@@ -47,13 +46,11 @@ def gradcam(models: str, images: str, samples: int, output: str) -> None:
     run_id = log_gradcam(result)
     click.echo(
         f"run {run_id}: {GRID_ARTIFACT} explains {len(result.labels)} images by "
-        f"{', '.join(c.label for c in result.checkpoints)}" + (f"; also written to {output}" if output else "")
+        f"{', '.join(c.label for c in result.models)}" + (f"; also written to {output}" if output else "")
     )
 
 
 def main() -> None:
-    from resnorm.cli import run_command
-
     run_command(gradcam)
 
 

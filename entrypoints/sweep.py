@@ -16,18 +16,20 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.config import DEVICES, TrainConfig  # noqa: E402
-from resnorm.executors import EXECUTORS  # noqa: E402
-from resnorm.fast import MODES  # noqa: E402
-from resnorm.sweep import FIELD_TYPES, PRESETS  # noqa: E402
+from resnorm.cli import run_command  # noqa: E402
+from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
+from resnorm.sweep import PRESETS  # noqa: E402
+from resnorm.sweep.executors import EXECUTORS  # noqa: E402
+from resnorm.sweep.runner import SweepSpec, run_sweep  # noqa: E402
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def training_options(command):
     """One text option per training parameter; empty means the preset's (or train's) default."""
+    defaults = TrainConfig()
     for field in reversed(list(FIELD_TYPES)):
-        default = getattr(TrainConfig, field)
+        default = getattr(defaults, field)
         command = click.option(
             f"--{field.replace('_', '-')}", field, type=str, default="",
             help=f"Training {field} for every child (empty: the preset's value, else {str(default).lower() if isinstance(default, bool) else default}).",
@@ -40,10 +42,10 @@ def training_options(command):
               help="quick: every norm, SGD 0.1, 5 epochs on digits; study: the study's 27 configurations; "
               "custom: the grid.")
 @click.option("--grid", type=str, default="", help="For preset custom: 'name=v1,v2;name=v1,...' over training parameters.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, help="Repeat every configuration with this many seeds.")
+@click.option("--seeds", type=int, default=1, help="Repeat every configuration with this many seeds.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local",
               help="local: subprocesses on this machine; ray: Ray Tune trials.")
-@click.option("--parallel", type=click.IntRange(min=0), default=0,
+@click.option("--parallel", type=int, default=0,
               help="Children at once (0: one per GPU, or 1 without GPUs); more than the GPUs share them, "
               "parallel / GPUs trainings on each (local and ray).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
@@ -53,14 +55,11 @@ def training_options(command):
 @training_options
 def sweep(preset, grid, seeds, executor, parallel, ray_address, device, mode, **training) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
-    from resnorm.runner import run_sweep
-
-    run_sweep(PROJECT_DIR, preset, grid, seeds, executor, parallel, ray_address, device, training, mode)
+    spec = SweepSpec(preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode))
+    run_sweep(PROJECT_DIR, spec)
 
 
 def main() -> None:
-    from resnorm.cli import run_command
-
     run_command(sweep)
 
 

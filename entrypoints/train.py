@@ -14,64 +14,67 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig  # noqa: E402
-from resnorm.fast import MODES  # noqa: E402
-from resnorm.norms import NORM_NAMES  # noqa: E402
+import torch  # noqa: E402
 
-D = TrainConfig()  # the defaults, stated once
+from resnorm import names  # noqa: E402
+from resnorm.cli import run_command  # noqa: E402
+from resnorm.config import DEVICES, MODES, OPTIMIZERS, SCHEDULERS, Launch, TrainConfig, resolve_device  # noqa: E402
+from resnorm.data import load_data  # noqa: E402
+from resnorm.engine import train as fit  # noqa: E402
+from resnorm.fast import resolve_speed  # noqa: E402
+from resnorm.norms import NORM_NAMES  # noqa: E402
+from resnorm.runlog import resumable_config, training_run  # noqa: E402
+from resnorm.tracking import check_tracking_server  # noqa: E402
+
+D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Launch check the ranges
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--norm", type=click.Choice(NORM_NAMES), default=D.norm, help="Normalisation layer.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, help="sgd (with momentum) or adam.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D.lr, help="Peak learning rate.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=D.weight_decay,
-              help="L2 penalty on conv and linear weights (not on biases, norm affines or BIN gates).")
-@click.option("--momentum", type=click.FloatRange(min=0, max=1), default=D.momentum, help="SGD momentum.")
+@click.option("--lr", type=float, default=D.lr, help="Peak learning rate (> 0).")
+@click.option("--weight-decay", type=float, default=D.weight_decay,
+              help="L2 penalty (>= 0) on conv and linear weights (not on biases, norm affines or BIN gates).")
+@click.option("--momentum", type=float, default=D.momentum, help="SGD momentum, 0 to 1.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=D.scheduler,
               help="Per-epoch schedule: cosine to 0, step (x0.1 every epochs//3), none.")
-@click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, help="Epochs to train.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, help="Training batch size.")
+@click.option("--epochs", type=int, default=D.epochs, help="Epochs to train (>= 1).")
+@click.option("--batch-size", type=int, default=D.batch_size, help="Training batch size (>= 1).")
 @click.option("--augment", type=click.BOOL, default=D.augment,
               help="Random crop (padding image_size/8) + horizontal flip on training images: true or false.")
-@click.option("--n", type=click.IntRange(min=1), default=D.n, help="Blocks per stage; depth is 6n+2.")
-@click.option("--image-size", type=click.IntRange(min=8), default=D.image_size,
-              help="Images are resized to this many pixels square.")
-@click.option("--groups", type=click.IntRange(min=1), default=D.groups,
-              help="Channel groups of gn; must divide 16, 32 and 64.")
+@click.option("--n", type=int, default=D.n, help="Blocks per stage (>= 1); depth is 6n+2.")
+@click.option("--image-size", type=int, default=D.image_size, help="Images are resized to this many pixels square (>= 8).")
+@click.option("--groups", type=int, default=D.groups, help="Channel groups of gn; must divide 16, 32 and 64.")
 @click.option("--seed", type=int, default=D.seed, help="Seed of initialisation, shuffling and augmentation.")
 @click.option("--data", type=str, default=D.data,
               help="'digits' (embedded), 'synthetic', or an image folder (train/ val/ test/, or one class tree).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present, else CPU.")
-@click.option("--mode", type=click.Choice(MODES), default="auto",
+@click.option("--device", type=click.Choice(DEVICES), default=L.device, help="auto: CUDA when present, else CPU.")
+@click.option("--mode", type=click.Choice(MODES), default=L.mode,
               help="plain: float32, eager; fast: bf16 autocast, channels_last, torch.compile, images kept on the "
               "GPU; auto: fast on CUDA, plain on the CPU.")
-@click.option("--resume", type=str, default="",
+@click.option("--resume", type=str, default=L.resume,
               help="Run id of an interrupted run to continue from its last completed epoch, into the same run "
-              "(its configuration comes from its checkpoint; the training options above are then ignored).")
-def train(device: str, mode: str, resume: str, **options) -> None:
+              "(its configuration comes from its snapshot; the training options above are then ignored).")
+@click.option("--threads", type=int, default=L.threads,
+              help="torch's intra-op threads (>= 0); 0: every core this process may use.")
+def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
-    from resnorm.data import load_data
-    from resnorm.engine import resolve_device, train as fit
-    from resnorm.tracking import check_tracking_server, resumable_config, training_run
-
+    launch = Launch(device=device, mode=mode, resume=resume, threads=threads)
     cfg = resumable_config(resume) if resume else TrainConfig(**options)
-    dev = resolve_device(device)
+    torch.set_num_threads(launch.torch_threads())
+    dev = resolve_device(launch.device)
+    speed = resolve_speed(launch.mode, dev, cfg.batch_size, launch.compile_mode)
     check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
     data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, device, dev, resume, mode) as run:
-        result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint, mode=mode)
+    with training_run(cfg, data, launch, dev) as run:
+        result = fit(cfg, data, dev, speed, on_epoch=run, snapshot_path=run.snapshot)
         version = run.log_result(cfg, data, result)
-    final = result.final_metrics()
-    click.echo(
-        f"run {run.run_id} ({cfg.run_name()}): best epoch {result.best_epoch}, "
-        f"test accuracy {final['best_test_accuracy']:.4f}, registered resnorm-{cfg.norm} version {version}"
-    )
+    test_accuracy = result.final_metrics()[names.final_metric("test", "accuracy")]
+    click.echo(f"run {run.run_id} ({cfg.run_name()}): best epoch {result.best_epoch}, test accuracy "
+               f"{test_accuracy:.4f}, registered {names.registered_model(cfg.norm)} version {version}")
 
 
 def main() -> None:
-    from resnorm.cli import run_command
-
     run_command(train)
 
 

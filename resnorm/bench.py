@@ -2,8 +2,8 @@
 of the data pipeline that feeds them (the ``bench`` entry point).
 
 A configuration is one (mode, norm, batch size). Each trains a fresh ResNet through the engine's
-own step (``resnorm.engine.train_step``) on batches from the engine's own feeding (``batches``) over
-random uint8 images placed as that mode places them, so what is timed is what ``train`` runs.
+own step (``resnorm.fast.Runner.step``) on batches from the runner's own feeding over random uint8
+images placed as that mode places them, so what is timed is what ``train`` runs.
 The first ``warmup`` steps (compiling, cuDNN autotuning) are timed apart from the ``steps`` that
 give images per second; the device is synchronised before every clock read.
 """
@@ -21,12 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from resnorm import fast
+from resnorm import fast, markdown
 from resnorm.config import TrainConfig
 from resnorm.data import DataBundle, Split, batches, decode_class_tree
-from resnorm.engine import prepare, train_step
+from resnorm.engine import prepare
+from resnorm.errors import ResnormError
 
 EXPERIMENT = "resnorm-bench"
 
@@ -94,14 +96,11 @@ def train_rate(
     fast.configure_backends(speed, device)
     torch._dynamo.reset()  # every configuration compiles afresh (and none hits the recompile limit)
     cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=image_size, n=n, augment=True, groups=8)
-    data = random_bundle(batch_size * (warmup + steps), image_size, classes)
-    torch.manual_seed(0)
-    model, optimizer, data, forward, _ = prepare(cfg, data, device, speed)
-    model.train()
+    t = prepare(cfg, random_bundle(batch_size * (warmup + steps), image_size, classes), device, speed)
+    t.model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    stream = batches(data.train, batch_size, device, torch.Generator().manual_seed(0), cfg.augment_padding,
-                     speed.memory_format)
+    stream = t.runner.batches(t.data.train, batch_size, torch.Generator().manual_seed(0), cfg.augment_padding)
     _sync(device)
     start = time.perf_counter()
     for i, (x, y) in enumerate(stream):
@@ -113,13 +112,12 @@ def train_rate(
                 barrier()
                 warm = time.perf_counter()
             began = time.time()
-        train_step(model, forward, optimizer, x, y, speed, device)
+        t.runner.step(t.optimizer, x, y)
     _sync(device)
-    end = time.perf_counter()
-    elapsed = end - warm
+    elapsed = time.perf_counter() - warm
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return TrainRate(mode, norm, batch_size, steps * batch_size / elapsed, 1000 * elapsed / steps, warmup_seconds,
-                     forward.compile_seconds, peak, speed.describe(), forward.fallback, began, time.time())
+                     t.runner.compile_seconds, peak, speed.describe(), t.runner.fallback, began, time.time())
 
 
 def feed_rates(image_size: int, device: torch.device, files: int, batch_size: int = 32) -> list[FeedRate]:
@@ -249,6 +247,53 @@ def as_dicts(items) -> list[dict]:
     return [asdict(i) for i in items]
 
 
+def metrics(rates: Sequence[TrainRate], feeds: Sequence[FeedRate], shares: Sequence[ShareRate]) -> dict[str, float]:
+    """The MLflow metrics of a bench run: ``{mode}_{norm}_bs{b}_img_per_s``, ``..._ms_per_step``,
+    ``..._compile_s`` (fast), ``fast_over_plain_{norm}_bs{b}``, ``feed_{key}_img_per_s``, ``share{k}_img_per_s``."""
+    out: dict[str, float] = {}
+    for r in rates:
+        key = f"{r.mode}_{r.norm}_bs{r.batch_size}"
+        out[f"{key}_img_per_s"] = r.images_per_second
+        out[f"{key}_ms_per_step"] = r.ms_per_step
+        if r.mode == "fast":
+            out[f"{key}_compile_s"] = r.compile_seconds
+    for r in rates:
+        plain = out.get(f"plain_{r.norm}_bs{r.batch_size}_img_per_s")
+        if r.mode == "fast" and plain:
+            out[f"fast_over_plain_{r.norm}_bs{r.batch_size}"] = r.images_per_second / plain
+    out.update({f"feed_{f.key}_img_per_s": f.images_per_second for f in feeds})
+    out.update({f"share{sh.processes}_img_per_s": sh.images_per_second for sh in shares})
+    return out
+
+
+@dataclass
+class Report:
+    """A bench run's tables (one row per norm and batch size; feeding; sharing) and its Markdown."""
+
+    train: pd.DataFrame
+    feed: pd.DataFrame
+    share: pd.DataFrame
+    markdown: str
+
+
+def report(rates, feeds, shares, title: str) -> Report:
+    frame = pd.DataFrame(table(rates)).set_index(["norm", "batch_size"])
+    feed = pd.DataFrame(as_dicts(feeds), columns=["pipeline", "images_per_second", "detail"])
+    shared = pd.DataFrame(as_dicts(shares))
+    if shares and shares[0].processes == 1:
+        shared["over_one"] = shared["images_per_second"] / shares[0].images_per_second
+    text = [f"# {title}", "", markdown.table(frame.set_axis([f"{norm} bs{bs}" for norm, bs in frame.index]))]
+    if feeds:
+        text += ["", "## feeding the model (img/s)", "", markdown.table(feed.set_index("pipeline").round(1))]
+    if shares:
+        text += ["", "## trainings at once on one device (img/s together)", "",
+                 markdown.table(shared.set_index("processes").round(2))]
+    fallbacks = sorted({r.fallback for r in rates if r.fallback})
+    if fallbacks:
+        text += ["", "torch.compile failed, measured eagerly: " + "; ".join(fallbacks)]
+    return Report(frame, feed, shared, "\n".join(text) + "\n")
+
+
 def shared_rate(processes: int, settings: dict, timeout: float = 900) -> ShareRate:
     """Total training rate of ``processes`` trainings of one configuration at once on one device,
     each its own process (as a sweep's children are): they warm up, wait for each other, and the
@@ -263,7 +308,7 @@ def shared_rate(processes: int, settings: dict, timeout: float = 900) -> ShareRa
         for p in procs:
             out, err = p.communicate(timeout=timeout)
             if p.returncode != 0:
-                raise RuntimeError(f"a bench worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+                raise ResnormError(f"a bench worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
             results.append(json.loads(out.strip().splitlines()[-1]))
     images = sum(r["images_per_second"] * (r["timed_to"] - r["timed_from"]) for r in results)
     span = max(r["timed_to"] for r in results) - min(r["timed_from"] for r in results)
@@ -279,7 +324,7 @@ def _worker(job: dict) -> None:
         deadline = time.monotonic() + 600
         while len(list(rendezvous.iterdir())) < processes:
             if time.monotonic() > deadline:
-                raise RuntimeError("the other bench workers did not get through their warm-up")
+                raise ResnormError("the other bench workers did not get through their warm-up")
             time.sleep(0.01)
 
     device = torch.device(job.pop("device"))

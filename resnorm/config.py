@@ -1,9 +1,19 @@
-"""The training configuration: one frozen dataclass, validated where it is built."""
+"""What a run trains (``TrainConfig``) and how it is launched (``Launch``): frozen dataclasses that
+own their allowed values and ranges and are validated where they are built.
+
+The command line checks only types; every range lives here, so a sweep that plans a configuration
+has already checked what its child will check.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from resnorm.errors import ConfigError
 from resnorm.model import STAGE_CHANNELS
@@ -12,6 +22,20 @@ from resnorm.norms import DEFAULT_GROUPS, NORM_NAMES, check_groups
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosine", "step", "none")
 DEVICES = ("auto", "cpu", "cuda")
+MODES = ("auto", "plain", "fast")  # see resnorm.fast
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "none")
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+MIN_IMAGE_SIZE = 8  # two stride-2 stages and a crop padding of image_size // 8 need at least this
+
+
+def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {field} {value!r}; valid: {', '.join(allowed)}")
+
+
+def _at_least(field: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{field} must be at least {low}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -22,7 +46,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
     lr: float = 0.1  # peak learning rate
     weight_decay: float = 1e-4  # L2 on conv and linear weights only (tensors of rank >= 2)
-    momentum: float = 0.9  # SGD momentum; Adam ignores it
+    momentum: float = 0.9  # SGD momentum in [0, 1]; Adam ignores it
     scheduler: str = "cosine"  # per-epoch schedule: cosine to 0, step (x0.1 every third), none
     epochs: int = 50
     batch_size: int = 32
@@ -34,25 +58,20 @@ class TrainConfig:
     data: str = "digits"  # "digits", "synthetic" or an image folder
 
     def __post_init__(self) -> None:
-        def choice(field: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, field)
-            if value not in allowed:
-                raise ConfigError(f"unknown {field} {value!r}; valid: {', '.join(allowed)}")
-
-        choice("norm", NORM_NAMES)
-        choice("optimizer", OPTIMIZERS)
-        choice("scheduler", SCHEDULERS)
+        _choice("norm", self.norm, NORM_NAMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
         for field in ("epochs", "batch_size", "n"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"{field} must be at least 1, got {getattr(self, field)}")
-        if self.image_size < 8:
-            raise ConfigError(f"image_size must be at least 8, got {self.image_size}")
+            _at_least(field, getattr(self, field), 1)
+        _at_least("image_size", self.image_size, MIN_IMAGE_SIZE)
         for field in ("lr", "weight_decay", "momentum"):
             value = getattr(self, field)
             if not value >= 0 or value == float("inf"):  # also rejects nan
                 raise ConfigError(f"{field} must be a finite number >= 0, got {value}")
         if self.lr == 0:
             raise ConfigError("lr must be greater than 0, got 0")
+        if self.momentum > 1:
+            raise ConfigError(f"momentum must be at most 1, got {self.momentum}")
         if self.norm == "gn":
             try:
                 check_groups(self.groups, STAGE_CHANNELS)
@@ -68,6 +87,7 @@ class TrainConfig:
         return self.image_size // 8 if self.augment else 0
 
     def run_name(self) -> str:
+        """``{norm}-{optimizer}-lr{lr}-{aug|noaug}-bs{batch_size}``, e.g. ``ln-sgd-lr0.1-aug-bs32``."""
         aug = "aug" if self.augment else "noaug"
         return f"{self.norm}-{self.optimizer}-lr{self.lr:g}-{aug}-bs{self.batch_size}"
 
@@ -77,3 +97,69 @@ class TrainConfig:
         params["depth"] = self.depth
         # Booleans spelled as MLproject passes them, so runs started either way agree.
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
+        """The configuration a run's logged params describe (other params, such as depth, are ignored)."""
+        return cls(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
+
+
+FIELD_TYPES: dict[str, str] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # names: postponed annotations
+_PARSE = {"int": int, "float": float, "str": str}
+
+
+def parse_value(field: str, text: str) -> Any:
+    """``text`` as the type of TrainConfig's ``field`` ("batch_size", "8" -> 8)."""
+    if field not in FIELD_TYPES:
+        raise ConfigError(f"unknown parameter {field!r}; valid: {', '.join(FIELD_TYPES)}")
+    kind = FIELD_TYPES[field]
+    text = text.strip()
+    if kind == "bool":
+        if text.lower() not in BOOL_WORDS:
+            raise ConfigError(f"{field}={text!r} is not a boolean; use true or false")
+        return BOOL_WORDS[text.lower()]
+    try:
+        return _PARSE[kind](text)
+    except ValueError:
+        raise ConfigError(f"{field}={text!r} is not a valid {kind}") from None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which Slurm, taskset and containers set)."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How and where a run is launched; none of it changes what is trained, only where and how fast
+    (``threads`` and ``mode`` change the arithmetic's rounding, so they are logged too)."""
+
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda
+    mode: str = "auto"  # auto (fast on CUDA, plain elsewhere), plain, fast
+    compile_mode: str = "auto"  # the fast path's torch.compile mode; none: eager
+    resume: str = ""  # run id of an interrupted run to continue
+    threads: int = 0  # torch's intra-op threads; 0: every core this process may use
+
+    def __post_init__(self) -> None:
+        _choice("device", self.device, DEVICES)
+        _choice("mode", self.mode, MODES)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        _at_least("threads", self.threads, 0)
+
+    def as_params(self) -> dict[str, str]:
+        """The launch settings a training run logs, as asked (tags and ``torch_threads`` say what ran)."""
+        return {"device": self.device, "mode": self.mode, "threads": str(self.threads)}
+
+    def torch_threads(self) -> int:
+        """The intra-op thread count this launch asks for, resolved."""
+        return self.threads or available_cores()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent CUDA is an error, not a fallback."""
+    _choice("device", name, DEVICES)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)

@@ -30,7 +30,8 @@ from sklearn.model_selection import train_test_split
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm.auto import tqdm
 
-from resnorm.errors import DataError
+from resnorm import home
+from resnorm.errors import DataError, warn
 
 SPLITS = ("train", "val", "test")
 # Fractions of a source that is split here (digits, a single class tree): 70/15/15, stratified.
@@ -89,9 +90,7 @@ class DataBundle:
 
 
 def load_data(data: str, image_size: int) -> DataBundle:
-    """Load the source named by ``data`` at ``image_size`` x ``image_size`` pixels."""
-    if image_size < 8:
-        raise DataError(f"image_size must be at least 8 pixels, got {image_size}")
+    """Load the source named by ``data`` at ``image_size`` x ``image_size`` pixels (checked by TrainConfig)."""
     if data == "digits":
         return _digits(image_size)
     if data == "synthetic":
@@ -155,15 +154,18 @@ def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, s
     return _from_arrays("synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy())
 
 
-def _decode(path: str, image_size: int) -> np.ndarray:
+def decode_image(path: str | Path, image_size: int, channels: int = 3) -> torch.Tensor:
+    """One image file as uint8 (channels, image_size, image_size): grayscale, palette and RGBA files
+    become RGB (or L for one channel); the short side is resized to image_size and the centre
+    cropped square, as torchvision's Resize + CenterCrop do."""
     try:
         with Image.open(path) as img:
-            # Grayscale, palette and RGBA files all become RGB; the short side is resized to
-            # image_size and the centre cropped square, as torchvision's Resize + CenterCrop do.
-            img = ImageOps.fit(img.convert("RGB"), (image_size, image_size), Image.Resampling.BILINEAR)
-            return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
+            img = ImageOps.fit(img.convert("L" if channels == 1 else "RGB"), (image_size, image_size),
+                               Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
 
 
 def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -187,7 +189,7 @@ def _decode_listing(listing, image_size: int, desc: str) -> tuple[list[str], tor
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
 
     def decode_into(i: int) -> None:
-        images[i] = torch.from_numpy(_decode(paths[i], image_size))
+        images[i] = decode_image(paths[i], image_size)
 
     workers = min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(workers) as pool:
@@ -223,12 +225,6 @@ def _check_fits(root: Path, count: int, image_size: int) -> None:
 CACHE_FORMAT = 1
 
 
-def cache_dir() -> Path:
-    from resnorm import snapshots
-
-    return snapshots.home() / "decoded"
-
-
 def _folder_key(root: Path, image_size: int) -> str:
     h = hashlib.sha256(f"{CACHE_FORMAT}:{root}:{image_size}".encode())
     for dirpath, dirnames, filenames in os.walk(root):
@@ -260,7 +256,7 @@ def _save_cached(path: Path, data: DataBundle) -> None:
         os.replace(tmp, path)  # whole or absent, also with several runs writing it at once
     except OSError as e:  # a full or read-only disk costs the next run a decode, nothing more
         tmp.unlink(missing_ok=True)
-        print(f"warning: could not keep the decoded images in {path}: {e}", flush=True)
+        warn(f"could not keep the decoded images in {path}: {e}")
 
 
 def _image_folder(root: Path, image_size: int) -> DataBundle:
@@ -270,7 +266,7 @@ def _image_folder(root: Path, image_size: int) -> DataBundle:
             "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
         )
     root = root.resolve()
-    cached = cache_dir() / f"{root.name}-{image_size}px-{_folder_key(root, image_size)}.pt"
+    cached = home.decoded_dir() / f"{root.name}-{image_size}px-{_folder_key(root, image_size)}.pt"
     data = _load_cached(cached, root)
     if data is None:
         data = _decode_folder(root, image_size)
@@ -300,17 +296,6 @@ def _decode_folder(root: Path, image_size: int) -> DataBundle:
         splits[s] = Split(images, torch.as_tensor(labels))
     _check_classes(str(root), classes)
     return DataBundle(str(root), str(root), tuple(classes), **splits)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, padding: int) -> torch.Tensor:
-    """The study's augmentation, per image: a random crop from the zero-padded image, then a
-    horizontal flip with probability 1/2 (torchvision's RandomCrop(padding) + RandomHorizontalFlip).
-
-    ``images`` is a (N, C, H, W) batch on any device; the draws come from ``generator`` (CPU).
-    """
-    dy, dx, flip = augment_draws(len(images), generator, padding)
-    dev = images.device
-    return crop_flip(images, dy.to(dev), dx.to(dev), flip.to(dev), padding)
 
 
 def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -2,8 +2,9 @@
 
 ``train`` reports every epoch to a callback (the tracking side writes it to MLflow) and returns
 the model restored to its best-validation epoch, with that model's scores on every split. Given a
-checkpoint path it saves everything the next epoch depends on after every epoch, and continues
-from that file when it exists, so an interrupted run ends exactly as an uninterrupted one.
+snapshot path it saves everything the next epoch depends on after every epoch, and continues from
+that file when it exists, so an interrupted run ends exactly as an uninterrupted one. How the
+arithmetic runs on the device (plain or fast) is the ``Runner``'s business (``resnorm.fast``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from resnorm import fast, metrics, names, snapshots
+from resnorm import metrics, names, snapshots
 from resnorm.config import TrainConfig
-from resnorm.data import SPLITS, DataBundle, Split, batches
+from resnorm.data import SPLITS, DataBundle, Split
 from resnorm.errors import ConfigError, TrainingDiverged
-from resnorm.fast import CompiledModel, Speed
+from resnorm.fast import PLAIN, Runner, Speed
 from resnorm.model import ResNet, resnet
 from resnorm.norms import gate_clipper
+
+OnEpoch = Callable[["EpochStats"], None]
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,10 @@ class TrainResult:
     best_epoch: int
     history: list[EpochStats]
     evaluations: dict[str, Evaluation] = field(default_factory=dict)  # split -> eval of the best model
-    speed: Speed = Speed("plain")
+    speed: Speed = PLAIN
     compile_seconds: float = 0.0  # spent compiling in the first train and eval calls (fast path)
     compile_fallback: str | None = None  # why torch.compile failed, when it did (training went on eagerly)
-    overhead_seconds: float = 0.0  # the loop's time outside training and evaluation: checkpoints, tracking
+    overhead_seconds: float = 0.0  # the loop's time outside training and evaluation: snapshots, tracking
 
     def final_metrics(self) -> dict[str, float]:
         """``best_epoch`` and ``best_{split}_{accuracy,micro_f1,macro_f1}`` of the kept model."""
@@ -73,21 +76,12 @@ class TrainResult:
         return out
 
     def timings(self) -> dict[str, float]:
-        """Where time went besides training: ``overhead_seconds`` (checkpoints, tracking) and,
-        for a compiled model, ``compile_seconds``."""
+        """Where time went besides training: ``overhead_seconds`` (snapshots, tracking) and, for a
+        compiled model, ``compile_seconds``."""
         out = {names.OVERHEAD_SECONDS: self.overhead_seconds}
         if self.speed.compile_mode:
             out[names.COMPILE_SECONDS] = self.compile_seconds
         return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for an absent CUDA is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def build_model(cfg: TrainConfig, data: DataBundle) -> ResNet:
@@ -105,11 +99,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool = False) -> 
     ]
     # fused: one kernel for every parameter's update (CUDA); otherwise torch's default (foreach).
     kind = {"fused": True} if fused else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kind)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, **kind)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kind)  # TrainConfig allows only these two
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -118,63 +110,96 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
-    if cfg.scheduler == "none":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; valid: cosine, step, none")
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)  # "none"
+
+
+@dataclass
+class Training:
+    """Everything one run trains with, and its progress so far (what a snapshot holds)."""
+
+    cfg: TrainConfig
+    data: DataBundle  # placed where the runner reads it
+    runner: Runner
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # shuffling and augmentation draws
+    where: str = "host"  # where the images are
+    history: list[EpochStats] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    overhead: float = 0.0  # seconds the loop spent on snapshots and handing epochs to tracking
+
+    @property
+    def model(self) -> ResNet:
+        return self.runner.model
+
+    def state(self) -> dict:
+        """What the next epoch depends on, for ``snapshots.save``."""
+        return {
+            "config": self.cfg.as_params(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [dataclasses.asdict(h) for h in self.history],
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: dict, where: Path) -> None:
+        if state["config"] != self.cfg.as_params():
+            raise ConfigError(f"the snapshot {where} is of another configuration ({state['config']}); not resuming it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.best_acc, self.best_epoch, self.best_state = state["best_acc"], state["best_epoch"], state["best_state"]
+
+
+def prepare(cfg: TrainConfig, data: DataBundle, device: torch.device, speed: Speed = PLAIN) -> Training:
+    """The model (seeded), its runner, optimizer and schedule, and the data placed for ``speed``."""
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
+    torch.manual_seed(cfg.seed)
+    runner = Runner(build_model(cfg, data), device, speed)
+    optimizer = build_optimizer(cfg, runner.model, fused=runner.fused_optimizer())
+    placed, where = runner.place(data)
+    return Training(cfg, placed, runner, optimizer, build_scheduler(cfg, optimizer),
+                    torch.Generator().manual_seed(cfg.seed), where)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, batch_size: int, device: torch.device, speed: Speed = Speed("plain"), forward=None
-) -> Evaluation:
-    """Loss and predictions over a whole split in eval mode, without augmentation.
-
-    Everything stays on the device until the end. The fast path evaluates in batches of one size
-    (``speed.eval_batch``, the last one padded) so a compiled model sees a single shape.
-    """
-    model.eval()
-    forward = forward or model
-    size = speed.eval_batch or batch_size
-    loss = torch.zeros((), device=device, dtype=torch.float64)
+def evaluate(runner: Runner, split: Split, batch_size: int) -> Evaluation:
+    """Loss and predictions over a whole split in eval mode, without augmentation. Everything stays
+    on the device until one copy at the end."""
+    runner.model.eval()
+    loss = torch.zeros((), device=runner.device, dtype=torch.float64)
     preds = []
-    fmt = speed.memory_format
-    for x, y in batches(split, size, device, memory_format=fmt):
-        real = len(y)
-        if speed.eval_batch and real < size:
-            x = torch.cat([x, x.new_zeros((size - real, *x.shape[1:]))]).contiguous(memory_format=fmt)
-        with fast.autocast(speed, device):
-            logits = forward(x)[:real].float()
+    for x, y, real in runner.eval_batches(split, batch_size):
+        logits = runner.forward(x)[:real].float()
         loss += F.cross_entropy(logits, y, reduction="sum")
         preds.append(logits.argmax(1))
     predictions = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
     return Evaluation(loss.item() / max(1, len(split)), split.labels.cpu().numpy(), predictions)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    split: Split,
-    cfg: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    progress: bool = False,
-    speed: Speed = Speed("plain"),
-    forward: CompiledModel | None = None,
-) -> tuple[float, float, int]:
+def train_one_epoch(t: Training, progress: bool = False) -> tuple[float, float, int]:
     """One pass over the shuffled, augmented training split: (mean loss, accuracy, images).
-
-    Nothing here waits for the device: loss and accuracy are summed where they are computed.
-    """
-    model.train()
-    forward = forward or CompiledModel(model, None)
-    clip_gates = gate_clipper(model)
+    Nothing here waits for the device: loss and accuracy are summed where they are computed."""
+    t.model.train()
+    clip_gates = gate_clipper(t.model)
+    device = t.runner.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    steps = len(split) // cfg.batch_size
-    stream = batches(split, cfg.batch_size, device, generator, cfg.augment_padding, memory_format=speed.memory_format)
-    for x, y in tqdm(stream, total=steps, unit="step", leave=False, disable=not progress):
-        logits, loss = train_step(model, forward, optimizer, x, y, speed, device)
+    stream = t.runner.batches(t.data.train, t.cfg.batch_size, t.generator, t.cfg.augment_padding)
+    for x, y in tqdm(stream, total=len(t.data.train) // t.cfg.batch_size, unit="step", leave=False, disable=not progress):
+        logits, loss = t.runner.step(t.optimizer, x, y)
         clip_gates()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -182,164 +207,77 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen, seen
 
 
-def train_step(model, forward: CompiledModel, optimizer, x, y, speed: Speed, device):
-    """Forward, backward and update of one batch; the first compiled backward falls back to
-    eager like the forward does, redoing the batch."""
-    optimizer.zero_grad(set_to_none=True)
-    with fast.autocast(speed, device):
-        logits = forward(x)
-    loss = F.cross_entropy(logits.float(), y)
-    if forward.compiled and not forward.backward_checked:
-        start = time.perf_counter()
-        try:
-            loss.backward()
-        except Exception as e:  # noqa: BLE001 - the backward graph compiles on its first call
-            forward.fail(e)
-            optimizer.zero_grad(set_to_none=True)
-            with fast.autocast(speed, device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            loss.backward()
-        forward.backward_checked = True
-        forward.compile_seconds += time.perf_counter() - start
-    else:
-        loss.backward()
-    optimizer.step()
-    return logits, loss
+def run_epoch(t: Training, epoch: int, progress: bool = False) -> EpochStats:
+    """Train one epoch, step the schedule, validate; keep the model if it is the best so far."""
+    start = time.perf_counter()
+    lr = t.optimizer.param_groups[0]["lr"]
+    train_loss, train_acc, seen = train_one_epoch(t, progress)
+    train_seconds = time.perf_counter() - start
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch} "
+                               f"(lr={t.cfg.lr:g}, norm={t.cfg.norm}); lower the learning rate")
+    t.scheduler.step()
+    val = evaluate(t.runner, t.data.val, t.cfg.batch_size)
+    val_scores = val.scores()
+    stats = EpochStats(epoch, train_loss, train_acc, val.loss, val_scores["accuracy"], val_scores["macro_f1"], lr,
+                       time.perf_counter() - start, seen / train_seconds, int(time.time() * 1000))
+    t.history.append(stats)
+    if stats.val_accuracy > t.best_acc:
+        t.best_acc, t.best_epoch = stats.val_accuracy, epoch
+        t.best_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    return stats
 
 
-def prepare(
-    cfg: TrainConfig, data: DataBundle, device: torch.device, speed: Speed
-) -> tuple[ResNet, torch.optim.Optimizer, DataBundle, CompiledModel, str]:
-    """What one run trains with on ``device``: the model (channels_last on the fast path), its
-    optimizer (fused on CUDA's fast path), the data placed as the path reads it, the forward
-    (compiled where the path compiles) and where the images are."""
-    model = build_model(cfg, data).to(device)
-    optimizer = build_optimizer(cfg, model, fused=speed.fast and device.type == "cuda")
-    where = "host"
-    if speed.fast:
-        model = model.to(memory_format=speed.memory_format)
-        data, where = fast.place_images(data, device)
-    return model, optimizer, data, CompiledModel(model, speed.compile_mode), where
+def finish(t: Training) -> TrainResult:
+    """The best-validation model, scored on every split, back as an ordinary float32 NCHW module."""
+    t.model.load_state_dict(t.best_state)
+    evaluations = {s: evaluate(t.runner, t.data.split(s), t.cfg.batch_size) for s in SPLITS}
+    model = t.model.to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(model, t.best_epoch, t.history, evaluations, t.runner.speed, t.runner.compile_seconds,
+                       t.runner.fallback, t.overhead)
 
 
 def train(
     cfg: TrainConfig,
     data: DataBundle,
-    device: torch.device | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
+    device: torch.device,
+    speed: Speed = PLAIN,
+    on_epoch: OnEpoch | None = None,
     progress: bool | None = None,
-    checkpoint_path: Path | None = None,
-    mode: str = "auto",
-    compile_mode: str = "auto",
+    snapshot_path: Path | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on ``data``; keep and return the epoch with the best validation accuracy.
 
     ``progress``: True for a tqdm bar, False for silence, None for a bar on a terminal and one
-    line per epoch otherwise. ``checkpoint_path``: saved after every epoch; when the file exists,
-    training continues from it (its epochs are reported to ``on_epoch`` again first).
-    ``mode``: ``plain``, ``fast`` or ``auto`` (fast on CUDA), see ``resnorm.fast``.
+    line per epoch otherwise. ``snapshot_path``: saved after every epoch; when the file exists,
+    training continues from it (its epochs are reported to ``on_epoch`` again first: a crash between
+    the snapshot and the report must not lose one, and MLflow drops an identical re-sent point).
     """
-    device = device or resolve_device("auto")
-    speed = fast.resolve_speed(mode, device, cfg.batch_size, compile_mode)
-    fast.configure_backends(speed, device)
-    if cfg.batch_size > len(data.train):
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation draws
-    model, optimizer, data, forward, where = prepare(cfg, data, device, speed)
-    scheduler = build_scheduler(cfg, optimizer)
+    t = prepare(cfg, data, device, speed)
     if speed.fast:
-        print(f"{speed.describe()}; images in {where}", flush=True)
-
-    history: list[EpochStats] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    overhead = 0.0  # seconds the loop spent checkpointing and handing epochs to tracking
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = snapshots.load(checkpoint_path)
-        if state["config"] != cfg.as_params():
-            raise ConfigError(f"the checkpoint {checkpoint_path} is of another configuration ({state['config']}); not resuming it")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = [EpochStats(**h) for h in state["history"]]
-        best_acc, best_epoch, best_state = state["best_acc"], state["best_epoch"], state["best_state"]
-        # Report the restored epochs again: a crash between the checkpoint and the report must
-        # not lose one, and an identical re-sent point (same timestamp) is dropped by MLflow.
-        for stats in history:
-            if on_epoch is not None:
-                on_epoch(stats)
+        print(f"{speed.describe()}; images in {t.where}", flush=True)
+    if snapshot_path is not None and snapshot_path.exists():
+        t.restore(snapshots.load(snapshot_path), snapshot_path)
+    for stats in t.history if on_epoch else ():
+        on_epoch(stats)
     # tqdm's disable=None turns the bar off when not writing to a terminal; one line per epoch then.
-    bar = tqdm(range(len(history) + 1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch",
+    bar = tqdm(range(len(t.history) + 1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch",
                disable=None if progress is None else not progress)
-    epoch_lines = progress is None and bar.disable
     for epoch in bar:
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, seen = train_one_epoch(
-            model, optimizer, data.train, cfg, generator, device, not bar.disable, speed, forward
-        )
-        train_seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"the training loss became {train_loss} in epoch {epoch} (lr={cfg.lr:g}, norm={cfg.norm}); "
-                "lower the learning rate"
-            )
-        scheduler.step()
-        val = evaluate(model, data.val, cfg.batch_size, device, speed, forward)
-        val_scores = val.scores()
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            val_loss=val.loss,
-            val_accuracy=val_scores["accuracy"],
-            val_macro_f1=val_scores["macro_f1"],
-            lr=lr,
-            epoch_seconds=time.perf_counter() - start,
-            images_per_second=seen / train_seconds,
-            timestamp_ms=int(time.time() * 1000),
-        )
-        history.append(stats)
-        if stats.val_accuracy > best_acc:
-            best_acc, best_epoch = stats.val_accuracy, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        stats = run_epoch(t, epoch, not bar.disable)
         aside = time.perf_counter()
-        if checkpoint_path is not None:
-            # Before the report: once the epoch is reported, it must be resumable.
-            snapshots.save(
-                {
-                    "config": cfg.as_params(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": [dataclasses.asdict(h) for h in history],
-                    "best_acc": best_acc,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                },
-                checkpoint_path,
-            )
+        if snapshot_path is not None:  # before the report: once an epoch is reported, it must be resumable
+            snapshots.save(t.state(), snapshot_path)
         if on_epoch is not None:
             on_epoch(stats)
-        overhead += time.perf_counter() - aside
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{stats.val_accuracy:.3f}", best=best_epoch)
-        if epoch_lines:
-            print(
-                f"epoch {epoch}/{cfg.epochs} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
-                f"val_loss {val.loss:.4f} val_acc {stats.val_accuracy:.4f} ({stats.epoch_seconds:.1f}s)",
-                flush=True,
-            )
+        t.overhead += time.perf_counter() - aside
+        bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{stats.val_accuracy:.3f}", best=t.best_epoch)
+        if progress is None and bar.disable:
+            print(epoch_line(stats, cfg.epochs), flush=True)
     bar.close()
+    return finish(t)
 
-    assert best_state is not None  # epochs >= 1 is validated by TrainConfig
-    model.load_state_dict(best_state)
-    model.eval()
-    evaluations = {s: evaluate(model, data.split(s), cfg.batch_size, device, speed, forward) for s in SPLITS}
-    model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, best_epoch, history, evaluations, speed, forward.compile_seconds, forward.fallback,
-                       overhead)
+
+def epoch_line(s: EpochStats, epochs: int) -> str:
+    return (f"epoch {s.epoch}/{epochs} train_loss {s.train_loss:.4f} train_acc {s.train_accuracy:.4f} "
+            f"val_loss {s.val_loss:.4f} val_acc {s.val_accuracy:.4f} ({s.epoch_seconds:.1f}s)")

@@ -8,7 +8,7 @@ in the image. The map is upsampled to the image.
 
 The same images explained by several models make a grid: rows are images, columns are models.
 ``gradcam_grid`` draws it from modules already in memory; ``explain`` builds it from model URIs
-(the runs' checkpoints, see ``resnorm.checkpoint``) and ``log_gradcam`` logs it to MLflow.
+(the runs' kept weights, see ``resnorm.weights``) and ``log_gradcam`` logs it to MLflow.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from resnorm.checkpoint import Checkpoint, champion_uris, load_checkpoint, load_module  # noqa: F401 (API)
-from resnorm.data import load_data
+from resnorm.data import decode_image, load_data
 from resnorm.errors import DataError, ModelError
 from resnorm.tracking import use_default_experiment
+from resnorm.weights import TrainedModel, champion_uris, load_module, load_trained  # noqa: F401 (load_module: API)
 
 GRID_ARTIFACT = "gradcam.png"
 GRID_SUMMARY = "gradcam.json"  # which models and images the grid shows, and every prediction
@@ -161,18 +160,6 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
-    """One image file as uint8 (C, H, W), resized and centre-cropped as training images are."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {str(path)!r}: {e}") from None
-    return torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
-
-
 def read_images(
     paths: Sequence[str], image_size: int, channels: int, classes: Sequence[str]
 ) -> tuple[torch.Tensor, list[int | None], list[str]]:
@@ -180,14 +167,14 @@ def read_images(
     image's folder when that is a class (the image-folder layout training reads), else None."""
     files = image_files(paths)
     index = {c: k for k, c in enumerate(classes)}
-    images = torch.stack([read_image(f, image_size, channels) for f in files])
+    images = torch.stack([decode_image(f, image_size, channels) for f in files])
     return images, [index.get(f.parent.name) for f in files], [str(f) for f in files]
 
 
 @dataclass
 class GradcamResult:
     figure: Figure
-    checkpoints: list[Checkpoint]
+    models: list[TrainedModel]
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: list[int | None]
     sources: list[str]  # where each image came from
@@ -195,10 +182,10 @@ class GradcamResult:
     def summary(self) -> dict:
         """What the grid shows, as JSON: the models, the images and every model's predictions."""
         x = self.images.float() / 255
-        classes = self.checkpoints[0].classes
+        classes = self.models[0].classes
         images = [{"source": s, "label": None if t is None else classes[t]} for s, t in zip(self.sources, self.labels)]
         models = []
-        for c in self.checkpoints:
+        for c in self.models:
             with torch.no_grad():
                 probabilities = torch.softmax(c.model(x), dim=1)
             best = probabilities.max(1)
@@ -222,9 +209,9 @@ def explain(model_uris: Sequence[str] = (), images: Sequence[str] = (), samples:
     if not uris:
         raise ModelError("no registered resnorm-{norm} model has a 'champion' alias in this tracking store; "
                          "train one first, or give model URIs")
-    checkpoints = [load_checkpoint(u) for u in uris]
-    first = checkpoints[0]
-    for c in checkpoints[1:]:
+    trained = [load_trained(u) for u in uris]
+    first = trained[0]
+    for c in trained[1:]:
         if (c.in_channels, c.image_size) != (first.in_channels, first.image_size):
             raise ModelError(
                 f"model {c.uri!r} takes {_shape(c)} images but {first.uri!r} takes {_shape(first)}; "
@@ -245,13 +232,13 @@ def explain(model_uris: Sequence[str] = (), images: Sequence[str] = (), samples:
         batch, labels = data.test.images[chosen], data.test.labels[chosen].tolist()
         sources = [f"{first.data} test[{k}]" for k in chosen]
     columns: dict[str, nn.Module] = {}
-    for c in checkpoints:  # two runs of one norm share a label; the URI tells them apart
+    for c in trained:  # two runs of one norm share a label; the URI tells them apart
         columns[c.label if c.label not in columns else f"{c.label}\n{c.uri}"] = c.model
     figure = gradcam_grid(columns, batch, labels, first.classes, title="GradCAM at layer3, predicted class")
-    return GradcamResult(figure, checkpoints, batch, labels, sources)
+    return GradcamResult(figure, trained, batch, labels, sources)
 
 
-def _shape(c: Checkpoint) -> str:
+def _shape(c: TrainedModel) -> str:
     return f"{c.in_channels}x{c.image_size}x{c.image_size}"
 
 

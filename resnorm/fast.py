@@ -1,26 +1,33 @@
-"""The fast training path: how a run uses its device, chosen once per run.
+"""How a run computes on its device: the plain path and the fast path, in one place.
 
 ``plain`` is the study as it was run: float32, NCHW, eager. ``fast`` (the default on CUDA) keeps
 the decoded uint8 images on the device, trains under bf16 autocast in channels_last, compiles
 the model with ``torch.compile`` (CUDA graphs through ``reduce-overhead`` where batches are small
 enough to be launch-bound) and steps a fused optimizer. The CPU keeps the plain, exact path
 unless ``fast`` is asked for, which the tests do to check that both paths learn the same.
+
+``resolve_speed`` turns the ``mode`` a run was launched with into a ``Speed`` once; a ``Runner``
+then owns everything that differs between the paths for one model: its placement, its images,
+its batches, its forward (compiled, with the fallback to eager) and its training step. The engine
+only calls the runner.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from resnorm.data import DataBundle, Split
-from resnorm.errors import ConfigError, one_line
+from resnorm import home
+from resnorm.config import MODES
+from resnorm.data import SPLITS, DataBundle, Split, batches
+from resnorm.errors import ConfigError, one_line, warn
 
-MODES = ("auto", "plain", "fast")
 # Batches up to this size are launch-bound on a big GPU: replay them as CUDA graphs.
 CUDA_GRAPH_MAX_BATCH = 64
 # Evaluation batches of the fast path: one shape for every split (the last batch is padded).
@@ -55,6 +62,9 @@ class Speed:
         return "fast (" + ", ".join(parts) + ")"
 
 
+PLAIN = Speed("plain")
+
+
 def resolve_speed(mode: str, device: torch.device, batch_size: int, compile_mode: str = "auto") -> Speed:
     """``auto`` is ``fast`` on CUDA and ``plain`` elsewhere; ``compile_mode`` overrides the choice
     of torch.compile mode (``auto``: CUDA graphs for small batches on CUDA, ``none``: eager)."""
@@ -63,7 +73,7 @@ def resolve_speed(mode: str, device: torch.device, batch_size: int, compile_mode
     if mode == "auto":
         mode = "fast" if device.type == "cuda" else "plain"
     if mode == "plain":
-        return Speed("plain")
+        return PLAIN
     if compile_mode == "auto":
         graphs = device.type == "cuda" and batch_size <= CUDA_GRAPH_MAX_BATCH
         compile_mode = "reduce-overhead" if graphs else "default"
@@ -84,8 +94,6 @@ def configure_backends(speed: Speed, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    from resnorm import snapshots
-
     # torch fills the variable with its /tmp default as soon as something imports its compiler
     # (torchvision does); a folder the user chose is kept.
     try:
@@ -96,11 +104,7 @@ def configure_backends(speed: Speed, device: torch.device) -> None:
         default = None
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == default:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(snapshots.home() / "torchinductor")
-
-
-def autocast(speed: Speed, device: torch.device):
-    return torch.autocast(device.type, dtype=speed.autocast, enabled=speed.autocast is not None)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(home.compile_cache_dir())
 
 
 def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, str]:
@@ -109,54 +113,108 @@ def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, st
     memory for an asynchronous copy). Returns (data, where)."""
     if device.type != "cuda":
         return data, "host"
-    need = sum(data.split(s).images.numel() for s in ("train", "val", "test"))
+    need = sum(data.split(s).images.numel() for s in SPLITS)
     free, _ = torch.cuda.mem_get_info(device)
     if need + TRAINING_RESERVE_BYTES <= free:
-        return _moved(data, lambda t: t.to(device)), "gpu"
+        splits = {s: Split(data.split(s).images.to(device), data.split(s).labels.to(device)) for s in SPLITS}
+        return DataBundle(data.name, data.source, data.classes, **splits), "gpu"
     return data, "host memory (batches staged through pinned memory)"
 
 
-def _moved(data: DataBundle, move) -> DataBundle:
-    splits = {s: Split(move(data.split(s).images), move(data.split(s).labels)) for s in ("train", "val", "test")}
-    return DataBundle(data.name, data.source, data.classes, **splits)
+class Runner:
+    """One model on its device, computed as ``speed`` says: the only place that knows the paths apart.
 
+    It moves the model (channels_last on the fast path), compiles its forward with static shapes
+    (one graph for the training batch, one for the evaluation batch, each under reduce-overhead
+    recorded as a CUDA graph) and, when compiling the forward or the lazily compiled backward
+    fails, says so on one line and goes on eagerly. ``compile_seconds`` is the time the first
+    compiled calls took; ``fallback`` why compiling failed.
+    """
 
-class CompiledModel:
-    """``torch.compile`` of a model that falls back to eager, with one line on stderr, when
-    compiling fails; ``compile_seconds`` is the time the first calls spent compiling."""
-
-    def __init__(self, model: nn.Module, compile_mode: str | None) -> None:
-        self.model = model
-        self.compile_mode = compile_mode
-        # Static shapes: one graph for the training batch and one for the evaluation batch, each
-        # specialised (and, under reduce-overhead, recorded as a CUDA graph) for its size.
-        self.fn = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
-        self.fallback: str | None = None  # why compiling failed
+    def __init__(self, model: nn.Module, device: torch.device, speed: Speed = PLAIN) -> None:
+        configure_backends(speed, device)
+        self.model = model.to(device, memory_format=speed.memory_format)
+        self.device, self.speed = device, speed
+        compile_mode = speed.compile_mode
+        self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False) if compile_mode else self.model
+        self.fallback: str | None = None
         self.compile_seconds = 0.0
-        self._first = {True: True, False: True}  # first call in train mode / eval mode
-        self.backward_checked = False  # the backward graph compiles at the first backward (engine.train_step)
+        self._first = {True: compile_mode is not None, False: compile_mode is not None}  # per train/eval mode
+        self._backward_checked = compile_mode is None
 
     @property
     def compiled(self) -> bool:
-        return self.compile_mode is not None and self.fallback is None
+        return self.speed.compile_mode is not None and self.fallback is None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled and self.compile_mode == "reduce-overhead":
+    def fused_optimizer(self) -> bool:
+        """One kernel for every parameter's update: the fast path on CUDA."""
+        return self.speed.fast and self.device.type == "cuda"
+
+    def place(self, data: DataBundle) -> tuple[DataBundle, str]:
+        """The data as this path reads it, and where its images are."""
+        return place_images(data, self.device) if self.speed.fast else (data, "host")
+
+    def batches(self, split: Split, batch_size: int, generator: torch.Generator | None = None,
+                padding: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return batches(split, batch_size, self.device, generator, padding, self.speed.memory_format)
+
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(images, labels, real) over a split in order; the fast path pads every batch to one size."""
+        size = self.speed.eval_batch or batch_size
+        for x, y in self.batches(split, size):
+            real = len(y)
+            if self.speed.eval_batch and real < size:
+                pad = x.new_zeros((size - real, *x.shape[1:]))
+                x = torch.cat([x, pad]).contiguous(memory_format=self.speed.memory_format)
+            yield x, y, real
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.speed.autocast, enabled=self.speed.autocast is not None):
+            return self._call(x)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled and self.speed.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        first = self._first[self.model.training] and self.compiled
-        if not first:
+        if not (self._first[self.model.training] and self.compiled):
             return self.fn(x)
         self._first[self.model.training] = False
         start = time.perf_counter()
         try:
             out = self.fn(x)
         except Exception as e:  # noqa: BLE001 - any compiler failure: go on eagerly
-            self.fail(e)
+            self._fail(e)
             out = self.model(x)
         self.compile_seconds += time.perf_counter() - start
         return out
 
-    def fail(self, error: BaseException) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and update of one batch: (logits, loss). The first compiled backward
+        falls back to eager like the forward does, redoing the batch."""
+        optimizer.zero_grad(set_to_none=True)
+        logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if self._backward_checked:
+            loss.backward()
+        else:
+            logits, loss = self._first_backward(optimizer, x, y, loss, logits)
+        optimizer.step()
+        return logits, loss
+
+    def _first_backward(self, optimizer, x, y, loss, logits):
+        start = time.perf_counter()
+        try:
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - the backward graph compiles on its first call
+            self._fail(e)
+            optimizer.zero_grad(set_to_none=True)
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+        self._backward_checked = True
+        self.compile_seconds += time.perf_counter() - start
+        return logits, loss
+
+    def _fail(self, error: BaseException) -> None:
         self.fallback = one_line(error).split(" Set TORCHDYNAMO_VERBOSE")[0]
         self.fn = self.model
-        print(f"warning: torch.compile failed ({self.fallback[:300]}); training on eagerly", file=sys.stderr, flush=True)
+        warn(f"torch.compile failed ({self.fallback[:300]}); training on eagerly")

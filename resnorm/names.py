@@ -25,7 +25,7 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, VAL_MACRO_F
 # Final metrics of the kept model, measured in eval mode without augmentation.
 BEST_EPOCH = "best_epoch"
 COMPILE_SECONDS = "compile_seconds"  # fast path: time the first compiled calls took
-OVERHEAD_SECONDS = "overhead_seconds"  # time the epoch loop spent on checkpoints and handing epochs to MLflow
+OVERHEAD_SECONDS = "overhead_seconds"  # time the epoch loop spent on snapshots and handing epochs to MLflow
 SCORES = ("accuracy", "micro_f1", "macro_f1")
 
 
@@ -41,16 +41,28 @@ TAG_SPEED = "resnorm.speed"  # the training path that ran: plain, or fast with i
 TAG_COMPILE_FALLBACK = "resnorm.compile_fallback"  # why torch.compile failed (training went on eagerly)
 TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to (parent and children)
 TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
+TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
+TAG_TORCH_VERSION = "resnorm.torch"  # torch.__version__ of the process that trained or measured
+
+# Params beside the training configuration's own fields (TrainConfig.as_params).
+PARAM_NUM_CLASSES = "num_classes"
+PARAM_TORCH_THREADS = "torch_threads"  # intra-op threads the run trained with (the `threads` param resolved)
+
+# A failed run's full traceback (its one-line reason is the resnorm.error tag).
+TRACEBACK_ARTIFACT = "error/traceback.txt"
 
 # Artifacts and the registry.
 MODEL_ARTIFACT = "model"
 CHAMPION = "champion"
+REGISTERED_MODEL_PREFIX = "resnorm-"
 
 
 def registered_model(norm: str) -> str:
-    return f"resnorm-{norm}"
+    """The registered model of a norm's runs, e.g. ``resnorm-bn``."""
+    return f"{REGISTERED_MODEL_PREFIX}{norm}"
+
 
 # The kept model's weights and what rebuilds its ResNet (GradCAM needs the nn.Module, which the
-# registered pt2 program is not): run artifacts next to the model.
-CHECKPOINT_WEIGHTS = "checkpoint/weights.pt"  # the state dict, for torch.load(weights_only=True)
-CHECKPOINT_CONFIG = "checkpoint/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...
+# registered pt2 program is not): run artifacts next to the model (see resnorm.weights).
+WEIGHTS_STATE = "weights/state_dict.pt"  # the state dict, for torch.load(weights_only=True)
+WEIGHTS_CONFIG = "weights/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...

@@ -108,7 +108,7 @@ class BatchInstanceNorm2d(BatchNorm2d):
     """Batch-instance norm (Nam & Kim, 2018): ``gamma * (rho * x_BN + (1 - rho) * x_IN) + beta``.
 
     ``rho`` is one gate per channel that starts at 1 (pure batch norm). The paper keeps it in
-    [0, 1] by clipping after every update (see :func:`clip_gates_`) and exempts it from weight
+    [0, 1] by clipping after every update (see :func:`gate_clipper`) and exempts it from weight
     decay; the BN branch keeps running statistics for eval, the IN branch always uses the sample's.
     """
 
@@ -175,16 +175,15 @@ def _torch_batchnorm(num_features: int) -> nn.Module:
     return nn.BatchNorm2d(num_features, eps=EPS, momentum=MOMENTUM)
 
 
-# name -> (constructor, one-line description). The constructor takes the channel count first;
-# "gn" also takes ``groups``.
-NORMS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "torch_bn": (_torch_batchnorm, "torch.nn.BatchNorm2d, the reference"),
-    "bn": (BatchNorm2d, "hand-written batch norm"),
-    "in": (InstanceNorm2d, "instance norm"),
-    "bin": (BatchInstanceNorm2d, "batch-instance norm"),
-    "ln": (LayerNorm2d, "layer norm over (C, H, W), i.e. GroupNorm(1, C)"),
-    "gn": (GroupNorm2d, "group norm"),
-    "nn": (NoNorm, "no normalisation"),
+# name -> constructor, which takes the channel count first ("gn" also takes ``groups``).
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "torch_bn": _torch_batchnorm,  # torch.nn.BatchNorm2d, the reference
+    "bn": BatchNorm2d,
+    "in": InstanceNorm2d,
+    "bin": BatchInstanceNorm2d,
+    "ln": LayerNorm2d,  # over (C, H, W), i.e. GroupNorm(1, C)
+    "gn": GroupNorm2d,
+    "nn": NoNorm,
 }
 NORM_NAMES: tuple[str, ...] = tuple(NORMS)
 DEFAULT_GROUPS = 8
@@ -193,7 +192,7 @@ DEFAULT_GROUPS = 8
 def get_norm(name: str, groups: int = DEFAULT_GROUPS) -> NormLayer:
     """The constructor ``channels -> nn.Module`` for the norm called ``name``."""
     try:
-        constructor, _ = NORMS[name]
+        constructor = NORMS[name]
     except KeyError:
         raise ValueError(f"unknown norm {name!r}; valid norms: {', '.join(NORM_NAMES)}") from None
     if constructor is GroupNorm2d:
@@ -213,14 +212,10 @@ def check_groups(groups: int, channels: Iterable[int]) -> None:
         )
 
 
-def clip_gates_(model: nn.Module) -> None:
-    """Clip every Batch-Instance gate ``rho`` into [0, 1]; the engine calls this after each step."""
-    gate_clipper(model)()
-
-
 def gate_clipper(model: nn.Module) -> Callable[[], None]:
-    """A function that clips the model's Batch-Instance gates into [0, 1]: found once, clipped in
-    two multi-tensor kernels per call (nothing to do for the other norms)."""
+    """A function that clips the model's Batch-Instance gates into [0, 1], which the engine calls
+    after every step: the gates are found once, and clipped in two multi-tensor kernels per call
+    (nothing to do for the other norms)."""
     gates = [m.rho for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 Training must not wait on the server: MLflow's HTTP client retries a refused connection seven
 times with backoff, which can block for minutes. So each epoch's batch is queued here and sent
 by one thread; while the server does not answer, batches wait and are retried, and training goes
-on. Nothing is lost on a crash either: the engine's checkpoint (written before an epoch is
+on. Nothing is lost on a crash either: the run's snapshot (written before an epoch is
 reported) holds every epoch with its timestamp, and a resumed run reports them again. Re-sending
 is safe because MLflow's SQL store drops a metric identical in key, value, step and timestamp,
 so every point lands exactly once.
@@ -77,7 +77,7 @@ class Outbox:
         return True
 
     def close(self) -> None:
-        """Stop the sender (what is still queued stays in the checkpoint for a resume)."""
+        """Stop the sender (what is still queued stays in the snapshot for a resume)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -1,10 +1,12 @@
-"""Where a run's per-epoch training checkpoint (snapshot) lives on this machine, and how it is written and read.
+"""A run's per-epoch snapshot: where it lives on this machine, how it is written and read, and
+the lock that keeps one process per run.
 
-A checkpoint is written after every epoch so that a run killed at any moment (``kill -9``, a
-lost node, a tracking server that went away) costs at most one epoch: ``train --resume RUN_ID``
-continues it into the same MLflow run. It lives in a local folder keyed by the run id,
-``$RESNORM_HOME/runs/<run_id>/checkpoint.pt`` (``RESNORM_HOME`` defaults to ``~/.resnorm``), and
-is removed once the run has FINISHED with its model logged.
+A snapshot (model, optimiser, schedule, random states, the history and the best epoch so far) is
+written after every epoch so that a run killed at any moment (``kill -9``, a lost node, a tracking
+server that went away) costs at most one epoch: ``train --resume RUN_ID`` continues it into the same
+MLflow run. It lives in a local folder keyed by the run id, ``$RESNORM_HOME/runs/<run_id>/snapshot.pt``
+(``RESNORM_HOME`` defaults to ``~/.resnorm``), and is removed once the run has FINISHED with its
+model logged.
 """
 
 from __future__ import annotations
@@ -16,23 +18,20 @@ from typing import IO, Any
 
 import torch
 
-from resnorm.errors import ConfigError
+from resnorm import home
+from resnorm.errors import RunBusy
 
-FILE = "checkpoint.pt"
-
-
-def home() -> Path:
-    return Path(os.environ.get("RESNORM_HOME") or Path.home() / ".resnorm")
+FILE = "snapshot.pt"
 
 
 def path_for(run_id: str) -> Path:
-    """The checkpoint file of ``run_id`` on this machine (it may not exist)."""
-    return home() / "runs" / run_id / FILE
+    """The snapshot file of ``run_id`` on this machine (it may not exist)."""
+    return home.run_dir(run_id) / FILE
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write atomically: a temporary file renamed over the old one, so a kill mid-write leaves
-    the previous epoch's checkpoint intact rather than a truncated file."""
+    the previous epoch's snapshot intact rather than a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -40,7 +39,7 @@ def save(state: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint without running pickled code (tensors, numbers, strings, lists, dicts)."""
+    """Read a snapshot without running pickled code (tensors, numbers, strings, lists, dicts)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -51,6 +50,20 @@ def remove(path: Path) -> None:
         path.parent.rmdir()
     except OSError:  # something else lives there; leave the folder
         pass
+
+
+def is_locked(run_id: str) -> bool:
+    """Whether a live process on this machine holds the run's lock (is training it)."""
+    path = path_for(run_id).with_name("lock")
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def lock(run_id: str) -> IO:
@@ -66,8 +79,10 @@ def lock(run_id: str) -> IO:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        raise ConfigError(f"run {run_id} is being trained by another live process ({handle.read().strip()}); "
-                          "wait for it or stop it before resuming") from None
+        holder = handle.read().strip()
+        handle.close()
+        raise RunBusy(f"run {run_id} is being trained by another live process ({holder}); "
+                      "wait for it or stop it before resuming", run_id) from None
     handle.truncate(0)
     handle.write(f"pid {os.getpid()}")
     handle.flush()

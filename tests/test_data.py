@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from resnorm import data as data_module
-from resnorm.data import _stratified_split, augment, batches, cache_dir, load_data, synthetic
+from resnorm.data import _stratified_split, augment_draws, batches, crop_flip, load_data, synthetic
+from resnorm.home import decoded_dir
 from resnorm.errors import DataError
 from tests.conftest import COLOURS, make_class_tree, write_image
 
@@ -58,9 +59,9 @@ def test_single_class_tree_is_split_by_class(image_tree):
 
 def test_a_folder_is_decoded_once_and_read_from_the_cache_after(split_folder, monkeypatch):
     first = load_data(str(split_folder), 12)
-    (cached,) = cache_dir().glob("splits-12px-*.pt")
+    (cached,) = decoded_dir().glob("splits-12px-*.pt")
     with monkeypatch.context() as m:
-        m.setattr(data_module, "_decode", lambda *a: pytest.fail("decoded again"))
+        m.setattr(data_module, "decode_image", lambda *a: pytest.fail("decoded again"))
         again = load_data(str(split_folder), 12)
     for s in ("train", "val", "test"):
         assert torch.equal(first.split(s).images, again.split(s).images)
@@ -71,12 +72,12 @@ def test_a_folder_is_decoded_once_and_read_from_the_cache_after(split_folder, mo
     write_image(split_folder / "train" / "cat" / "0.png", (0, 0, 0), seed=99)
     changed = load_data(str(split_folder), 12)
     assert not torch.equal(changed.train.images, first.train.images)
-    assert len(list(cache_dir().glob("splits-*.pt"))) == 3 and cached.exists()
+    assert len(list(decoded_dir().glob("splits-*.pt"))) == 3 and cached.exists()
 
 
 def test_a_damaged_cache_is_decoded_again(split_folder):
     first = load_data(str(split_folder), 12)
-    (cached,) = cache_dir().glob("splits-12px-*.pt")
+    (cached,) = decoded_dir().glob("splits-12px-*.pt")
     cached.write_bytes(cached.read_bytes()[:100])
     again = load_data(str(split_folder), 12)
     assert torch.equal(first.train.images, again.train.images)
@@ -87,7 +88,7 @@ def test_a_folder_too_big_for_memory_stops_before_decoding(split_folder, monkeyp
     monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
     with pytest.raises(DataError, match=r"45 images at image_size 64 need 0\.0 GiB decoded, but only 0\.0 GiB"):
         load_data(str(split_folder), 64)
-    assert not list(cache_dir().glob("*.pt"))
+    assert not list(decoded_dir().glob("*.pt"))
 
 
 def test_missing_path_is_named(tmp_path):
@@ -135,6 +136,11 @@ def test_one_class_is_not_a_classification(tmp_path):
     root = make_class_tree(tmp_path / "d", per_class=10, classes=("cat",))
     with pytest.raises(DataError, match="1 class folder"):
         load_data(str(root), 8)
+
+
+def augment(images, generator, padding):
+    """The study's augmentation as training draws it: crop offsets and flips, then one gather."""
+    return crop_flip(images, *augment_draws(len(images), generator, padding), padding)
 
 
 def test_augment_is_a_padded_crop_and_maybe_a_flip_of_each_image():

@@ -6,8 +6,10 @@ import torch
 from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import load_data, synthetic
-from resnorm.engine import build_model, build_optimizer, evaluate, resolve_device, train
+from resnorm.config import resolve_device
+from resnorm.engine import build_model, build_optimizer, evaluate, train
 from resnorm.errors import ConfigError, TrainingDiverged
+from resnorm.fast import Runner
 from resnorm.norms import BatchInstanceNorm2d
 
 CPU = torch.device("cpu")
@@ -33,7 +35,7 @@ def test_learns_the_synthetic_classes_and_keeps_the_best_epoch(data):
     final = result.final_metrics()
     # The returned model is that epoch's, measured again in eval mode.
     assert final[names.final_metric("val", "accuracy")] == pytest.approx(best.val_accuracy)
-    assert evaluate(result.model, data.val, 7, CPU).scores()["accuracy"] == pytest.approx(best.val_accuracy)
+    assert evaluate(Runner(result.model, CPU), data.val, 7).scores()["accuracy"] == pytest.approx(best.val_accuracy)
     assert final[names.final_metric("test", "accuracy")] >= 0.9
     for split in ("train", "val", "test"):
         for score in names.SCORES:
@@ -101,6 +103,7 @@ def test_asking_for_an_absent_gpu_is_an_error():
         ("lr", -0.1, "lr must be a finite number >= 0, got -0.1"),
         ("lr", float("nan"), "lr must be a finite number >= 0, got nan"),
         ("image_size", 4, "image_size must be at least 8, got 4"),
+        ("momentum", 1.5, "momentum must be at most 1, got 1.5"),
     ],
 )
 def test_config_errors_name_the_value_and_what_is_allowed(field, value, message):

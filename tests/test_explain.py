@@ -1,4 +1,4 @@
-"""GradCAM: that it points at the evidence, the checkpoint it needs, the grid, and the `gradcam`
+"""GradCAM: that it points at the evidence, the logged weights it needs, the grid, and the `gradcam`
 entry point against a real MLflow store (as a subprocess, as a user runs it)."""
 
 import json
@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from resnorm import names
-from resnorm.checkpoint import champion_uris, load_checkpoint, resolve
 from resnorm.config import TrainConfig
 from resnorm.data import DataBundle, Split, load_data
 from resnorm.engine import train
@@ -20,7 +19,7 @@ from resnorm.errors import DataError, ModelError
 from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, gradcam_grid, load_module, read_images
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
-from resnorm.tracking import RunLogger
+from resnorm.weights import champion_uris, load_trained, log_weights, resolve
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.test_cli import assert_one_line_error
 from tests.trained import CPU, tracking_store, train_and_register
@@ -100,13 +99,13 @@ def test_gradcam_grid_has_a_row_per_image_and_a_column_per_model():
         gradcam_grid(models, images[:, :1], labels, COLOURS)
 
 
-# --- checkpoints and the CLI against a real store ---------------------------------------------
+# --- logged weights and the CLI against a real store ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """bn and gn trained on the digits at 8 px (registered, champions), and a run whose checkpoint
-    takes 12 px images (not registered)."""
+    """bn and gn trained on the digits at 8 px (registered, champions), and a run whose weights
+    take 12 px images (not registered)."""
     folder = tmp_path_factory.mktemp("explain")
     with tracking_store(folder) as uri:
         data = load_data("digits", 8)
@@ -116,7 +115,7 @@ def store(tmp_path_factory):
             trained[norm] = train_and_register(cfg, data)
         with mlflow.start_run(run_name="twelve") as run:
             cfg = TrainConfig(norm="ln", image_size=12, n=1)
-            RunLogger(run.info.run_id).log_checkpoint(cfg, load_data("digits", 12), resnet(1, 10, "ln", 1))
+            log_weights(MlflowClient(), run.info.run_id, cfg, load_data("digits", 12), resnet(1, 10, "ln", 1))
         yield {"uri": uri, "folder": folder, "data": data, "trained": trained, "twelve": run.info.run_id}
 
 
@@ -130,16 +129,16 @@ def test_load_module_rebuilds_the_trained_resnet_from_any_uri(store):
         assert isinstance(model, ResNet) and not model.training, uri
         with torch.no_grad():
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
-    checkpoint = load_checkpoint("models:/resnorm-bn@champion")
-    assert (checkpoint.run_id, checkpoint.norm, checkpoint.image_size, checkpoint.in_channels) == (run_id, "bn", 8, 1)
-    assert checkpoint.classes == store["data"].classes and checkpoint.label == f"bn v{version}"
+    trained = load_trained("models:/resnorm-bn@champion")
+    assert (trained.run_id, trained.norm, trained.image_size, trained.in_channels) == (run_id, "bn", 8, 1)
+    assert trained.classes == store["data"].classes and trained.label == f"bn v{version}"
     assert champion_uris() == ["models:/resnorm-bn@champion", "models:/resnorm-gn@champion"]
     # What the run holds: a state dict that loads without unpickling code, and the config as JSON.
     client = MlflowClient()
-    config = json.load(open(client.download_artifacts(run_id, names.CHECKPOINT_CONFIG, str(store["folder"]))))
+    config = json.load(open(client.download_artifacts(run_id, names.WEIGHTS_CONFIG, str(store["folder"]))))
     assert config == {"n": 1, "num_classes": 10, "norm": "bn", "in_channels": 1, "groups": 8,
                       "classes": list("0123456789"), "image_size": 8, "data": "digits"}
-    state = torch.load(client.download_artifacts(run_id, names.CHECKPOINT_WEIGHTS, str(store["folder"])), weights_only=True)
+    state = torch.load(client.download_artifacts(run_id, names.WEIGHTS_STATE, str(store["folder"])), weights_only=True)
     assert state.keys() == result.model.state_dict().keys()
 
 
@@ -148,11 +147,11 @@ def test_lookups_that_fail_name_the_value(store):
         resolve("models:/resnorm-bn/9")
     with pytest.raises(ModelError, match=r"cannot read model URI 'models:/resnorm-bn'"):
         resolve("models:/resnorm-bn")
-    with mlflow.start_run(run_name="no checkpoint") as empty:
+    with mlflow.start_run(run_name="no weights") as empty:
         pass
     run_id = empty.info.run_id
-    with pytest.raises(ModelError, match=rf"run {run_id} \(from '{run_id}'\) has no checkpoint/model.json"):
-        load_checkpoint(run_id)
+    with pytest.raises(ModelError, match=rf"run {run_id} \(from '{run_id}'\) has no weights/model.json"):
+        load_trained(run_id)
     with pytest.raises(DataError, match=r"image '/no/such.png' does not exist"):
         read_images(["/no/such.png"], 8, 1, ())
 

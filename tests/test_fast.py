@@ -15,7 +15,7 @@ from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import load_data, synthetic
 from resnorm.engine import build_model, evaluate, train
-from resnorm.fast import EVAL_BATCH, Speed, resolve_speed
+from resnorm.fast import EVAL_BATCH, Runner, Speed, resolve_speed
 from resnorm.norms import NORM_NAMES, BatchInstanceNorm2d, BatchNorm2d, GroupNorm2d, InstanceNorm2d, LayerNorm2d, get_norm
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
@@ -59,9 +59,9 @@ def test_fast_evaluation_pads_its_last_batch_and_predicts_as_plain():
     cfg = TrainConfig(norm="bn", n=1, image_size=16, data="synthetic")
     model = build_model(cfg, data)
     model(data.train.images[:32].float() / 255)  # move the running statistics off their start
-    plain = evaluate(model, data.test, 5, CPU)
+    plain = evaluate(Runner(model, CPU), data.test, 5)
     padded = Speed("fast", channels_last=True, eval_batch=7)  # 24 test images: 3 full batches and 3 of 7
-    fast = evaluate(model.to(memory_format=torch.channels_last), data.test, 5, CPU, padded)
+    fast = evaluate(Runner(model, CPU, padded), data.test, 5)
     assert (fast.predictions == plain.predictions).all()
     assert fast.loss == pytest.approx(plain.loss, rel=1e-5)
 
@@ -120,8 +120,8 @@ def test_compiled_hand_written_norms_equal_torch(compile_cache):
 def test_a_fast_run_learns_what_a_plain_run_learns(compile_cache):
     cfg = TrainConfig(norm="bn", epochs=8, image_size=16, n=1, data="digits")
     data = load_data(cfg.data, cfg.image_size)
-    plain = train(cfg, data, CPU, progress=False, mode="plain")
-    fast = train(cfg, data, CPU, progress=False, mode="fast")
+    plain = train(cfg, data, CPU, resolve_speed("plain", CPU, cfg.batch_size), progress=False)
+    fast = train(cfg, data, CPU, resolve_speed("fast", CPU, cfg.batch_size), progress=False)
     assert fast.speed.describe() == "fast (bf16 autocast, channels_last, torch.compile(default))"
     assert fast.compile_fallback is None and fast.compile_seconds > 0
     assert names.COMPILE_SECONDS in fast.timings() and names.COMPILE_SECONDS not in plain.timings()

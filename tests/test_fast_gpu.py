@@ -6,7 +6,7 @@ import torch
 from resnorm.config import TrainConfig
 from resnorm.data import load_data
 from resnorm.engine import train
-from resnorm.fast import place_images
+from resnorm.fast import place_images, resolve_speed
 from resnorm.norms import get_norm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -38,8 +38,8 @@ def test_a_fast_gpu_run_learns_what_a_plain_gpu_run_learns(batch_size):
     cfg = TrainConfig(norm="bin", epochs=10, batch_size=batch_size, image_size=32, data="digits",
                       lr=0.1 if batch_size <= 32 else 0.2)
     data = load_data(cfg.data, cfg.image_size)
-    plain = train(cfg, data, GPU, progress=False, mode="plain")
-    fast = train(cfg, data, GPU, progress=False, mode="fast")
+    plain = train(cfg, data, GPU, resolve_speed("plain", GPU, cfg.batch_size), progress=False)
+    fast = train(cfg, data, GPU, resolve_speed("fast", GPU, cfg.batch_size), progress=False)
     assert fast.compile_fallback is None, fast.compile_fallback
     a, b = (r.final_metrics()["best_test_accuracy"] for r in (plain, fast))
     assert a > 0.9 and b > 0.9 and abs(a - b) <= 0.03, (a, b)

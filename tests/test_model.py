@@ -22,7 +22,7 @@ def test_every_norm_builds_and_classifies(norm):
     model = resnet(2, 25, norm, in_channels=3)
     x = torch.rand(4, 3, 32, 32)
     assert model(x).shape == (4, 25)
-    norm_cls = NORMS[norm][0]
+    norm_cls = NORMS[norm]
     norms = [m for name, m in model.named_modules() if name.split(".")[-1] in ("norm1", "norm2")]
     assert len(norms) == 13  # the stem and two per block; option-A shortcuts have none
     if isinstance(norm_cls, type):

@@ -13,7 +13,7 @@ from resnorm.norms import (
     InstanceNorm2d,
     LayerNorm2d,
     check_groups,
-    clip_gates_,
+    gate_clipper,
     get_norm,
 )
 
@@ -159,11 +159,11 @@ def test_bin_mixes_bn_and_in_per_channel_and_passes_gradient_to_the_gate():
     assert ours.rho.grad is not None and ours.rho.grad.abs().sum() > 0
 
 
-def test_clip_gates_keeps_rho_in_unit_interval():
+def test_gate_clipper_keeps_rho_in_unit_interval():
     model = nn.Sequential(BatchInstanceNorm2d(3), BatchNorm2d(3))
     with torch.no_grad():
         model[0].rho.copy_(torch.tensor([-0.5, 0.3, 1.7]))
-    clip_gates_(model)
+    gate_clipper(model)()
     assert model[0].rho.tolist() == pytest.approx([0.0, 0.3, 1.0])
 
 

@@ -109,7 +109,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(refe
     for key, points in curves(client, run_id).items():
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each step exactly once
     assert comparable(client, run_id) == comparable(client, ref_id)
-    assert not snapshots.path_for(run_id).exists(), "a finished run's checkpoint is removed"
+    assert not snapshots.path_for(run_id).exists(), "a finished run's snapshot is removed"
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     rerun = subprocess.run(SWEEP + sweep_args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent},
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "1 resumed from a checkpoint" in rerun.stdout
+    assert "1 resumed from a snapshot" in rerun.stdout
     kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
     assert [k.info.run_id for k in kids] == [child], "continued, not started over"
     assert client.get_run(child).info.status == "FINISHED"
@@ -246,4 +246,4 @@ def test_a_run_whose_server_stays_away_ends_running_and_a_resume_syncs_it(sqlite
     assert run.data.metrics[names.BEST_EPOCH] >= 1
     (version,) = client.search_model_versions(f"name = '{names.registered_model('ln')}'")
     assert version.run_id == run_id
-    assert not ckpt.exists(), "a synced run's checkpoint is removed"
+    assert not ckpt.exists(), "a synced run's snapshot is removed"

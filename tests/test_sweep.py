@@ -5,7 +5,7 @@ import pytest
 from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError
 from resnorm.norms import NORM_NAMES
-from resnorm.sweep import child_name, config_from_params, parse_grid, plan
+from resnorm.sweep import child_name, parse_grid, plan
 
 
 def test_study_is_the_27_configurations_behind_the_tables_and_figures():
@@ -53,7 +53,7 @@ def test_grid_values_are_typed():
 def test_a_config_is_recovered_from_its_logged_params():
     cfg = TrainConfig(norm="gn", lr=1e-4, augment=False, batch_size=8, seed=3, data="/x")
     params = {**cfg.as_params(), "num_classes": "10", "device": "cpu"}
-    assert config_from_params(params) == cfg
+    assert TrainConfig.from_params(params) == cfg
 
 
 @pytest.mark.parametrize(

@@ -10,17 +10,18 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
-from resnorm.config import TrainConfig
+from resnorm.config import Launch, TrainConfig
 from resnorm.data import synthetic
 from resnorm.engine import train
 from resnorm.errors import TrainingDiverged
-from resnorm.tracking import promote_if_better, training_run
+from resnorm.runlog import training_run
+from resnorm.tracking import promote_if_better
 
 CPU = torch.device("cpu")
 
 
 def tracked_run(cfg: TrainConfig, data):
-    with training_run(cfg, data, "cpu", CPU) as run:
+    with training_run(cfg, data, Launch(device="cpu"), CPU) as run:
         result = train(cfg, data, CPU, on_epoch=run, progress=False)
         version = run.log_result(cfg, data, result)
     return run.run_id, result, version
@@ -39,7 +40,7 @@ def test_a_run_records_everything_the_design_names(mlflow_env):
         "norm": "gn", "optimizer": "sgd", "lr": "0.1", "weight_decay": "0.0001", "momentum": "0.9",
         "scheduler": "cosine", "epochs": "3", "batch_size": "16", "augment": "true", "n": "1", "depth": "8",
         "num_classes": "4", "image_size": "16", "groups": "4", "seed": "0", "data": "synthetic", "device": "cpu",
-        "mode": "auto",
+        "mode": "auto", "threads": "0", "torch_threads": str(torch.get_num_threads()),
     }
     assert run.data.tags[names.TAG_DEVICE] == "cpu"
     assert run.data.tags[names.TAG_SPEED] == "plain (float32, NCHW, eager)"  # auto on the CPU

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.data import synthetic
 from resnorm.norms import NORM_NAMES
-from resnorm.tracking import RunLogger
+from resnorm.runlog import RunLogger
 from tests.conftest import PYTHON, ROOT, MlflowServer, subprocess_env
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import mlflow
 import pytest
 import torch
 
-from resnorm.config import TrainConfig
+from resnorm.config import Launch, TrainConfig
 from resnorm.data import DataBundle
 from resnorm.engine import TrainResult, train
-from resnorm.tracking import training_run
+from resnorm.runlog import training_run
 
 CPU = torch.device("cpu")
 
@@ -44,7 +44,7 @@ def tracking_store(folder: Path) -> Iterator[str]:
 
 def train_and_register(cfg: TrainConfig, data: DataBundle) -> tuple[str, TrainResult, int]:
     """Train ``cfg`` through the real tracking code: (run id, result, registered version)."""
-    with training_run(cfg, data, "cpu", CPU) as run:
+    with training_run(cfg, data, Launch(device="cpu"), CPU) as run:
         result = train(cfg, data, CPU, on_epoch=run, progress=False)
         version = run.log_result(cfg, data, result)
     return run.run_id, result, version

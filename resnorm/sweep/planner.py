@@ -1,4 +1,4 @@
-"""Sweeps: which training configurations a preset or a grid stands for. No MLflow here.
+"""A sweep's plan: which training configurations a preset or a grid stands for. No MLflow here.
 
 A sweep is a list of ``TrainConfig``s: a base (the train defaults, a preset's own defaults,
 then what the user passed), and on top of it one point per configuration (a preset's list,
@@ -7,35 +7,15 @@ or the cartesian product of a grid), each repeated with ``seeds`` seeds.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from resnorm.config import TrainConfig
+from resnorm.config import TrainConfig, parse_value
 from resnorm.errors import ConfigError
 from resnorm.norms import NORM_NAMES
 
 PRESETS = ("quick", "study", "custom")
-FIELD_TYPES: dict[str, type] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-_PARSE = {"int": int, "float": float, "str": str}
-BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def parse_value(field: str, text: str) -> Any:
-    """``text`` as the type of TrainConfig's ``field`` ("batch_size", "8" -> 8)."""
-    if field not in FIELD_TYPES:
-        raise ConfigError(f"unknown parameter {field!r}; valid: {', '.join(FIELD_TYPES)}")
-    kind = FIELD_TYPES[field]  # a name: config.py has `from __future__ import annotations`
-    text = text.strip()
-    if kind == "bool":
-        if text.lower() not in BOOL_WORDS:
-            raise ConfigError(f"{field}={text!r} is not a boolean; use true or false")
-        return BOOL_WORDS[text.lower()]
-    try:
-        return _PARSE[kind](text)
-    except ValueError:
-        raise ConfigError(f"{field}={text!r} is not a valid {kind}") from None
 
 
 def parse_grid(text: str) -> dict[str, list[Any]]:
@@ -50,11 +30,6 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
             raise ConfigError(f"grid names {field!r} twice")
         grid[field] = [parse_value(field, v) for v in values.split(",")]
     return grid
-
-
-def config_from_params(params: Mapping[str, str]) -> TrainConfig:
-    """The TrainConfig a run's logged params describe (extra params such as depth are ignored)."""
-    return TrainConfig(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
 
 
 def _study_points() -> list[dict[str, Any]]:
@@ -99,7 +74,7 @@ def plan(
         defaults, points = PRESET_SPECS[preset]
     user = {k: parse_value(k, v) for k, v in (overrides or {}).items() if str(v).strip()}
     base = {**defaults, **user}
-    first_seed = base.pop("seed", TrainConfig.seed)
+    first_seed = base.pop("seed", TrainConfig().seed)
     configs = []
     for point in points:
         for s in range(seeds):

@@ -19,27 +19,23 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 import mlflow.projects
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 from mlflow.utils.git_utils import get_git_commit
 
-from resnorm import names
-from resnorm.config import TrainConfig
+from resnorm import names, snapshots
+from resnorm.config import Launch, TrainConfig
 from resnorm.errors import ConfigError
+from resnorm.tracking import FAILED, FINISHED, RUNNING
 
 EXECUTORS = ("local", "ray")
-FAILED = RunStatus.to_string(RunStatus.FAILED)
-FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
 
 @dataclass(frozen=True)
 class Child:
     config: TrainConfig
     name: str
-    device: str  # the train entry point's device parameter (auto, cpu, cuda)
-    resume: str = ""  # run id of this child's interrupted run, continued from its checkpoint
-    mode: str = "auto"  # the train entry point's mode parameter (auto, plain, fast)
+    launch: Launch  # the train entry point's device, mode, resume (an interrupted run of this child), threads
 
 
 @dataclass(frozen=True)
@@ -52,11 +48,8 @@ class SweepContext:
 
 def train_parameters(child: Child) -> dict[str, str]:
     """The MLproject ``train`` parameters of a child."""
-    params = child.config.as_params()
+    params = {**child.config.as_params(), **child.launch.as_params(), "resume": child.launch.resume}
     params.pop("depth")  # derived from n, not a parameter
-    params["device"] = child.device
-    params["mode"] = child.mode
-    params["resume"] = child.resume
     return params
 
 
@@ -104,7 +97,7 @@ def _visible_gpu(gpu: int | None) -> Iterator[None]:
 def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None):
     """Create the child's run (or reuse its interrupted one) and start ``train`` in it; returns
     MLflow's ``SubmittedRun``."""
-    run_id = child.resume or create_child_run(client, ctx, child)
+    run_id = child.launch.resume or create_child_run(client, ctx, child)
     with _visible_gpu(gpu):
         return mlflow.projects.run(
             ctx.project_dir,
@@ -118,10 +111,11 @@ def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int 
 
 
 def close_child(client: MlflowClient, submitted) -> str:
-    """Wait for a child; a process that died without closing its run gets it marked FAILED."""
+    """Wait for a child; a process that died without closing its run gets it marked FAILED, unless
+    the run is being trained by another live process here (its resume was refused: leave it alone)."""
     submitted.wait()
     run = client.get_run(submitted.run_id)
-    if run.info.status == "RUNNING":
+    if run.info.status == RUNNING and not snapshots.is_locked(submitted.run_id):
         client.set_tag(submitted.run_id, names.TAG_ERROR, "the training process ended without closing its run")
         client.set_terminated(submitted.run_id, FAILED)
         return FAILED
@@ -129,26 +123,34 @@ def close_child(client: MlflowClient, submitted) -> str:
 
 
 def run_local(ctx: SweepContext, children: Sequence[Child], parallel: int = 1, gpus: int = 0) -> dict[str, str]:
-    """Children as subprocesses, ``parallel`` at a time; with GPUs, child i sees GPU i % gpus."""
+    """Children as subprocesses, ``parallel`` at a time; with GPUs, child i sees GPU i % gpus.
+
+    Interrupted (SIGTERM, Ctrl-C), it stops the running children (SIGTERM to each one's process
+    group: they end KILLED, resumable) and waits for them before passing the interrupt on.
+    """
     client = MlflowClient()
     statuses: dict[str, str] = {}
     running: list[tuple[Child, object]] = []
     queue = list(children)
-    total = len(children)
-    slot = 0
-    while queue or running:
-        while queue and len(running) < parallel:
-            child = queue.pop(0)
-            running.append((child, start_child(client, ctx, child, slot % gpus if gpus else None)))
-            slot += 1
-        done = [(c, s) for c, s in running if s.get_status() != "RUNNING"]
-        if not done:
-            time.sleep(0.5)
-            continue
-        for child, submitted in done:
-            running.remove((child, submitted))
-            statuses[child.name] = close_child(client, submitted)
-            print(f"[{len(statuses)}/{total}] {child.name}: {statuses[child.name]} (run {submitted.run_id})", flush=True)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                gpu = (len(children) - len(queue)) % gpus if gpus else None
+                child = queue.pop(0)
+                running.append((child, start_child(client, ctx, child, gpu)))
+            done = [(c, s) for c, s in running if s.get_status() != RUNNING]
+            if not done:
+                time.sleep(0.5)
+            for child, submitted in done:
+                running.remove((child, submitted))
+                statuses[child.name] = close_child(client, submitted)
+                print(f"[{len(statuses)}/{len(children)}] {child.name}: {statuses[child.name]} "
+                      f"(run {submitted.run_id})", flush=True)
+    except BaseException:
+        for _, submitted in running:
+            submitted.cancel()
+            close_child(client, submitted)
+        raise
     return statuses
 
 
@@ -174,7 +176,8 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
-    child = Child(**{**spec["child"], "config": TrainConfig(**spec["child"]["config"])})
+    fields = spec["child"]
+    child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]))
     client = MlflowClient()
     status = close_child(client, start_child(client, ctx, child))
     tune.report({"finished": int(status == FINISHED)})

@@ -1,15 +1,17 @@
-"""Rebuild a trained ResNet, the ``nn.Module`` itself, from the checkpoint of its MLflow run.
+"""A run's kept weights: logged beside its model, and the trained ResNet (the ``nn.Module`` itself)
+rebuilt from them.
 
 The registered model is an exported program (pt2): it predicts, but it has no modules to hook,
 so GradCAM cannot look inside it. Every training run therefore also logs the kept weights as a
-state dict (``checkpoint/weights.pt``) and what rebuilds the ResNet around them
-(``checkpoint/model.json``); ``load_checkpoint`` finds the run behind a model URI, rebuilds the
-ResNet and loads the weights with ``torch.load(weights_only=True)``, which unpickles no code.
+state dict (``weights/state_dict.pt``) and what rebuilds the ResNet around them
+(``weights/model.json``); ``load_trained`` finds the run behind a model URI, rebuilds the ResNet
+and loads the weights with ``torch.load(weights_only=True)``, which unpickles no code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
+from resnorm.config import TrainConfig
+from resnorm.data import DataBundle
 from resnorm.errors import ModelError
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
@@ -29,8 +33,19 @@ _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
+def log_weights(client: MlflowClient, run_id: str, cfg: TrainConfig, data: DataBundle, model: ResNet) -> None:
+    """The kept model's state dict and what rebuilds the ResNet around it, as run artifacts."""
+    config = {"n": cfg.n, "num_classes": data.num_classes, "norm": cfg.norm, "in_channels": data.channels,
+              "groups": cfg.groups, "classes": list(data.classes), "image_size": cfg.image_size, "data": cfg.data}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(names.WEIGHTS_STATE))
+        torch.save(model.state_dict(), path)
+        client.log_artifact(run_id, path, os.path.dirname(names.WEIGHTS_STATE))
+    client.log_dict(run_id, config, names.WEIGHTS_CONFIG)
+
+
 @dataclass(frozen=True)
-class Checkpoint:
+class TrainedModel:
     """A trained ResNet (CPU, eval mode) and what it was trained on."""
 
     model: ResNet
@@ -90,18 +105,18 @@ def _known_models(client: MlflowClient) -> str:
     return f"registered: {', '.join(found)}" if found else "no model is registered in this tracking store"
 
 
-def load_checkpoint(uri: str, client: MlflowClient | None = None) -> Checkpoint:
-    """Rebuild the ResNet of the run behind ``uri`` (see ``resolve``) from its checkpoint."""
+def load_trained(uri: str, client: MlflowClient | None = None) -> TrainedModel:
+    """Rebuild the ResNet of the run behind ``uri`` (see ``resolve``) from its logged weights."""
     client = client or MlflowClient()
     run_id, version = resolve(uri, client)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config_path = client.download_artifacts(run_id, names.CHECKPOINT_CONFIG, tmp)
-            weights_path = client.download_artifacts(run_id, names.CHECKPOINT_WEIGHTS, tmp)
+            config_path = client.download_artifacts(run_id, names.WEIGHTS_CONFIG, tmp)
+            weights_path = client.download_artifacts(run_id, names.WEIGHTS_STATE, tmp)
         except MlflowException:
             raise ModelError(
-                f"run {run_id} (from {uri!r}) has no {names.CHECKPOINT_CONFIG} and {names.CHECKPOINT_WEIGHTS}; "
-                "it was not logged by resnorm's train, or before checkpoints were logged: train it again"
+                f"run {run_id} (from {uri!r}) has no {names.WEIGHTS_CONFIG} and {names.WEIGHTS_STATE}; "
+                "it was not logged by resnorm's train (or by an older one): train it again"
             ) from None
         config = json.loads(Path(config_path).read_text())
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -109,7 +124,7 @@ def load_checkpoint(uri: str, client: MlflowClient | None = None) -> Checkpoint:
     model.load_state_dict(state)  # the input mean and std are buffers: they come with the weights
     model.eval()
     norm = config["norm"]
-    return Checkpoint(
+    return TrainedModel(
         model=model,
         uri=uri,
         run_id=run_id,
@@ -124,7 +139,7 @@ def load_checkpoint(uri: str, client: MlflowClient | None = None) -> Checkpoint:
 
 def load_module(uri: str, client: MlflowClient | None = None) -> ResNet:
     """The trained ``ResNet`` (CPU, eval mode) behind a model URI or run id."""
-    return load_checkpoint(uri, client).model
+    return load_trained(uri, client).model
 
 
 def champion_uris(client: MlflowClient | None = None) -> list[str]:

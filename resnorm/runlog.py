@@ -1,0 +1,235 @@
+"""The MLflow run of one training: opened (or resumed), fed every epoch, finished with the model.
+
+``training_run`` opens the run (or, under ``mlflow run``, the one it made; or the interrupted run
+it resumes); the ``RunLogger`` it yields is the engine's per-epoch callback and logs the result at
+the end. Per-epoch metrics go through an ``Outbox`` so that a tracking server outage never stalls
+training. Every way out of the block leaves a true status: FINISHED with the model; FAILED with the
+reason (and the traceback as an artifact); KILLED when interrupted (SIGTERM, Ctrl-C), resumable
+from its snapshot; RUNNING only when the server went away, with the resume command printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import mlflow
+import torch
+from mlflow.data import get_registered_sources
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from resnorm import names, serving, snapshots, weights
+from resnorm.config import Launch, TrainConfig
+from resnorm.data import SPLITS, DataBundle
+from resnorm.engine import EpochStats, TrainResult
+from resnorm.errors import ConfigError, TrackingUnavailable, one_line
+from resnorm.metrics import per_class_report
+from resnorm.outbox import Outbox
+from resnorm.plots import confusion_matrix, curves
+from resnorm.tracking import (FAILED, KILLED, check_tracking_server, give_up_quickly, log_new_params, promote_if_better,
+                              record_failure, use_default_experiment)
+
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
+SYNC_TIMEOUT_SECONDS = float(os.environ.get("RESNORM_SYNC_TIMEOUT", "300"))  # wait for the server at the end
+
+
+def resume_command(run_id: str) -> str:
+    return f"python entrypoints/train.py --resume {run_id}"
+
+
+class RunLogger:
+    """Writes one training run to MLflow through an explicit client and run id."""
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.snapshot = snapshots.path_for(run_id)
+        self.outbox = Outbox(run_id, self.client, mlflow.get_tracking_uri())
+
+    def log_config(self, cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> None:
+        params = {**cfg.as_params(), **launch.as_params(), names.PARAM_NUM_CLASSES: str(data.num_classes),
+                  names.PARAM_TORCH_THREADS: str(torch.get_num_threads())}
+        log_new_params(self.client, self.run_id, params)
+        # A sweep names its children before they start (``-s{seed}`` when seeds vary): keep that.
+        if not self.client.get_run(self.run_id).info.run_name.startswith(cfg.run_name()):
+            self.client.update_run(self.run_id, name=cfg.run_name())
+        self.client.set_tag(self.run_id, names.TAG_DEVICE, str(device))
+        self.client.set_tag(self.run_id, names.TAG_TORCH_VERSION, torch.__version__)
+
+    def log_dataset(self, data: DataBundle) -> None:
+        """Record each split as a metadata-only MLflow dataset input (source, digest, context)."""
+        local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+        short = os.path.basename(data.name.rstrip("/")) or data.name
+        inputs = [
+            DatasetInput(
+                MetaDataset(local(data.source), name=f"{short}-{split}", digest=data.digest(split))._to_mlflow_entity(),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split])],
+            )
+            for split in SPLITS
+        ]
+        # The server adds a dataset it has not seen with check-then-insert, so two runs that log the
+        # same new dataset at the same moment (a parallel sweep, eight writers) can lose that race
+        # with a unique-key error. The winner's row is then there: logging inputs is idempotent, so
+        # trying again shortly after succeeds.
+        for attempt in range(DATASET_LOG_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == DATASET_LOG_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+
+    def __call__(self, stats: EpochStats) -> None:
+        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background.
+
+        The epoch's own timestamp makes a re-sent epoch identical to the first, so MLflow keeps one.
+        """
+        now = stats.timestamp_ms or int(time.time() * 1000)
+        self.outbox.put([Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS])
+
+    def sync(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
+        """Wait (bounded) until every epoch has reached the server; say how to finish if it has not."""
+        if self.outbox.pending:
+            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending} queued metrics"
+                  f" ({self.outbox.last_error or 'sending'})", flush=True)
+        if not self.outbox.drain(timeout):
+            raise TrackingUnavailable(
+                f"tracking server {mlflow.get_tracking_uri()!r} has not answered for {timeout:g}s "
+                f"({self.outbox.last_error}); {self.outbox.pending} metrics are not sent yet. Nothing is lost: "
+                f"the snapshot {self.snapshot} holds every epoch. When the server is back, run "
+                f"`{resume_command(self.run_id)}` to send them and log the model"
+            )
+
+    def log_result(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> int:
+        """Final metrics, figures, per-class report and the model; returns the registered version."""
+        self.sync()
+        self.client.set_tag(self.run_id, names.TAG_SPEED, result.speed.describe())
+        if result.compile_fallback:
+            self.client.set_tag(self.run_id, names.TAG_COMPILE_FALLBACK, result.compile_fallback[:5000])
+        final = {**result.final_metrics(), **result.timings()}
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
+        self.log_figures(cfg, data, result)
+        return self.log_model(cfg, data, result, final[names.final_metric("val", "accuracy")])
+
+    def log_figures(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> None:
+        h = result.history
+        series = {"loss": {"train": [s.train_loss for s in h], "val": [s.val_loss for s in h]},
+                  "accuracy": {"train": [s.train_accuracy for s in h], "val": [s.val_accuracy for s in h]}}
+        self.client.log_figure(self.run_id, curves([s.epoch for s in h], series, title=cfg.run_name()), "curves.png")
+        test = result.evaluations["test"]
+        fig = confusion_matrix(test.labels, test.predictions, data.classes, title=f"{cfg.run_name()} (test)")
+        self.client.log_figure(self.run_id, fig, "confusion_matrix_test.png")
+        report = per_class_report(test.labels, test.predictions, data.classes)
+        self.client.log_dict(self.run_id, report, "classification_report_test.json")
+        self.client.log_dict(self.run_id, {"classes": list(data.classes)}, "classes.json")
+
+    def log_model(self, cfg: TrainConfig, data: DataBundle, result: TrainResult, val_accuracy: float) -> int:
+        """Log the kept model (pt2, eval mode, CPU) and its weights, register it and move
+        ``champion`` if it is better."""
+        model = result.model.to("cpu").eval()
+        weights.log_weights(self.client, self.run_id, cfg, data, model)
+        # Two real test images: a batch of one would fix the exported batch size to 1.
+        example = data.test.images[:2].float().div(255).numpy()
+        name = names.registered_model(cfg.norm)
+        info = serving.log_model(
+            model,
+            name=names.MODEL_ARTIFACT,
+            classes=data.classes,
+            input_example=example,
+            registered_model_name=name,
+            run_id=self.run_id,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+        version = int(info.registered_model_version)
+        self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))
+        promote_if_better(self.client, name, version, val_accuracy)
+        return version
+
+
+def resumable_config(run_id: str) -> TrainConfig:
+    """The configuration of an interrupted run, read from its snapshot on this machine."""
+    path = snapshots.path_for(run_id)
+    if not path.exists():
+        raise ConfigError(
+            f"resume {run_id!r}: no snapshot at {path}; only a run interrupted on this machine "
+            f"(with the same RESNORM_HOME={path.parents[2]}) can be resumed"
+        )
+    return TrainConfig.from_params(snapshots.load(path)["config"])
+
+
+def _open(cfg: TrainConfig, resume: str):
+    """Start (or resume) the run; the resumed run's lock is taken first, so a refusal touches no run."""
+    held = snapshots.lock(resume) if resume else None
+    pointer = os.environ.get("MLFLOW_RUN_ID")
+    if resume and pointer and pointer != resume:
+        # `mlflow run -P resume=ID` made a new run before this script started: point it at ID.
+        MlflowClient().set_tag(pointer, names.TAG_RESUMED, resume)
+        MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
+    if not resume:
+        use_default_experiment()
+    try:
+        return mlflow.start_run(run_id=resume or None, run_name=None if resume else cfg.run_name()), held
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
+
+
+@contextlib.contextmanager
+def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> Iterator[RunLogger]:
+    """Open the run, log config and data, yield the logger; end the run with a true status.
+
+    An exception ends the run FAILED with its message in the ``resnorm.error`` tag (the traceback
+    as an artifact); an interrupt ends it KILLED; a tracking server that went away leaves it
+    RUNNING, to be resumed from its snapshot.
+    """
+    check_tracking_server()
+    run, held = _open(cfg, launch.resume)
+    logger = RunLogger(run.info.run_id)
+    try:
+        held = held or snapshots.lock(logger.run_id)
+        if not launch.resume:
+            logger.log_config(cfg, data, launch, device)
+            logger.log_dataset(data)
+        yield logger
+    except TrackingUnavailable:
+        give_up_quickly()
+        logger.outbox.close()
+        _release(held)
+        raise
+    except BaseException as e:
+        logger.outbox.close()
+        _end_failed(logger, e)
+        _release(held)
+        raise
+    logger.outbox.close()
+    if launch.resume and names.TAG_ERROR in logger.client.get_run(logger.run_id).data.tags:
+        logger.client.delete_tag(logger.run_id, names.TAG_ERROR)  # an earlier attempt's reason no longer holds
+    mlflow.end_run()
+    snapshots.remove(logger.snapshot)  # the run is complete in MLflow; nothing left to resume
+    held.close()
+
+
+def _release(held) -> None:
+    if held is not None:
+        held.close()
+
+
+def _end_failed(logger: RunLogger, error: BaseException) -> None:
+    if isinstance(error, KeyboardInterrupt):
+        status = KILLED
+        reason = f"{one_line(error) if str(error) else 'interrupted'}; continue it with `{resume_command(logger.run_id)}`"
+    else:
+        status, reason = FAILED, one_line(error)
+    record_failure(logger.client, logger.run_id, reason, error)
+    mlflow.end_run(status)

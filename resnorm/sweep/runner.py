@@ -1,0 +1,152 @@
+"""A sweep under its parent run: plan it, skip the children that finished, resume the interrupted
+ones, run the rest, and end the parent with a true status."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from resnorm import names, snapshots
+from resnorm.config import Launch, TrainConfig, resolve_device
+from resnorm.errors import ConfigError, ResnormError, one_line
+from resnorm.sweep.executors import Child, SweepContext, check_ray_address, run_local, run_ray
+from resnorm.sweep.planner import child_name, plan
+from resnorm.tracking import FINISHED, KILLED, check_tracking_server, log_new_params, use_default_experiment
+
+
+class SweepIncomplete(ResnormError):
+    """Some children did not finish; re-running into the same parent retries only those."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep was asked for: its plan's inputs and how its children are launched."""
+
+    preset: str
+    grid: str
+    seeds: int
+    executor: str  # local, ray
+    parallel: int  # children at once; 0: one per GPU, or 1 without GPUs
+    ray_address: str
+    training: Mapping[str, str]  # training parameters for every child, as text ("" = the preset's)
+    launch: Launch = Launch()  # every child's device, mode and threads
+
+    def __post_init__(self) -> None:
+        if self.parallel < 0:
+            raise ConfigError(f"parallel must be at least 0, got {self.parallel}")
+
+    def params(self, parallel: int) -> dict[str, str]:
+        return {"preset": self.preset, "grid": self.grid, "seeds": str(self.seeds), "executor": self.executor,
+                "parallel": str(parallel), "ray_address": self.ray_address, "device": self.launch.device,
+                "mode": self.launch.mode, **{k: str(v) for k, v in self.training.items()}}
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> list:
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and {status}",
+                              max_results=50000, order_by=["attributes.start_time ASC"])
+
+
+def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> set[TrainConfig]:
+    return {c for c in map(_config_of, _children(client, experiment_id, parent_run_id, f"attributes.status = '{FINISHED}'"))
+            if c is not None}
+
+
+def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
+    """Children that did not finish but left a snapshot on this machine: config -> run id (the
+    latest attempt of a config wins). A child killed with its sweep stays RUNNING or ends KILLED;
+    one whose process died under a live sweep was marked FAILED. Each continues from its snapshot."""
+    runs = _children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
+    return {_config_of(r): r.info.run_id for r in runs
+            if snapshots.path_for(r.info.run_id).exists() and _config_of(r) is not None}
+
+
+def _config_of(run) -> TrainConfig | None:
+    try:
+        return TrainConfig.from_params(run.data.params)
+    except ResnormError:  # not a training run of ours; it cannot match a planned config
+        return None
+
+
+def _unquote(value: str) -> str:
+    """A param as `mlflow run` logged it, unquoted: it logs string values shell-quoted ("''")."""
+    try:
+        parts = shlex.split(value)
+    except ValueError:
+        return value
+    return "" if not parts else parts[0] if len(parts) == 1 else value
+
+
+def _check_same_sweep(existing: Mapping[str, str], params: Mapping[str, str], run_id: str) -> None:
+    changed = [f"{k}={_unquote(existing[k])!r} (now {v!r})" for k, v in params.items()
+               if k in existing and _unquote(existing[k]) != v]
+    if changed:
+        raise ConfigError(f"run {run_id} is a sweep with {', '.join(changed)}; resume it with the same parameters")
+
+
+def run_sweep(project_dir: str, spec: SweepSpec) -> None:
+    """Run ``spec`` as one parent run (or continue the one `mlflow run --run-id` names)."""
+    configs = plan(spec.preset, spec.grid, spec.seeds, spec.training)
+    if spec.executor == "ray":
+        check_ray_address(spec.ray_address)
+    gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
+    parallel = spec.parallel or max(1, gpus)
+    check_tracking_server()
+    use_default_experiment()
+    # No run_name here: resuming a run with a name renames it, before the parameters are checked.
+    with mlflow.start_run() as parent:
+        client, run_id = MlflowClient(), parent.info.run_id
+        try:
+            _open_parent(client, run_id, spec, parallel)
+            ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, project_dir)
+            children = _to_run(client, ctx, spec, configs)
+            if spec.executor == "ray":
+                statuses = run_ray(ctx, children, spec.ray_address, gpus, per_gpu=max(1, parallel // max(1, gpus)))
+            else:
+                statuses = run_local(ctx, children, parallel, gpus)
+            _check_finished(statuses, len(children), run_id)
+        except KeyboardInterrupt as e:
+            client.set_tag(run_id, names.TAG_ERROR, f"{one_line(e) if str(e) else 'interrupted'}; "
+                           "its children were stopped; re-run into this parent (--run-id) to resume them")
+            mlflow.end_run(KILLED)
+            raise
+        except BaseException as e:
+            client.set_tag(run_id, names.TAG_ERROR, one_line(e))
+            raise
+
+
+def _open_parent(client: MlflowClient, run_id: str, spec: SweepSpec, parallel: int) -> None:
+    existing = client.get_run(run_id).data.params
+    params = spec.params(parallel)
+    # `mlflow run` logs -P values as typed; compare only what it cannot respell.
+    _check_same_sweep(existing, {k: params[k] for k in ("preset", "grid", "seeds")}, run_id)
+    log_new_params(client, run_id, params)
+    client.set_tag(run_id, names.TAG_SWEEP, "true")
+    client.set_tag(run_id, names.TAG_PRESET, spec.preset)
+    if names.TAG_ERROR in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, names.TAG_ERROR)  # an earlier attempt's reason; this one will say its own
+    client.update_run(run_id, name=f"sweep-{spec.preset}")
+
+
+def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, configs: list[TrainConfig]) -> list[Child]:
+    done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
+    interrupted = interrupted_children(client, ctx.experiment_id, ctx.parent_run_id)
+    children = [Child(c, child_name(c, spec.seeds), replace(spec.launch, resume=interrupted.get(c, "")))
+                for c in configs if c not in done]
+    print(f"sweep {spec.preset} (run {ctx.parent_run_id}): {len(configs)} configurations, "
+          f"{len(configs) - len(children)} already finished, {len(children)} to run "
+          f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot)", flush=True)
+    return children
+
+
+def _check_finished(statuses: Mapping[str, str], total: int, run_id: str) -> None:
+    failed = [name for name, status in statuses.items() if status != FINISHED]
+    if failed:
+        raise SweepIncomplete(
+            f"{len(failed)} of {total} children did not finish ({', '.join(failed[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); re-run with `mlflow run ... --run-id {run_id}` to retry them"
+        )
