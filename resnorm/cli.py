@@ -28,8 +28,8 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
             command.main(args=args, standalone_mode=False)
         except click.exceptions.Exit as e:  # --help
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            _fail("interrupted", 130, status=KILLED)
+        except click.exceptions.Abort as e:  # click's word for a KeyboardInterrupt (Ctrl-C, or SIGTERM below)
+            _fail(str(e.__cause__ or "") or "interrupted", 130, status=KILLED)
         except click.ClickException as e:  # bad option value, unknown option
             _fail(e.format_message(), e.exit_code)
         except RunBusy as e:  # the run is alive elsewhere: refuse without touching it

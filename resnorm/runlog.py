@@ -29,7 +29,7 @@ from resnorm import names, serving, snapshots, weights
 from resnorm.config import Launch, TrainConfig
 from resnorm.data import SPLITS, DataBundle
 from resnorm.engine import EpochStats, TrainResult
-from resnorm.errors import ConfigError, TrackingUnavailable, one_line
+from resnorm.errors import ConfigError, Interrupted, TrackingUnavailable, one_line
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
@@ -207,9 +207,17 @@ def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: tor
         logger.outbox.close()
         _release(held)
         raise
+    except KeyboardInterrupt as e:
+        logger.outbox.close()
+        reason = f"{str(e) or 'interrupted'}; continue it with `{resume_command(logger.run_id)}`"
+        record_failure(logger.client, logger.run_id, reason)
+        mlflow.end_run(KILLED)
+        _release(held)
+        raise Interrupted(reason) from e
     except BaseException as e:
         logger.outbox.close()
-        _end_failed(logger, e)
+        record_failure(logger.client, logger.run_id, one_line(e), e)
+        mlflow.end_run(FAILED)
         _release(held)
         raise
     logger.outbox.close()
@@ -223,13 +231,3 @@ def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: tor
 def _release(held) -> None:
     if held is not None:
         held.close()
-
-
-def _end_failed(logger: RunLogger, error: BaseException) -> None:
-    if isinstance(error, KeyboardInterrupt):
-        status = KILLED
-        reason = f"{one_line(error) if str(error) else 'interrupted'}; continue it with `{resume_command(logger.run_id)}`"
-    else:
-        status, reason = FAILED, one_line(error)
-    record_failure(logger.client, logger.run_id, reason, error)
-    mlflow.end_run(status)

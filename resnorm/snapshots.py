@@ -19,7 +19,7 @@ from typing import IO, Any
 import torch
 
 from resnorm import home
-from resnorm.errors import RunBusy
+from resnorm.errors import ResnormError, RunBusy
 
 FILE = "snapshot.pt"
 
@@ -73,8 +73,12 @@ def lock(run_id: str) -> IO:
     when its process dies, even by ``kill -9``, so an interrupted run is free to resume.
     """
     path = path_for(run_id).with_name("lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as e:
+        raise ResnormError(f"cannot write the run's snapshot folder {path.parent} ({e.strerror or e}); "
+                           "set RESNORM_HOME to a writable folder") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

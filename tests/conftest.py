@@ -1,5 +1,8 @@
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,13 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
     return root
 
 
+def pytest_collection_modifyitems(items):
+    """Compiling on the CPU takes tens of seconds: a `compile` test is a `slow` one too."""
+    for item in items:
+        if item.get_closest_marker("compile"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _own_resnorm_home(tmp_path, monkeypatch):
     """Checkpoints and decoded-image caches of this test only, never the user's ~/.resnorm."""
@@ -51,24 +61,36 @@ def split_folder(tmp_path):
     return root
 
 
-@pytest.fixture
-def mlflow_env(tmp_path, monkeypatch):
-    """A real, empty MLflow SQLite store in a temp folder; the test runs from that folder."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))  # checkpoints of this test only
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
+@contextlib.contextmanager
+def tracking_store(folder: Path) -> Iterator[str]:
+    """A real, empty MLflow SQLite store in ``folder``, which is also the working directory (and
+    holds RESNORM_HOME) while it is active. The ``mlflow_env`` fixture for one test; module-scoped
+    fixtures use it directly to train once for many tests."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id="0")  # forget an experiment cached from another store
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")  # ...which set_experiment also exports
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("RESNORM_HOME", str(folder / "resnorm-home"))  # snapshots and caches of this store only
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment_id="0")  # forget an experiment cached from another store
+        mp.delenv("MLFLOW_EXPERIMENT_ID")  # ...which set_experiment also exports
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def mlflow_env(tmp_path):
+    """A real, empty MLflow SQLite store in the test's folder; the test runs from that folder."""
+    with tracking_store(tmp_path) as uri:
+        yield uri
 
 
 def subprocess_env(tracking_uri: str) -> dict[str, str]:
@@ -83,8 +105,6 @@ PYTHON = sys.executable
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -139,3 +159,15 @@ def sqlite_server(tmp_path):
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
     yield server
     server.kill()
+
+
+def assert_one_line(proc, fragments) -> str:
+    """A process that failed the way the README promises: non-zero exit, no traceback, exactly one
+    ``error:`` line on stderr, holding every fragment. Returns that line."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -59,6 +59,7 @@ def assert_one_line_error(proc, *fragments):
 # Bad options and bad data: tests/test_bad_input.py catalogues them.
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, tmp_path):
     proc = run(TRAIN + ["--norm", "nn", "--lr", "1e10", "--epochs", "2", "--image-size", "8"], mlflow_env, tmp_path)
     line = assert_one_line_error(proc, "the training loss became", "epoch 1", "lower the learning rate")
@@ -80,6 +81,7 @@ def test_mlflow_run_with_a_bad_value_leaves_a_failed_run_that_says_why(mlflow_en
     assert r.data.tags[names.TAG_ERROR].startswith("data '/no/such/folder' is not a folder")
 
 
+@pytest.mark.slow
 def test_help_lists_every_option_with_its_default(tmp_path):
     proc = subprocess.run(TRAIN + ["--help"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0

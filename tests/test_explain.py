@@ -20,9 +20,9 @@ from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, grad
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
 from resnorm.weights import champion_uris, load_trained, log_weights, resolve
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env, tracking_store
 from tests.test_cli import assert_one_line_error
-from tests.trained import CPU, tracking_store, train_and_register
+from tests.trained import CPU, train_and_register
 
 GRADCAM = [PYTHON, str(ROOT / "entrypoints" / "gradcam.py")]
 COLOURS = ("red", "green", "blue")
@@ -119,6 +119,7 @@ def store(tmp_path_factory):
         yield {"uri": uri, "folder": folder, "data": data, "trained": trained, "twelve": run.info.run_id}
 
 
+@pytest.mark.slow
 def test_load_module_rebuilds_the_trained_resnet_from_any_uri(store):
     run_id, result, version = store["trained"]["bn"]
     x = store["data"].test.images[:16].float() / 255
@@ -142,6 +143,7 @@ def test_load_module_rebuilds_the_trained_resnet_from_any_uri(store):
     assert state.keys() == result.model.state_dict().keys()
 
 
+@pytest.mark.slow
 def test_lookups_that_fail_name_the_value(store):
     with pytest.raises(ModelError, match=r"model 'resnorm-bn' has no version '9'"):
         resolve("models:/resnorm-bn/9")
@@ -156,6 +158,7 @@ def test_lookups_that_fail_name_the_value(store):
         read_images(["/no/such.png"], 8, 1, ())
 
 
+@pytest.mark.slow
 def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path):
     output = tmp_path / "grid.png"
     proc = subprocess.run(GRADCAM + ["--samples", "3", "--output", str(output)], cwd=tmp_path,
@@ -183,6 +186,7 @@ def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path):
             assert m["predictions"] == [str(k) for k in result.model(x).argmax(1).tolist()]
 
 
+@pytest.mark.slow
 def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, tmp_path):
     test = store["data"].test
     files = []
@@ -233,6 +237,7 @@ def bad_inputs(store, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
     client = MlflowClient()
     before = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
@@ -245,12 +250,14 @@ def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
     assert after == before, "no gradcam run for a rejected command"
 
 
+@pytest.mark.slow
 def test_without_any_champion_gradcam_says_so(mlflow_env, tmp_path):
     proc = subprocess.run(GRADCAM, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "no registered resnorm-{norm} model has a 'champion' alias")
     assert proc.returncode == 1
 
 
+@pytest.mark.slow
 def test_help_states_every_default(tmp_path):
     proc = subprocess.run(GRADCAM + ["--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0

@@ -133,6 +133,7 @@ def test_a_fast_run_learns_what_a_plain_run_learns(compile_cache):
     assert fast.model.conv1.weight.is_contiguous()
 
 
+@pytest.mark.slow
 def test_a_failing_compiler_costs_speed_not_the_run(mlflow_env, tmp_path):
     env = {**subprocess_env(mlflow_env), "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
            "RESNORM_HOME": str(tmp_path / "home")}

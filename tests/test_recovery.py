@@ -40,19 +40,27 @@ def logged_epochs(client, run_id) -> int:
     return len(client.get_metric_history(run_id, names.VAL_LOSS))
 
 
-def kill_trainer_of(run_id):
-    """kill -9 the process training ``run_id`` (found by the MLFLOW_RUN_ID that `mlflow run` gave it:
+def trainers_of(run_id) -> list[int]:
+    """The processes training ``run_id`` (found by the MLFLOW_RUN_ID that `mlflow run` gave them:
     MLflow starts a project's command in a session of its own, out of reach of the sweep's group)."""
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
         if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pids.append(int(pid))
+    return pids
+
+
+def kill_trainer_of(run_id):
+    """kill -9 the process training ``run_id``."""
+    for pid in trainers_of(run_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_for(predicate, timeout, what, proc=None):
@@ -79,6 +87,7 @@ def reference(mlflow_env, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(reference, mlflow_env, tmp_path):
     client, ref_id = reference
     exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id

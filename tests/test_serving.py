@@ -4,7 +4,6 @@ imported, and served by `mlflow models serve` on loopback."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,13 @@ import torch
 from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import load_data
-from tests.trained import env_without_resnorm, tracking_store, train_and_register
+from tests.conftest import free_port, tracking_store
+from tests.trained import env_without_resnorm, train_and_register
 
 NORM = "bn"
 MODEL_URI = f"models:/{names.registered_model(NORM)}@{names.CHAMPION}"
+
+pytestmark = pytest.mark.slow  # trains and serves through real processes
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +108,6 @@ def test_mlflow_artifacts_download_gives_a_self_contained_model_folder(registere
     # The shipped loader is source, and stands alone: it imports nothing from resnorm.
     source = (model / "code" / "resnorm_serving.py").read_text()
     assert "from resnorm" not in source and "import resnorm" not in source
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

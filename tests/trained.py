@@ -1,16 +1,12 @@
-"""Helpers for tests that need trained, registered models: a real MLflow store that lives for a
-whole test module (training once per module keeps these tests quick), and an environment in
-which `resnorm` cannot be imported, as on a machine that only has the registered model."""
+"""Helpers for tests that need trained, registered models (trained once per module, in a store
+from ``tests.conftest.tracking_store``, keeps these tests quick), and an environment in which
+`resnorm` cannot be imported, as on a machine that only has the registered model."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
-import pytest
 import torch
 
 from resnorm.config import Launch, TrainConfig
@@ -19,27 +15,6 @@ from resnorm.engine import TrainResult, train
 from resnorm.runlog import training_run
 
 CPU = torch.device("cpu")
-
-
-@contextlib.contextmanager
-def tracking_store(folder: Path) -> Iterator[str]:
-    """What the `mlflow_env` fixture does, for a module-scoped fixture: an empty SQLite store in
-    ``folder``, which is also the working directory while it is active."""
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(var, raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment_id="0")  # forget an experiment cached from another store
-        mp.delenv("MLFLOW_EXPERIMENT_ID")  # ...which set_experiment also exports
-        try:
-            yield uri
-        finally:
-            while mlflow.active_run():
-                mlflow.end_run()
-            mlflow.set_tracking_uri(None)
 
 
 def train_and_register(cfg: TrainConfig, data: DataBundle) -> tuple[str, TrainResult, int]:

@@ -1,0 +1,149 @@
+"""Every way a run ends leaves a true status in MLflow: an error is FAILED with its reason (and the
+traceback as an artifact), SIGTERM is KILLED and resumable, a refused resume touches nothing, a
+sweep stopped by SIGTERM stops its children. Real processes, a real store, real signals."""
+
+import signal
+import subprocess
+import sys
+
+import click
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from resnorm import names, snapshots
+from resnorm.cli import run_command
+from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
+from tests.test_recovery import curves, logged_epochs, trainers_of, wait_for
+
+TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
+SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
+EPOCHS = 12
+SMALL = ["--epochs", str(EPOCHS), "--image-size", "8", "--n", "1", "--device", "cpu", "--threads", "1"]
+
+
+def only_run(client):
+    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
+    return run
+
+
+def test_an_unexpected_error_is_one_line_and_fails_the_run_with_its_traceback(mlflow_env, monkeypatch, capsys):
+    """The boundary: an error no one foresaw (here a RuntimeError) is still one line, and the run that
+    `mlflow run` made for the process ends FAILED with the reason and the whole traceback."""
+    with mlflow.start_run() as run:
+        pass
+    MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+
+    @click.command()
+    def broken():
+        raise RuntimeError("the disk said no")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_command(broken, [])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: RuntimeError: the disk said no (RESNORM_DEBUG=1 prints the traceback)"
+    client = MlflowClient()
+    failed = client.get_run(run.info.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags[names.TAG_ERROR].startswith("RuntimeError: the disk")
+    text = open(client.download_artifacts(run.info.run_id, names.TRACEBACK_ARTIFACT)).read()
+    assert text.startswith("Traceback") and 'raise RuntimeError("the disk said no")' in text
+
+    monkeypatch.setenv("RESNORM_DEBUG", "1")
+    MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    with pytest.raises(SystemExit):
+        run_command(broken, [])
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: RuntimeError")
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_take_its_lock_is_failed_with_the_reason(mlflow_env, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    env = {**subprocess_env(mlflow_env), "RESNORM_HOME": str(tmp_path / "a-file" / "home")}  # cannot be a folder
+    proc = subprocess.run(TRAIN + SMALL, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line(proc, ["cannot write the run's snapshot folder", "a-file/home/runs/", "RESNORM_HOME"])
+    run = only_run(MlflowClient())
+    assert run.info.status == "FAILED", "the lock is taken inside the run's failure handling, not before"
+    assert run.data.tags[names.TAG_ERROR].startswith("cannot write the run's snapshot folder")
+
+
+@pytest.mark.slow
+def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_resume_clears_the_error(
+        mlflow_env, tmp_path):
+    client = MlflowClient()
+    env = subprocess_env(mlflow_env)
+    proc = subprocess.Popen(TRAIN + SMALL, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    found = []
+
+    def first_epoch():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+        return bool(found) and logged_epochs(client, found[0]) >= 1
+
+    wait_for(first_epoch, 300, "epoch 1", proc)
+    (run_id,) = found
+    proc.send_signal(signal.SIGSTOP)  # hold it mid-run: alive, holding its lock
+    try:
+        # What a re-run sweep does: the same run id in MLFLOW_RUN_ID and --resume.
+        refused = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": run_id},
+                                 capture_output=True, text=True, timeout=300)
+        assert_one_line(refused, [f"run {run_id} is being trained by another live process (pid {proc.pid})"])
+        live = client.get_run(run_id)
+        assert live.info.status == "RUNNING" and names.TAG_ERROR not in live.data.tags, "the refusal touched the run"
+        proc.send_signal(signal.SIGTERM)  # what Slurm, systemd and Kubernetes send
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: stopped by SIGTERM; continue it with `python entrypoints/train.py --resume {run_id}`"]
+    killed = client.get_run(run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags[names.TAG_ERROR].startswith("stopped by SIGTERM")
+    assert snapshots.path_for(run_id).exists() and logged_epochs(client, run_id) < EPOCHS
+
+    resumed = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = client.get_run(run_id)
+    assert done.info.status == "FINISHED" and names.TAG_ERROR not in done.data.tags, "the old reason is cleared"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
+    client = MlflowClient()
+    env = subprocess_env(mlflow_env)
+    args = ["--preset", "custom", "--grid", "seed=0", *SMALL[:-2]]  # a sweep sets its children's threads itself
+    sweep = subprocess.Popen(SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    found = {}
+
+    def child_at_epoch_1():
+        for r in client.search_runs(["0"] + [e.experiment_id for e in client.search_experiments()],
+                                    "tags.mlflow.parentRunId != ''"):
+            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
+            return logged_epochs(client, r.info.run_id) >= 1
+        return False
+
+    wait_for(child_at_epoch_1, 300, "the child's epoch 1", sweep)
+    child, parent = found["child"], found["parent"]
+    (trainer,) = trainers_of(child)
+    sweep.send_signal(signal.SIGTERM)  # to the sweep's own process only, as Kubernetes does
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and sum(line.startswith("error:") for line in err.splitlines()) == 1, err[-3000:]
+    assert not trainers_of(child), f"the child (pid {trainer}) trains on without its sweep"
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(child).info.status == "KILLED" and snapshots.path_for(child).exists()
+
+    rerun = subprocess.run(SWEEP + args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent}, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "1 resumed from a snapshot" in rerun.stdout
+    kids = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert [k.info.run_id for k in kids] == [child] and kids[0].info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "FINISHED"
