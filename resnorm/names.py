@@ -54,3 +54,20 @@ def registered_model(norm: str) -> str:
 # registered pt2 program is not): run artifacts next to the model.
 CHECKPOINT_WEIGHTS = "checkpoint/weights.pt"  # the state dict, for torch.load(weights_only=True)
 CHECKPOINT_CONFIG = "checkpoint/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...
+
+# Provenance a training run records for the report (tags).
+TAG_VERSIONS = "resnorm.versions"  # "torch 2.x, mlflow 3.x" of the process that trained
+TAG_SPLIT_SIZES = "resnorm.split_sizes"  # "train=1257 val=270 test=270": images per split
+
+# Analysis runs: linked both ways with the sweep they analyse.
+TAG_ANALYSIS_OF = "resnorm.analysis_of"  # on an analysis run: the sweep's parent run id
+TAG_ANALYSIS = "resnorm.analysis"  # on a sweep's parent: its latest analysis run id
+
+
+def analysis_metric(table: str, row: str, stat: str) -> str:
+    """Key of a headline figure of an analysis run, e.g. ``table3/bn/test_accuracy_mean``.
+
+    Characters MLflow does not allow in a key (anything but letters, digits, ``_-. /``) become ``_``.
+    """
+    clean = "".join(c if c.isalnum() or c in "_-. " else "_" for c in row)
+    return f"{table}/{clean}/{stat}"
