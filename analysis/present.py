@@ -21,8 +21,8 @@ def _pct(mean: float, std: float) -> str:
 
 
 def _ci(ci: tuple[float, float]) -> str:
-    low, high = ci
-    return "–" if math.isnan(low) else f"[{low * 100:.1f}, {high * 100:.1f}]"
+    low, high = ci  # a score lies in [0, 1]: a t interval reaching past it is shown cut there
+    return "–" if math.isnan(low) else f"[{max(low, 0.0) * 100:.1f}, {min(high, 1.0) * 100:.1f}]"
 
 
 def _num(value: float, digits: int) -> str:

@@ -13,7 +13,7 @@ LEVEL = 0.95
 ALPHA = 0.05
 METHOD_TEXT = (
     "Spread: sample standard deviation over seeds (n = finished seeds). 95 % CI: Student's t over "
-    "seeds; with one seed, the Clopper-Pearson binomial interval of the test split. Rows sharing a "
+    "seeds (shown cut at 0 and 100); with one seed, the Clopper-Pearson binomial interval of the test split. Rows sharing a "
     "letter cannot be told apart: two-sided Welch t-tests on test accuracy between every pair of "
     "complete rows with at least 2 seeds, Holm's step-down correction per table, alpha 0.05."
 )

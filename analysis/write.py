@@ -22,7 +22,7 @@ HOW_TO_READ = (
     "differ in anything else are separate rows. `seeds` is finished/planned; a row marked † has a seed "
     "that failed, is still running or never ran (listed under its table) and is neither tested nor "
     "ranked as if it were complete. Scores are percentages of the kept (best-validation) model in eval "
-    "mode. Rows are ranked by mean test accuracy; " + METHOD_TEXT + " Cost: median seconds per epoch and "
+    "mode. Rows are ranked by mean test accuracy. " + METHOD_TEXT + " Cost: median seconds per epoch and "
     "images per second over every epoch of every seed, median seconds up to the kept epoch."
 )
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
