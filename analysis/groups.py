@@ -7,11 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import pandas as pd
+from mlflow.entities import RunStatus
 
 from analysis.runs import without_seed
 from resnorm.config import TrainConfig
 
-FINISHED = "FINISHED"
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
 
 @dataclass

@@ -7,11 +7,12 @@ import math
 
 import pandas as pd
 
-from analysis.tables import ACCURACY, SHOWN, Table, TableRow, ordered
+from analysis.tables import ACCURACY, SHOWN, Table, TableRow, ordered, to_markdown  # noqa: F401 (re-exported)
 from resnorm import names
 
 SPREAD = "mean ± sd"
-INCOMPLETE_MARK = "†"  # a row with a seed that did not finish: not ranked
+INCOMPLETE_MARK = "†"
+SPLIT_SCORES = tuple((split, score) for split in ("train", "val", "test") for score in names.SCORES)  # a row with a seed that did not finish: not ranked
 
 
 def _pct(mean: float, std: float) -> str:
@@ -61,8 +62,8 @@ def tidy(table: Table) -> pd.DataFrame:
     records = []
     for row in ordered(table):
         run_ids = ";".join(row.group.finished["run_id"]) if row.n else ""
-        for key in row.mean or {k: math.nan for k in SHOWN}:
-            split, score = key.removeprefix("best_").split("_", 1)
+        for split, score in SPLIT_SCORES:
+            key = names.final_metric(split, score)
             low, high = row.ci.get(key, (math.nan, math.nan))
             records.append({
                 "table": table.spec.id, "row": row.label, "configuration": row.group.config.run_name(),
@@ -72,15 +73,6 @@ def tidy(table: Table) -> pd.DataFrame:
                 **row.cost, "run_ids": run_ids,
             })
     return pd.DataFrame.from_records(records)
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-style Markdown table (pandas' own needs the optional `tabulate`)."""
-    header = ["", *(str(c) for c in frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for index, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(index), *(str(v) for v in row)]) + " |")
-    return "\n".join(lines)
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -12,9 +12,8 @@ from matplotlib.figure import Figure
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from analysis.figures import FIGURES
-from analysis.figures import build_figure
-from analysis.groups import Group, build_groups
+from analysis.figures import FIGURES, build_figure
+from analysis.groups import FINISHED, Group, build_groups
 from analysis.present import headline
 from analysis.runs import Histories, children, find_sweep, sweep_plan
 from analysis.tables import ACCURACY, ALL_TABLE, MAIN_TABLE, TABLES, Table, build_table, sweep_table
@@ -85,7 +84,7 @@ def _datasets(client: MlflowClient, runs: pd.DataFrame) -> str:
 def provenance(client: MlflowClient, report: Report) -> list[tuple[str, str]]:
     """What produced the report, as (label, value) lines."""
     parent, groups = report.parent, report.groups
-    done = report.runs[report.runs["status"] == "FINISHED"]
+    done = report.runs[report.runs["status"] == FINISHED]
     error = parent.data.tags.get(names.TAG_ERROR, "")
     seeds = sorted({s for g in groups for s in g.planned})
 

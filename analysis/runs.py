@@ -17,7 +17,8 @@ from resnorm.config import TrainConfig
 from resnorm.errors import ResnormError
 from resnorm.sweep import FIELD_TYPES, parse_value, plan
 
-FINAL_METRICS = tuple(names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES)
+SPLITS = ("train", "val", "test")
+FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
 # Launch settings that change results or speed without being TrainConfig fields.
 LAUNCH_FIELDS = ("mode",)
 DEFAULT_MODE = "auto"

@@ -219,3 +219,12 @@ def ordered(table: Table) -> list[TableRow]:
         return (not r.group.complete, -r.mean.get(ACCURACY, -1.0))
 
     return sorted(table.rows, key=key)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (pandas' own needs the optional `tabulate`)."""
+    header = ["", *(str(c) for c in frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(index), *(str(v) for v in row)]) + " |")
+    return "\n".join(lines)
