@@ -81,6 +81,15 @@ def _datasets(client: MlflowClient, runs: pd.DataFrame) -> str:
     return "; ".join(f"{k} ({v})" for k, v in seen.items()) or "–"
 
 
+def _unplanned(groups: list[Group]) -> str:
+    """A warning when runs lie outside the re-made plan (the preset's code changed since the sweep)."""
+    outside = [g for g in groups if not g.planned]
+    if not outside:
+        return ""
+    return (f"; {len(outside)} configurations ran but are not in the plan re-made from the sweep's params "
+            "(was the preset changed since?)")
+
+
 def provenance(client: MlflowClient, report: Report) -> list[tuple[str, str]]:
     """What produced the report, as (label, value) lines."""
     parent, groups = report.parent, report.groups
@@ -95,7 +104,8 @@ def provenance(client: MlflowClient, report: Report) -> list[tuple[str, str]]:
         ("sweep", f"{parent.info.run_name} (run {parent.info.run_id}, preset "
                   f"{parent.data.tags.get(names.TAG_PRESET, '?')}), status {parent.info.status}"
                   + (f": {error}" if error else "")),
-        ("runs", f"{report.finished} of {report.planned} planned seeds finished, over {len(groups)} configurations"),
+        ("runs", f"{report.finished} of {report.planned} planned seeds finished, over {len(groups)} configurations"
+                 + _unplanned(groups)),
         ("data", f"{_values(groups, 'data')}; datasets {_datasets(client, done)}"),
         ("split sizes", tags("splits")),
         ("image size", _values(groups, "image_size")),

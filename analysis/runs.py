@@ -82,7 +82,8 @@ def sweep_plan(parent: Run) -> tuple[list[TrainConfig], str]:
     p = {k: unquote(v) for k, v in parent.data.params.items()}
     overrides = {k: v for k, v in p.items() if k in FIELD_TYPES}
     try:
-        configs = plan(p.get("preset", "quick"), p.get("grid", ""), int(p.get("seeds", "1") or 1), overrides)
+        preset = p.get("preset") or parent.data.tags.get(names.TAG_PRESET, "quick")
+        configs = plan(preset, p.get("grid", ""), int(p.get("seeds", "1") or 1), overrides)
     except (ResnormError, ValueError) as e:
         raise NoSweep(f"cannot re-plan sweep {parent.info.run_id} from its params: {e}") from None
     return configs, p.get("mode", DEFAULT_MODE) or DEFAULT_MODE

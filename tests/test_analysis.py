@@ -126,3 +126,32 @@ def test_every_table_row_and_figure_series_is_a_configuration_the_study_plans():
 
 def test_latex_escapes_what_latex_would_read_as_markup():
     assert present.latex_escape("torch_bn 98% & ± #1") == r"torch\_bn 98\% \& $\pm$ \#1"
+
+
+def test_the_sweep_is_found_where_it_is_and_re_planned_from_its_params(mlflow_env, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import NoSweep, find_sweep, sweep_plan
+
+    client = MlflowClient()
+    other = client.create_experiment("other")
+
+    def sweep(experiment_id, **params):
+        run = client.create_run(experiment_id, tags={names.TAG_SWEEP: "true", names.TAG_PRESET: "custom"})
+        for k, v in params.items():
+            client.log_param(run.info.run_id, k, v)
+        client.set_terminated(run.info.run_id)
+        return client.get_run(run.info.run_id)
+
+    # As `mlflow run` logs them: empty strings shell-quoted.
+    in_default = sweep("0", preset="custom", grid="norm=bn,gn", seeds="2", epochs="1", lr="''", mode="plain")
+    later = sweep(other, preset="custom", grid="norm=ln", seeds="1")
+    assert find_sweep(client).info.run_id == later.info.run_id  # the latest of any experiment
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")  # launched in Default, as `mlflow run` without a name
+    assert find_sweep(client).info.run_id == in_default.info.run_id
+    assert find_sweep(client, experiment="other").info.run_id == later.info.run_id
+    with pytest.raises(NoSweep, match="there is no experiment 'resnorm'"):
+        find_sweep(client, experiment="resnorm")
+    configs, mode = sweep_plan(in_default)
+    assert mode == "plain" and [(c.norm, c.seed, c.epochs, c.lr) for c in configs] == [
+        ("bn", 0, 1, 0.1), ("bn", 1, 1, 0.1), ("gn", 0, 1, 0.1), ("gn", 1, 1, 0.1)]
