@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter
 
 from analysis.groups import Group, describe, differing
 from analysis.runs import Histories
@@ -86,9 +86,15 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
             ax.fill_between(mean.index, (mean - std).values * scale, (mean + std).values * scale, alpha=0.15)
     if key in LOSSES:
         ax.set_yscale("log")  # one diverging epoch does not flatten the others
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%.3g"))  # 0.25, 1.5, not 2 x 10^0
     else:
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted({e for _, g in found for r in g.finished["run_id"] for e in histories(r, key).index})
+    if epochs and epochs[-1] - epochs[0] <= 12:
+        ax.set_xticks(range(int(epochs[0]), int(epochs[-1]) + 1))  # every epoch, whole numbers only
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(LABELS.get(key, key))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
