@@ -130,7 +130,7 @@ def gradcam_of_champions(report: Report) -> tuple[Figure | None, str]:
     frames = [r.group.finished for r in report.tables[MAIN_TABLE].rows if r.n]
     if not frames:
         return None, "No GradCAM grid: the sweep has no finished Table 3 run."
-    chosen = pd.concat(frames)
+    chosen = pd.concat(frames, ignore_index=True)
     best = chosen.loc[chosen.groupby("norm")[names.final_metric("val", "accuracy")].idxmax()]
     by_norm = dict(zip(best["norm"], best["run_id"]))
     try:
