@@ -16,7 +16,7 @@ from analysis.figures import FIGURES, build_figure
 from analysis.groups import FINISHED, Group, build_groups
 from analysis.present import headline
 from analysis.runs import Histories, children, find_sweep, sweep_plan
-from analysis.tables import ACCURACY, ALL_TABLE, MAIN_TABLE, TABLES, Table, build_table, sweep_table
+from analysis.tables import ALL_TABLE, MAIN_TABLE, TABLES, Table, build_table, sweep_table
 from resnorm import names
 from resnorm.errors import ResnormError
 from resnorm.norms import NORM_NAMES
@@ -179,9 +179,3 @@ def analyze(experiment: str, sweep_run_id: str, out_dir: str) -> Report:
     write(report)
     report.run_id = log(client, report)
     return report
-
-
-def best_row_text(report: Report) -> str:
-    table = report.tables[MAIN_TABLE]
-    ranked = [r for r in table.rows if r.letters.startswith("a")]
-    return ", ".join(f"{r.label} {r.mean[ACCURACY] * 100:.2f}" for r in ranked)
