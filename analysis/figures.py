@@ -1,4 +1,4 @@
-"""The study's Figures 1-6: training curves of chosen configurations, from metric histories."""
+"""The study's Figures 1-6: training curves of configurations of the sweep, from metric histories."""
 
 from __future__ import annotations
 
@@ -6,71 +6,113 @@ from dataclasses import dataclass
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter
 
-from analysis.runs import Histories, select
-from analysis.tables import Row
+from analysis.groups import Group, describe, differing
+from analysis.runs import Histories
+from analysis.tables import Row, _matches, points, study_setting
 from resnorm import names
-from resnorm.norms import NORM_NAMES
 
 LABELS = {
-    names.TRAIN_LOSS: "train loss", names.VAL_LOSS: "val loss",
-    names.TRAIN_ACCURACY: "train accuracy", names.VAL_ACCURACY: "val accuracy",
+    names.TRAIN_LOSS: "train loss (log scale)", names.VAL_LOSS: "val loss (log scale)",
+    names.TRAIN_ACCURACY: "train accuracy %", names.VAL_ACCURACY: "val accuracy %",
 }
-ACC_LOSS = (names.TRAIN_ACCURACY, names.VAL_ACCURACY, names.TRAIN_LOSS, names.VAL_LOSS)
+LOSSES = (names.TRAIN_LOSS, names.VAL_LOSS)
+ACC_LOSS = (names.TRAIN_ACCURACY, names.VAL_ACCURACY, *LOSSES)
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+BAND = "shaded: mean ± 1 sample sd over seeds"
 
 
 @dataclass(frozen=True)
 class FigureSpec:
     id: str
-    title: str
+    title: str  # what every series shares; the series drawn are appended
     panels: tuple[str, ...]  # one metric key per panel
     series: tuple[Row, ...]  # one line per configuration in every panel
 
 
+def _series(found: list[dict], label) -> tuple[Row, ...]:
+    return tuple(Row(label(study_setting(p)), p) for p in found)
+
+
+def _lr(s: dict) -> str:
+    return f"lr {s['lr']:g}"
+
+
 FIGURES = (
-    FigureSpec("figure1", "Figure 1: torch_bn, SGD lr 1e-4 vs 0.1", ACC_LOSS,
-               (Row("SGD lr 1e-4", {"norm": "torch_bn", "lr": 1e-4}), Row("SGD lr 0.1", {"norm": "torch_bn"}))),
-    FigureSpec("figure2", "Figure 2: torch_bn, Adam lr 1e-4", ACC_LOSS,
-               (Row("Adam lr 1e-4", {"norm": "torch_bn", "optimizer": "adam", "lr": 1e-4}),)),
-    FigureSpec("figure3", "Figure 3: torch_bn vs bn", (names.TRAIN_LOSS, names.VAL_LOSS),
-               (Row("torch_bn", {"norm": "torch_bn"}), Row("bn", {"norm": "bn"}))),
-    FigureSpec("figure4", "Figure 4: train and val loss of every norm", (names.TRAIN_LOSS, names.VAL_LOSS),
-               tuple(Row(n, {"norm": n}) for n in NORM_NAMES)),
-    FigureSpec("figure5", "Figure 5: bn at batch 8 vs 128", (names.VAL_ACCURACY, names.TRAIN_LOSS, names.VAL_LOSS),
-               tuple(Row(f"batch {b}", {"norm": "bn", "batch_size": b}) for b in (8, 128))),
-    FigureSpec("figure6", "Figure 6: gn at batch 8 vs 128", (names.VAL_ACCURACY, names.TRAIN_LOSS, names.VAL_LOSS),
-               tuple(Row(f"batch {b}", {"norm": "gn", "batch_size": b}) for b in (8, 128))),
+    FigureSpec("figure1", "Figure 1: torch_bn with SGD", ACC_LOSS,
+               _series([p for p in points(norm="torch_bn", optimizer="sgd", augment=True, batch_size=32,
+                                          scheduler="cosine")], _lr)),
+    FigureSpec("figure2", "Figure 2: torch_bn with Adam", ACC_LOSS,
+               _series(points(norm="torch_bn", optimizer="adam"), _lr)),
+    FigureSpec("figure3", "Figure 3: torch_bn vs the hand-written bn", LOSSES,
+               _series([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], lambda s: s["norm"])),
+    FigureSpec("figure4", "Figure 4: every norm, SGD lr 0.1", LOSSES, _series(points("norm"), lambda s: s["norm"])),
+    FigureSpec("figure5", "Figure 5: bn by batch size", (names.VAL_ACCURACY, *LOSSES),
+               _series(points("batch_size", norm="bn"), lambda s: f"batch {s['batch_size']}")),
+    FigureSpec("figure6", "Figure 6: gn by batch size", (names.VAL_ACCURACY, *LOSSES),
+               _series(points("batch_size", norm="gn"), lambda s: f"batch {s['batch_size']}")),
 )
-MAIN_FIGURE = "figure4"
 
 
 def mean_curve(histories: Histories, run_ids, key: str) -> tuple[pd.Series, pd.Series]:
-    """Mean and std over runs, per epoch (std is NaN with one run)."""
+    """Mean and sample std over runs, per epoch (std is NaN with one run)."""
     frame = pd.concat([histories(r, key) for r in run_ids], axis=1)
     return frame.mean(axis=1), frame.std(axis=1, ddof=1)
 
 
-def build_figure(spec: FigureSpec, runs: pd.DataFrame, histories: Histories) -> tuple[Figure | None, list[str]]:
-    """The figure (None when no series has runs) and the series that are missing."""
+def found_series(spec: FigureSpec, groups: list[Group]) -> tuple[list[tuple[str, Group]], list[str]]:
+    """(label, configuration) of every line to draw, and the series with no finished run."""
     found, missing = [], []
     for row in spec.series:
-        chosen = select(runs, **row.selector())
-        (found if not chosen.empty else missing).append((row, list(chosen["run_id"])))
-    missing_text = [f"{row.label} ({row.describe()})" for row, _ in missing]
+        matched = [g for g in groups if _matches(g, row.selector()) and len(g.finished)]
+        if not matched:
+            missing.append(f"{row.label} ({row.describe()})")
+        fields = differing(matched)
+        found += [(row.label if len(matched) == 1 else f"{row.label} ({describe(g, fields)})", g) for g in matched]
+    return found, missing
+
+
+def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -> None:
+    scale = 100.0 if "accuracy" in key else 1.0
+    for i, (label, group) in enumerate(found):
+        run_ids = list(group.finished["run_id"])
+        mean, std = mean_curve(histories, run_ids, key)
+        text = f"{label} (n={len(run_ids)})"
+        ax.plot(mean.index, mean.values * scale, label=text, linestyle=STYLES[i % len(STYLES)],
+                marker=MARKERS[i % len(MARKERS)], markersize=4)
+        if len(run_ids) > 1:
+            ax.fill_between(mean.index, (mean - std).values * scale, (mean + std).values * scale, alpha=0.15)
+    if key in LOSSES:
+        ax.set_yscale("log")  # one diverging epoch does not flatten the others
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%.3g"))  # 0.25, 1.5, not 2 x 10^0
+    else:
+        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    epochs = sorted({e for _, g in found for r in g.finished["run_id"] for e in histories(r, key).index})
+    if epochs and epochs[-1] - epochs[0] <= 12:
+        ax.set_xticks(range(int(epochs[0]), int(epochs[-1]) + 1))  # every epoch, whole numbers only
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(LABELS.get(key, key))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def build_figure(spec: FigureSpec, groups: list[Group], histories: Histories) -> tuple[Figure | None, list[str]]:
+    """The figure (None when no series has a finished run) and the series that are missing."""
+    found, missing = found_series(spec, groups)
     if not found:
-        return None, missing_text
-    fig = Figure(figsize=(4.2 * len(spec.panels), 3.4), layout="constrained")
+        return None, missing
+    fig = Figure(figsize=(3.6 * len(spec.panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(spec.panels), squeeze=False)[0]
     for ax, key in zip(axes, spec.panels):
-        for row, run_ids in found:
-            mean, std = mean_curve(histories, run_ids, key)
-            label = row.label if len(run_ids) == 1 else f"{row.label} (n={len(run_ids)})"
-            ax.plot(mean.index, mean.values, label=label)
-            if len(run_ids) > 1:
-                ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2)
-        ax.set_title(LABELS.get(key, key))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    fig.suptitle(spec.title)
-    return fig, missing_text
+        _panel(ax, key, found, histories)
+    handles, labels = axes[0].get_legend_handles_labels()
+    many = any(len(g.finished) > 1 for _, g in found)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small",
+               title=BAND if many else None, title_fontsize="small")
+    fig.suptitle(f"{spec.title}: {', '.join(label for label, _ in found)}" if len(found) > 1 else
+                 f"{spec.title}: {found[0][0]} only")
+    return fig, missing

@@ -1,7 +1,10 @@
-"""Query a sweep: its parent, its finished children as a typed DataFrame, metric histories."""
+"""Query a sweep: its parent, every child as a typed DataFrame, its plan, metric histories."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shlex
 from functools import lru_cache
 
 import mlflow
@@ -10,20 +13,34 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
+from resnorm.config import TrainConfig
 from resnorm.errors import ResnormError
 from resnorm.config import FIELD_TYPES, parse_value
+from resnorm.sweep import plan
 
-# The config fields a table row or a figure series may select on.
-SELECT_FIELDS = ("norm", "optimizer", "lr", "weight_decay", "augment", "batch_size", "scheduler")
-FINAL_METRICS = tuple(names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES)
+SPLITS = ("train", "val", "test")
+FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
+# Launch settings that change results or speed without being TrainConfig fields.
+LAUNCH_FIELDS = ("mode",)
+DEFAULT_MODE = "auto"
 
 
 class NoSweep(ResnormError):
     """There is no sweep to analyse."""
 
 
-def find_sweep(client: MlflowClient, experiment: str, sweep_run_id: str = "") -> Run:
-    """The sweep's parent run: the one given, or the latest in ``experiment``."""
+def _latest_sweep(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(experiment_ids, f"tags.`{names.TAG_SWEEP}` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def find_sweep(client: MlflowClient, experiment: str = "", sweep_run_id: str = "") -> Run:
+    """The sweep's parent run: the one given; else the latest sweep of ``experiment``; else the
+    latest of the experiment this process was launched in (``MLFLOW_EXPERIMENT_ID``, as under
+    `mlflow run`); else the latest sweep of any experiment."""
     if sweep_run_id:
         try:
             run = client.get_run(sweep_run_id)
@@ -32,38 +49,90 @@ def find_sweep(client: MlflowClient, experiment: str, sweep_run_id: str = "") ->
         if run.data.tags.get(names.TAG_SWEEP) != "true":
             raise NoSweep(f"run {sweep_run_id!r} is not a sweep's parent run (no tag {names.TAG_SWEEP}=true)")
         return run
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise NoSweep(f"there is no experiment {experiment!r}; run a sweep first (mlflow run . -e sweep)")
-    runs = client.search_runs(
-        [exp.experiment_id], f"tags.`{names.TAG_SWEEP}` = 'true'", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not runs:
-        raise NoSweep(f"experiment {experiment!r} has no sweep; run one first (mlflow run . -e sweep)")
-    return runs[0]
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise NoSweep(f"there is no experiment {experiment!r}; run a sweep first (mlflow run . -e sweep)")
+        found = _latest_sweep(client, [exp.experiment_id])
+        if found is None:
+            raise NoSweep(f"experiment {experiment!r} has no sweep; run one first (mlflow run . -e sweep)")
+        return found
+    launched = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
+    found = _latest_sweep(client, [launched]) if launched else None
+    if found is None:
+        everywhere = [e.experiment_id for e in client.search_experiments(max_results=50000)]
+        found = _latest_sweep(client, everywhere)
+    if found is None:
+        raise NoSweep("no experiment has a sweep; run one first (mlflow run . -e sweep)")
+    return found
+
+
+def unquote(value: str) -> str:
+    """A param as `mlflow run` logged it, unquoted: it logs string values shell-quoted ("''")."""
+    try:
+        parts = shlex.split(value)
+    except ValueError:
+        return value
+    return "" if not parts else parts[0] if len(parts) == 1 else value
+
+
+def sweep_plan(parent: Run) -> tuple[list[TrainConfig], str]:
+    """The configurations the sweep planned, re-planned from its logged params, and the training
+    mode its children were launched with. An unreadable plan is an error: without it, failed and
+    missing seeds could not be told apart from configurations that were never planned."""
+    p = {k: unquote(v) for k, v in parent.data.params.items()}
+    overrides = {k: v for k, v in p.items() if k in FIELD_TYPES}
+    try:
+        preset = p.get("preset") or parent.data.tags.get(names.TAG_PRESET, "quick")
+        configs = plan(preset, p.get("grid", ""), int(p.get("seeds", "1") or 1), overrides)
+    except (ResnormError, ValueError) as e:
+        raise NoSweep(f"cannot re-plan sweep {parent.info.run_id} from its params: {e}") from None
+    return configs, p.get("mode", DEFAULT_MODE) or DEFAULT_MODE
+
+
+def without_seed(cfg: TrainConfig) -> TrainConfig:
+    """The configuration a run belongs to: every field but the seed."""
+    return dataclasses.replace(cfg, seed=TrainConfig.seed)
+
+
+def _config_of(params: dict) -> TrainConfig | None:
+    try:
+        return TrainConfig(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
+    except ResnormError:
+        return None
 
 
 def children(parent: Run) -> pd.DataFrame:
-    """One row per FINISHED child: run_id, run_name, typed config fields, and the final metrics."""
+    """One row per training run under the sweep, whatever its status: run_id, run_name, status,
+    start_time, error/device tags, typed config fields, mode, ``config`` (without the seed) and
+    the final metrics. Runs that are not training runs (no training params) are left out."""
     frame = mlflow.search_runs(
         experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=50000,
         output_format="pandas",
     )
-    columns = ["run_id", "run_name", *FIELD_TYPES, *FINAL_METRICS, "start_time"]
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    out = pd.DataFrame({"run_id": frame["run_id"], "run_name": frame.get("tags.mlflow.runName"),
-                        "start_time": frame["start_time"]})
-    for field in FIELD_TYPES:
-        raw = frame.get(f"params.{field}")
-        out[field] = None if raw is None else [None if pd.isna(v) else parse_value(field, v) for v in raw]
-    for key in FINAL_METRICS:
-        out[key] = frame.get(f"metrics.{key}")
-    # A configuration trained twice into one sweep (same seed) counts once: the latest run.
-    out = out.sort_values("start_time").drop_duplicates(subset=list(FIELD_TYPES), keep="last")
-    return out[columns].sort_values("start_time").reset_index(drop=True)
+    columns = ["run_id", "run_name", "status", "start_time", "error", "device", "speed", "versions", "splits",
+               *FIELD_TYPES, *LAUNCH_FIELDS, "config", *FINAL_METRICS, names.BEST_EPOCH]
+    records = []
+    for _, r in frame.iterrows():
+        params = {k.removeprefix("params."): v for k, v in r.items()
+                  if k.startswith("params.") and isinstance(v, str)}
+        cfg = _config_of(params) if "norm" in params else None
+        if cfg is None:
+            continue
+        record = {"run_id": r["run_id"], "run_name": r.get("tags.mlflow.runName"), "status": r["status"],
+                  "start_time": r["start_time"], "mode": params.get("mode", DEFAULT_MODE),
+                  "config": without_seed(cfg), **dataclasses.asdict(cfg)}
+        for column, tag in (("error", names.TAG_ERROR), ("device", names.TAG_DEVICE), ("speed", names.TAG_SPEED),
+                            ("versions", names.TAG_VERSIONS), ("splits", names.TAG_SPLIT_SIZES)):
+            value = r.get(f"tags.{tag}")
+            record[column] = value if isinstance(value, str) else ""
+        for key in (*FINAL_METRICS, names.BEST_EPOCH):
+            record[key] = r.get(f"metrics.{key}", float("nan"))
+        records.append(record)
+    out = pd.DataFrame.from_records(records, columns=columns)
+    return out.sort_values("start_time", kind="stable").reset_index(drop=True)
 
 
 def select(runs: pd.DataFrame, **where) -> pd.DataFrame:

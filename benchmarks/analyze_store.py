@@ -40,7 +40,10 @@ def main(runs: int, steps: int) -> None:
         client = MlflowClient()
         exp = client.create_experiment(names.EXPERIMENT)
         parent = client.create_run(exp, run_name="sweep-study", tags={names.TAG_SWEEP: "true", names.TAG_PRESET: "study"})
-        configs = plan("study", seeds=-(-runs // 27))[:runs]
+        seeds = -(-runs // 27)
+        configs = plan("study", seeds=seeds)[:runs]
+        # What the sweep logs: analyze re-plans from it (seeds beyond N show as missing).
+        client.log_batch(parent.info.run_id, params=[Param("preset", "study"), Param("seeds", str(seeds))])
         rng = np.random.default_rng(0)
         start = time.perf_counter()
         for cfg in configs:
@@ -62,7 +65,7 @@ def main(runs: int, steps: int) -> None:
         report = analyze(names.EXPERIMENT, "", os.path.join(folder, "report"))
         seconds = time.perf_counter() - start
         print(f"store: {runs} runs x {steps} steps x {len(names.EPOCH_METRICS)} metrics, built in {built:.1f} s")
-        print(f"analyze: {seconds:.2f} s for {report.runs} runs ({len(report.files)} files written)")
+        print(f"analyze: {seconds:.2f} s for {report.finished} runs ({len(report.files)} files written)")
 
 
 if __name__ == "__main__":

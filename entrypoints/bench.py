@@ -96,7 +96,7 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
     with mlflow.start_run(run_name=f"bench-{dev.type}-{image_size}px") as run:
         # `mlflow run` has logged its -P values already, in its own spelling: add only the others.
         log_new_params(mlflow.tracking.MlflowClient(), run.info.run_id, {k: str(v) for k, v in params.items()})
-        mlflow.set_tags({names.TAG_DEVICE: gpu, names.TAG_TORCH_VERSION: torch.__version__})
+        mlflow.set_tags({names.TAG_DEVICE: gpu, names.TAG_VERSIONS: f"torch {torch.__version__}, mlflow {mlflow.__version__}"})
         click.echo(title)
         rates, feeds, shares = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n,
                                      compile_mode, feed_files, share, progress=click.echo)

@@ -42,7 +42,6 @@ TAG_COMPILE_FALLBACK = "resnorm.compile_fallback"  # why torch.compile failed (t
 TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to (parent and children)
 TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
 TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
-TAG_TORCH_VERSION = "resnorm.torch"  # torch.__version__ of the process that trained or measured
 
 # Params beside the training configuration's own fields (TrainConfig.as_params).
 PARAM_NUM_CLASSES = "num_classes"
@@ -66,3 +65,20 @@ def registered_model(norm: str) -> str:
 # registered pt2 program is not): run artifacts next to the model (see resnorm.weights).
 WEIGHTS_STATE = "weights/state_dict.pt"  # the state dict, for torch.load(weights_only=True)
 WEIGHTS_CONFIG = "weights/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...
+
+# Provenance a training run records for the report (tags).
+TAG_VERSIONS = "resnorm.versions"  # "torch 2.x, mlflow 3.x" of the process that trained
+TAG_SPLIT_SIZES = "resnorm.split_sizes"  # "train=1257 val=270 test=270": images per split
+
+# Analysis runs: linked both ways with the sweep they analyse.
+TAG_ANALYSIS_OF = "resnorm.analysis_of"  # on an analysis run: the sweep's parent run id
+TAG_ANALYSIS = "resnorm.analysis"  # on a sweep's parent: its latest analysis run id
+
+
+def analysis_metric(table: str, row: str, stat: str) -> str:
+    """Key of a headline figure of an analysis run, e.g. ``table3/bn/test_accuracy_mean``.
+
+    Characters MLflow does not allow in a key (anything but letters, digits, ``_-. /``) become ``_``.
+    """
+    clean = "".join(c if c.isalnum() or c in "_-. " else "_" for c in row)
+    return f"{table}/{clean}/{stat}"

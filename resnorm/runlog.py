@@ -62,7 +62,8 @@ class RunLogger:
         if not self.client.get_run(self.run_id).info.run_name.startswith(cfg.run_name()):
             self.client.update_run(self.run_id, name=cfg.run_name())
         self.client.set_tag(self.run_id, names.TAG_DEVICE, str(device))
-        self.client.set_tag(self.run_id, names.TAG_TORCH_VERSION, torch.__version__)
+        self.client.set_tag(self.run_id, names.TAG_VERSIONS, f"torch {torch.__version__}, mlflow {mlflow.__version__}")
+        self.client.set_tag(self.run_id, names.TAG_SPLIT_SIZES, " ".join(f"{s}={len(data.split(s))}" for s in SPLITS))
 
     def log_dataset(self, data: DataBundle) -> None:
         """Record each split as a metadata-only MLflow dataset input (source, digest, context)."""

@@ -25,7 +25,7 @@ def test_study_is_the_27_configurations_behind_the_tables_and_figures():
 def test_quick_is_every_norm_for_a_few_epochs_on_digits():
     configs = plan("quick")
     assert [c.norm for c in configs] == list(NORM_NAMES)
-    assert {(c.epochs, c.data, c.optimizer, c.lr) for c in configs} == {(5, "digits", "sgd", 0.1)}
+    assert {(c.epochs, c.data, c.image_size, c.n, c.optimizer, c.lr) for c in configs} == {(15, "digits", 8, 1, "sgd", 0.1)}
 
 
 def test_user_values_pass_through_but_the_grid_wins():

@@ -73,37 +73,41 @@ def test_analyze_rebuilds_table_3_from_the_recorded_metrics(quick_sweep):
     folder, uri, client, parent = quick_sweep
     proc = mlflow_run("analyze", ["-P", f"out={folder / 'report'}"], uri, folder)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    # The main table is printed, one row per norm.
-    assert "Table 3: every norm, SGD lr 0.1, augmentation on" in proc.stdout
+    # The main table is printed, one row per norm, each 1 of 1 planned seeds.
+    assert "Table 3: every norm at the study's default optimiser (SGD lr 0.1, augmentation on)" in proc.stdout
     for norm in NORM_NAMES:
-        assert f"\n| {norm} |" in proc.stdout
-    # Every cell of Table 3 equals the child's logged metric.
-    by_norm = {r.data.params["norm"]: r.data.metrics for r in children_of(client, parent.info.run_id)}
+        assert f"\n| {norm} | 1/1 |" in proc.stdout
+    # Every cell of Table 3 equals the child's logged metric, and names the run behind it.
+    kids = {r.data.params["norm"]: r for r in children_of(client, parent.info.run_id)}
     with open(folder / "report" / "tables" / "table3.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 7 * 9
     for row in rows:
-        logged = by_norm[row["row"]][names.final_metric(row["split"], row["score"])]
+        logged = kids[row["row"]].data.metrics[names.final_metric(row["split"], row["score"])]
         assert float(row["mean"]) == pytest.approx(logged) and row["runs"] == "1"
+        assert row["run_ids"] == kids[row["row"]].info.run_id
     shown = (folder / "report" / "tables" / "table3.md").read_text()
-    bn_test = by_norm["bn"][names.final_metric("test", "accuracy")]
+    bn_test = kids["bn"].data.metrics[names.final_metric("test", "accuracy")]
     assert f"{bn_test * 100:.2f}" in shown.split("| bn |")[1].splitlines()[0]
+    # One seed: no significance test, and the report says so.
+    report_md = (folder / "report" / "report.md").read_text()
+    table3 = report_md.split("## Table 3")[1].split("\n## ")[0]
+    assert "No significance test" in table3 and "Fixed in every row:" in table3 and "epochs=1" in table3
     # Tables whose runs a quick sweep does not have say which are missing.
-    table4 = (folder / "report" / "report.md").read_text().split("## Table 4")[1].split("## ")[0]
-    assert "Missing (no finished run): torch_bn (torch_bn-adam-lr0.0001-aug-bs32)" in table4
-    # Figure 4 is drawn; the report is logged to an analysis run.
+    table4 = report_md.split("## Table 4")[1].split("\n## ")[0]
+    assert "Not in this sweep (no run): torch_bn (torch_bn-adam-lr0.0001-aug-bs32)" in table4
+    # Figure 4 is drawn and embedded in the page; the report is logged to an analysis run.
     with open(folder / "report" / "figures" / "figure4.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "<img src=\"figures/figure4.png\"" in (folder / "report" / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in (folder / "report" / "report.html").read_text()
     # The GradCAM grid of each norm's champion of this sweep (its Table 3 run).
     with open(folder / "report" / "figures" / "gradcam.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    gradcam_note = (folder / "report" / "report.md").read_text().split("## GradCAM of the champions")[1].split("## ")[0]
+    gradcam_note = report_md.split("## GradCAM of the champions")[1].split("\n## ")[0]
     for norm in NORM_NAMES:
-        run_id = next(r.info.run_id for r in children_of(client, parent.info.run_id) if r.data.params["norm"] == norm)
-        assert f"{norm} ({run_id[:8]})" in gradcam_note
+        assert f"{norm} ({kids[norm].info.run_id[:8]})" in gradcam_note
     exp = client.get_experiment_by_name(names.EXPERIMENT)
-    (analysis,) = client.search_runs([exp.experiment_id], f"tags.`resnorm.analysis_of` = '{parent.info.run_id}'")
+    (analysis,) = client.search_runs([exp.experiment_id], f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'")
     logged = {a.path for a in client.list_artifacts(analysis.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/tables", "report/figures"} <= logged
 
@@ -164,6 +168,8 @@ def test_analyze_without_a_sweep_says_so(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = script("analyze", [], uri, tmp_path, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: no experiment has a sweep; run one first (mlflow run . -e sweep)" in proc.stderr
+    proc = script("analyze", ["--experiment", "resnorm"], uri, tmp_path, timeout=120)
     assert "error: there is no experiment 'resnorm'; run a sweep first" in proc.stderr
     proc = script("analyze", ["--sweep-run-id", "0123456789abcdef"], uri, tmp_path, timeout=120)
     assert "error: run '0123456789abcdef' does not exist" in proc.stderr
@@ -207,7 +213,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
     not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
     reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",
 )
-def test_the_mlflow_ui_lists_the_children_under_the_sweep(quick_sweep, mlflow_ui):
+def test_the_mlflow_ui_lists_the_children_under_the_sweep_and_previews_the_report(quick_sweep, mlflow_ui, tmp_path):
     from playwright.sync_api import sync_playwright
 
     _, _, client, parent = quick_sweep
@@ -227,5 +233,33 @@ def test_the_mlflow_ui_lists_the_children_under_the_sweep(quick_sweep, mlflow_ui
             for norm in NORM_NAMES:
                 # At least once: a child that failed and ran again (the resume test) is listed twice.
                 assert page.get_by_text(f"{norm}-sgd-lr0.1-aug-bs32", exact=True).count() >= 1, norm
+            # The report in the artifact preview (a sandboxed iframe on a blob: URL): every figure loads.
+            analysis_id = analysis_run(client, parent, tmp_path)
+            page.goto(f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{analysis_id}"
+                      "/artifacts/report/report.html", wait_until="load")
+            frame = None
+            for _ in range(120):
+                frame = next((f for f in page.frames if f.url.startswith("blob:")), None)
+                if frame is not None and frame.evaluate("document.images.length") > 0:
+                    break
+                page.wait_for_timeout(500)
+            assert frame is not None, "the report was not previewed"
+            frame.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
+            sizes = frame.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+            assert len(sizes) >= 5 and all(w > 0 for w in sizes), sizes  # GradCAM, Figures 1, 3-6
+            assert frame.get_by_text("Provenance", exact=True).count() == 1
         finally:
             browser.close()
+
+
+def analysis_run(client, parent, folder):
+    """The sweep's latest analysis run (the analyze test made one); analyse it here if none."""
+    exp = client.get_experiment_by_name(names.EXPERIMENT)
+    query = f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'"
+    runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"])
+    if not runs:
+        proc = script("analyze", ["--sweep-run-id", parent.info.run_id, "--out", str(folder / "report")],
+                      client.tracking_uri, folder)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs = client.search_runs([exp.experiment_id], query)
+    return runs[0].info.run_id

@@ -46,7 +46,9 @@ def _study_points() -> list[dict[str, Any]]:
 # preset -> (its defaults under the user's values, its points)
 PRESET_SPECS: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
     "study": ({}, _study_points()),
-    "quick": ({"epochs": 5, "data": "digits"}, [{"norm": n} for n in NORM_NAMES]),
+    # The demo: the digits at their own 8x8 pixels, ResNet-8, 15 epochs: every norm >= 90 % test
+    # accuracy (seeds 0-2), training about 85 CPU-seconds in all (measured for issue 9).
+    "quick": ({"epochs": 15, "image_size": 8, "n": 1, "data": "digits"}, [{"norm": n} for n in NORM_NAMES]),
 }
 
 

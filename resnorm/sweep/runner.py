@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
 from resnorm.config import Launch, TrainConfig, resolve_device
-from resnorm.errors import ConfigError, ResnormError, one_line
+from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
 from resnorm.sweep.executors import Child, SweepContext, check_ray_address, run_local, run_ray
 from resnorm.sweep.planner import child_name, plan
 from resnorm.tracking import FINISHED, KILLED, check_tracking_server, log_new_params, use_default_experiment
@@ -110,10 +110,11 @@ def run_sweep(project_dir: str, spec: SweepSpec) -> None:
                 statuses = run_local(ctx, children, parallel, gpus)
             _check_finished(statuses, len(children), run_id)
         except KeyboardInterrupt as e:
-            client.set_tag(run_id, names.TAG_ERROR, f"{one_line(e) if str(e) else 'interrupted'}; "
-                           "its children were stopped; re-run into this parent (--run-id) to resume them")
+            reason = (f"{str(e) or 'interrupted'}; its running children were stopped; re-run into this parent "
+                      f"(mlflow run ... --run-id {run_id}) to resume them")
+            client.set_tag(run_id, names.TAG_ERROR, reason)
             mlflow.end_run(KILLED)
-            raise
+            raise Interrupted(reason) from e
         except BaseException as e:
             client.set_tag(run_id, names.TAG_ERROR, one_line(e))
             raise

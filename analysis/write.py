@@ -1,0 +1,130 @@
+"""Write a report as Markdown, CSV, LaTeX (tables and a document that compiles) and one
+self-contained HTML page (figures embedded as data: URIs, so the MLflow UI's artifact preview,
+a sandboxed iframe on a blob: URL where relative paths cannot load, shows them)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from matplotlib.figure import Figure
+
+from analysis import present
+from analysis.figures import FIGURES
+from analysis.report import Report
+from analysis.stats import METHOD_TEXT
+from analysis.tables import ALL_TABLE, Table
+
+DPI = 110
+HOW_TO_READ = (
+    "Rows are configurations: every training setting but the seed is the same within a row; runs that "
+    "differ in anything else are separate rows. `seeds` is finished/planned; a row marked † has a seed "
+    "that failed, is still running or never ran (listed under its table) and is neither tested nor "
+    "ranked as if it were complete. Scores are percentages of the kept (best-validation) model in eval "
+    "mode. Rows are ranked by mean test accuracy. " + METHOD_TEXT + " Cost: median seconds per epoch and "
+    "images per second over every epoch of every seed, median seconds up to the kept epoch."
+)
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+         " .wide{overflow-x:auto} table{border-collapse:collapse;font-size:90%}"
+         " td,th{padding:2px 8px;text-align:right;white-space:nowrap;border-bottom:1px solid #ddd}"
+         " img{max-width:100%;height:auto} .note{color:#444}")
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}">'
+
+
+def _table_parts(table: Table) -> tuple[str, list[str]]:
+    """The caption and the notes under the table (unfinished seeds, missing rows, the test)."""
+    notes = [f"Did not finish: {line}." for line in present.unfinished(table)]
+    if table.missing:
+        notes.append("Not in this sweep (no run): " + "; ".join(table.missing) + ".")
+    if table.rows and not table.tested:
+        notes.append("No significance test: fewer than two complete rows with at least 2 finished seeds.")
+    return present.caption(table), notes
+
+
+def write_table(out, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str]) -> None:
+    caption, notes = _table_parts(table)
+    md += [f"## {table.spec.title}", "", f"*{caption}*", ""]
+    page += [f"<h2>{html.escape(table.spec.title)}</h2>", f"<p class='note'>{html.escape(caption)}</p>"]
+    if table.rows:
+        shown = present.display(table)
+        present.tidy(table).to_csv(out / "tables" / f"{table_id}.csv", index=False)
+        (out / "tables" / f"{table_id}.md").write_text(present.to_markdown(shown) + "\n")
+        latex = present.to_latex(shown, caption, f"tab:{table_id}")
+        (out / "tables" / f"{table_id}.tex").write_text(latex)
+        md += [present.to_markdown(shown), ""]
+        page.append(f"<div class='wide'>{shown.to_html(border=0)}</div>")
+        tex.append(latex)
+    md += [f"- {n}" for n in notes] + [""]
+    page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+
+
+def _figures(report: Report, out, md: list[str], page: list[str]) -> None:
+    items = [("gradcam", "GradCAM of the champions", report.gradcam, [report.gradcam_note])]
+    items += [(s.id, s.title, report.figures[s.id],
+               [f"Missing (no finished run): {'; '.join(report.figure_missing[s.id])}."]
+               if report.figure_missing[s.id] else []) for s in FIGURES]
+    for fid, title, fig, notes in items:
+        md += [f"## {title}", ""]
+        page.append(f"<h2>{html.escape(title)}</h2>")
+        if fig is not None:
+            data = _png(fig)
+            (out / "figures" / f"{fid}.png").write_bytes(data)
+            md += [f"![{title}](figures/{fid}.png)", ""]
+            page.append(_img(data, title))
+        md += [n for n in notes if n] + [""]
+        page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes if n]
+
+
+def write(report: Report) -> None:
+    out = report.out_dir
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    parent = report.parent
+    title = f"resnorm study: sweep {parent.info.run_name} ({parent.info.run_id}), {parent.info.status}"
+    md = [f"# {title}", "", "## Provenance", "", *[f"- **{k}**: {v}" for k, v in report.provenance], "",
+          "## How to read the tables", "", HOW_TO_READ, ""]
+    page = [f"<h1>{html.escape(title)}</h1>", "<h2>Provenance</h2><ul>",
+            *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in report.provenance],
+            "</ul><h2>How to read the tables</h2>", f"<p>{html.escape(HOW_TO_READ)}</p>"]
+    tex: list[str] = []
+    for table_id, table in report.tables.items():
+        if table.rows or table_id != ALL_TABLE:
+            write_table(out, table_id, table, md, page, tex)
+    _figures(report, out, md, page)
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(page)}</body></html>\n")
+    (out / "report.tex").write_text(latex_document(title, report, tex))
+    report.files = sorted(p for p in out.rglob("*") if p.is_file())
+
+
+def latex_document(title: str, report: Report, tables: list[str]) -> str:
+    """A standalone document with the provenance and every table: ``pdflatex report.tex``."""
+    esc = present.latex_escape
+    items = [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in report.provenance]
+    return "\n".join([
+        r"\documentclass[10pt]{article}", r"\usepackage[utf8]{inputenc}",
+        r"\usepackage[margin=2cm]{geometry}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\begin{document}", rf"\section*{{{esc(title)}}}", r"\begin{itemize}", *items, r"\end{itemize}",
+        esc(HOW_TO_READ.replace("`", "")), "", *tables, r"\end{document}", "",
+    ])
+
+
+def summary(report: Report) -> str:
+    """The main table (or, when the sweep has none of its rows, every configuration) as text."""
+    from analysis.tables import MAIN_TABLE
+
+    table = report.tables[MAIN_TABLE] if report.tables[MAIN_TABLE].rows else report.tables[ALL_TABLE]
+    caption, notes = _table_parts(table)
+    return "\n".join([caption, "", present.to_markdown(present.display(table)), *notes])
