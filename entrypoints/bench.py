@@ -78,7 +78,9 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
     from analysis.tables import to_markdown
     from resnorm import bench as b
     from resnorm.engine import resolve_device
-    from resnorm.tracking import check_tracking_server, use_default_experiment
+    from mlflow.tracking import MlflowClient
+
+    from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment
 
     dev = resolve_device(device)
     for bs in batch_sizes:
@@ -91,7 +93,7 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
               "image_size": image_size, "steps": steps, "warmup": warmup, "classes": classes, "n": n,
               "compile_mode": compile_mode, "feed_files": feed_files, "share": ",".join(map(str, share)), "device": device}
     with mlflow.start_run(run_name=f"bench-{dev.type}-{image_size}px") as run:
-        mlflow.log_params(params)
+        log_new_params(MlflowClient(), run.info.run_id, params)  # `mlflow run` logged its -P values already
         mlflow.set_tags({"resnorm.device": gpu, "torch": torch.__version__})
         click.echo(f"bench on {gpu}, torch {torch.__version__}: ResNet-{6 * n + 2}, {image_size} px, {classes} classes")
         rates, feeds, shares = b.run(norms, batch_sizes, modes, image_size, dev, steps, warmup, classes, n,

@@ -13,6 +13,12 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosine", "step", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Bounds of values that pass the checks above and then fail deep inside torch or MLflow.
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+FLOAT32_MAX = 3.4028234663852886e38  # torch's optimisers hold lr and weight decay as float32
+INT_MAX = 2**31 - 1  # epochs, batch size, image size, groups: far beyond any real run, within every counter
+BYTES_PER_PARAMETER = 16  # float32 weights, gradients and up to two optimiser moments
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -58,6 +64,12 @@ class TrainConfig:
                 check_groups(self.groups, STAGE_CHANNELS)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        check_limits(self)
+
+    @property
+    def parameters(self) -> int:
+        """About how many weights the ResNet has (two 3x3 convolutions per block and stage)."""
+        return 18 * self.n * sum(c * c for c in STAGE_CHANNELS)
 
     @property
     def depth(self) -> int:
@@ -77,3 +89,27 @@ class TrainConfig:
         params["depth"] = self.depth
         # Booleans spelled as MLproject passes them, so runs started either way agree.
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+
+
+def check_limits(cfg: TrainConfig) -> None:
+    """Refuse values that are in range for click but would fail deep inside torch or MLflow."""
+    low, high = SEED_RANGE
+    if not low <= cfg.seed <= high:
+        raise ConfigError(f"seed {cfg.seed} is out of range; torch takes seeds from {low} to {high}")
+    for field in ("lr", "weight_decay"):
+        if getattr(cfg, field) > FLOAT32_MAX:
+            raise ConfigError(f"{field} {getattr(cfg, field):g} does not fit in float32 (at most {FLOAT32_MAX:.7g})")
+    for field in ("epochs", "batch_size", "image_size", "groups"):
+        if getattr(cfg, field) > INT_MAX:
+            raise ConfigError(f"{field} {getattr(cfg, field)} is too large; at most {INT_MAX}")
+    need = cfg.parameters * BYTES_PER_PARAMETER
+    if need > 2**30:  # only then is it worth reading the machine's memory
+        from resnorm.data import available_memory
+
+        available = available_memory()
+        if available is not None and need > 0.8 * available:
+            raise ConfigError(
+                f"n={cfg.n} makes a ResNet-{cfg.depth} of {cfg.parameters:.3g} weights, whose weights, gradients and "
+                f"optimiser state need {need / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB of memory is "
+                f"available; lower n"
+            )

@@ -196,7 +196,7 @@ def _decode_listing(listing, image_size: int, desc: str) -> tuple[list[str], tor
     return classes, images, labels
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
     try:
         with open("/proc/meminfo") as f:
@@ -210,7 +210,7 @@ def _available_memory() -> int | None:
 
 def _check_fits(root: Path, count: int, image_size: int) -> None:
     need = count * 3 * image_size * image_size
-    available = _available_memory()
+    available = available_memory()
     if available is not None and need > 0.8 * available:
         raise DataError(
             f"{root}: {count} images at image_size {image_size} need {need / 2**30:.1f} GiB decoded, but only "
