@@ -37,7 +37,9 @@ def gradcam(models: str, images: str, samples: int, output: str) -> None:
     models. The grid is logged as gradcam.png (with gradcam.json) to a run named 'gradcam'."""
     from resnorm.errors import ResnormError
     from resnorm.explain import GRID_ARTIFACT, explain, log_gradcam
+    from resnorm.tracking import check_tracking_server
 
+    check_tracking_server()  # a dead or refusing store: one line now, not a hang in MLflow's retries
     result = explain(_split(models), _split(images), samples)
     if output:  # before the run is logged: a path that cannot be written leaves no run behind
         try:

@@ -53,11 +53,13 @@ def train(device: str, mode: str, resume: str, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
     from resnorm.data import load_data
     from resnorm.engine import resolve_device, train as fit
-    from resnorm.tracking import check_tracking_server, resumable_config, training_run
+    from resnorm.tracking import check_resumable_run, check_tracking_server, resumable_config, training_run
 
     cfg = resumable_config(resume) if resume else TrainConfig(**options)
     dev = resolve_device(device)
     check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
+    if resume:
+        check_resumable_run(resume)
     data = load_data(cfg.data, cfg.image_size)
     with training_run(cfg, data, device, dev, resume, mode) as run:
         result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint, mode=mode)
