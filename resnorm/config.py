@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from resnorm.errors import ConfigError
@@ -65,6 +66,8 @@ class TrainConfig:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         check_limits(self)
+        if self.data not in ("digits", "synthetic"):  # a folder: absolute before it is logged or compared
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
 
     @property
     def parameters(self) -> int:

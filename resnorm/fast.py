@@ -9,6 +9,8 @@ unless ``fast`` is asked for, which the tests do to check that both paths learn 
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 import time
@@ -118,7 +120,7 @@ def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, st
 
 def _moved(data: DataBundle, move) -> DataBundle:
     splits = {s: Split(move(data.split(s).images), move(data.split(s).labels)) for s in ("train", "val", "test")}
-    return DataBundle(data.name, data.source, data.classes, **splits)
+    return dataclasses.replace(data, **splits)
 
 
 class CompiledModel:
