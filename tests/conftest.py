@@ -82,6 +82,18 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def assert_one_line(proc, *fragments: str) -> str:
+    """A finished process failed with exactly one ``error:`` line holding every fragment, and no
+    traceback; returns that line."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
 def free_port() -> int:
     import socket
 
