@@ -362,8 +362,10 @@ def test_a_server_that_refuses_the_user_is_one_line_before_any_work(tmp_path, mo
         api = f"{server.url}/api/2.0/mlflow"
         requests.post(f"{api}/users/create", json={"username": "guest", "password": "guest-password"},
                       auth=admin, timeout=30).raise_for_status()
-        requests.post(f"{api}/experiments/permissions/create", auth=admin, timeout=30, json={
-            "experiment_id": "0", "username": "guest", "permission": "NO_PERMISSIONS"}).raise_for_status()
+        granted = requests.post(f"{server.url}/api/3.0/mlflow/users/permissions/grant", auth=admin, timeout=30, json={
+            "username": "guest", "resource_type": "experiment", "resource_id": "0",
+            "permission": "DENY"})
+        assert granted.ok, granted.text
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         mlflow.set_tracking_uri(server.url)

@@ -95,7 +95,7 @@ class Readme:
                 (self.project / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, self.project / name)
         self.birds = folder / "birds"
-        for split, k in (("train", 8), ("val", 3), ("test", 3)):
+        for split, k in (("train", 12), ("val", 3), ("test", 3)):  # 36 training images: batch 32 fits
             make_class_tree(self.birds / split, per_class=k, seed=len(split))
         self.bird = folder / "bird.jpg"
         write_image(self.bird, (50, 60, 230), fmt="JPEG")
