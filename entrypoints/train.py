@@ -24,7 +24,7 @@ from resnorm.engine import train as fit  # noqa: E402
 from resnorm.fast import resolve_speed  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
 from resnorm.runlog import resumable_config, training_run  # noqa: E402
-from resnorm.tracking import check_tracking_server  # noqa: E402
+from resnorm.tracking import check_resumable_run, check_tracking_server  # noqa: E402
 
 D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Launch check the ranges
 
@@ -65,6 +65,8 @@ def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
     dev = resolve_device(launch.device)
     speed = resolve_speed(launch.mode, dev, cfg.batch_size, launch.compile_mode)
     check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
+    if resume:
+        check_resumable_run(resume)
     data = load_data(cfg.data, cfg.image_size)
     with training_run(cfg, data, launch, dev) as run:
         result = fit(cfg, data, dev, speed, on_epoch=run, snapshot_path=run.snapshot)

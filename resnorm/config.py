@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from resnorm.data import available_memory
 from resnorm.errors import ConfigError
 from resnorm.model import STAGE_CHANNELS
 from resnorm.norms import DEFAULT_GROUPS, NORM_NAMES, check_groups
@@ -36,6 +37,12 @@ def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _at_least(field: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{field} must be at least {low}, got {value}")
+
+# Bounds of values that pass the checks above and then fail deep inside torch or MLflow.
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+FLOAT32_MAX = 3.4028234663852886e38  # torch's optimisers hold lr and weight decay as float32
+INT_MAX = 2**31 - 1  # epochs, batch size, image size, groups: far beyond any real run, within every counter
+BYTES_PER_PARAMETER = 16  # float32 weights, gradients and up to two optimiser moments
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,14 @@ class TrainConfig:
                 check_groups(self.groups, STAGE_CHANNELS)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        check_limits(self)
+        if self.data not in ("digits", "synthetic"):  # a folder: absolute before it is logged or compared
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
+
+    @property
+    def parameters(self) -> int:
+        """About how many weights the ResNet has (two 3x3 convolutions per block and stage)."""
+        return 18 * self.n * sum(c * c for c in STAGE_CHANNELS)
 
     @property
     def depth(self) -> int:
@@ -163,3 +178,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
     return torch.device(name)
+
+
+def check_limits(cfg: TrainConfig) -> None:
+    """Refuse values that are in range for click but would fail deep inside torch or MLflow."""
+    low, high = SEED_RANGE
+    if not low <= cfg.seed <= high:
+        raise ConfigError(f"seed {cfg.seed} is out of range; torch takes seeds from {low} to {high}")
+    for field in ("lr", "weight_decay"):
+        if getattr(cfg, field) > FLOAT32_MAX:
+            raise ConfigError(f"{field} {getattr(cfg, field):g} does not fit in float32 (at most {FLOAT32_MAX:.7g})")
+    for field in ("epochs", "batch_size", "image_size", "groups"):
+        if getattr(cfg, field) > INT_MAX:
+            raise ConfigError(f"{field} {getattr(cfg, field)} is too large; at most {INT_MAX}")
+    need = cfg.parameters * BYTES_PER_PARAMETER
+    if need > 2**30:  # only then is it worth reading the machine's memory
+        available = available_memory()
+        if available is not None and need > 0.8 * available:
+            raise ConfigError(
+                f"n={cfg.n} makes a ResNet-{cfg.depth} of {cfg.parameters:.3g} weights, whose weights, gradients and "
+                f"optimiser state need {need / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB of memory is "
+                f"available; lower n"
+            )

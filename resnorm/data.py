@@ -15,6 +15,8 @@ Sources (the ``data`` parameter):
 from __future__ import annotations
 
 import hashlib
+import io
+import dataclasses
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +61,7 @@ class DataBundle:
     train: Split
     val: Split
     test: Split
+    duplicates: tuple[str, ...] = ()  # images byte-identical across splits, "train/a.png = test/b.png"
 
     @property
     def channels(self) -> int:
@@ -95,7 +98,11 @@ def load_data(data: str, image_size: int) -> DataBundle:
         return _digits(image_size)
     if data == "synthetic":
         return synthetic(image_size)
-    return _image_folder(Path(data).expanduser(), image_size)
+    bundle = _image_folder(Path(data).expanduser(), image_size)
+    if bundle.duplicates:
+        warn(f"{bundle.name}: {len(bundle.duplicates)} image(s) are byte-identical across train/val/test, "
+             f"so the scores overstate: {'; '.join(bundle.duplicates[:3])}")
+    return bundle
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -132,6 +139,8 @@ def _check_classes(where: str, classes) -> None:
 
 def _digits(image_size: int) -> DataBundle:
     digits = sklearn.datasets.load_digits()
+    # Resizing goes through float32: 4 bytes a pixel, then 1 for the uint8 result.
+    _check_fits("digits", len(digits.images), image_size, channels=1, bytes_per_value=5)
     # Pixel values are 0..16; scale them to the 0..255 of ordinary 8-bit images.
     images = torch.as_tensor(np.rint(digits.images * (255 / 16)), dtype=torch.uint8).unsqueeze(1)
     source = str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
@@ -141,8 +150,9 @@ def _digits(image_size: int) -> DataBundle:
 
 def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, seed: int = 0) -> DataBundle:
     """Noisy RGB images whose class sets the colour and the quadrant of a bright square."""
-    g = torch.Generator().manual_seed(seed)
     n = per_class * num_classes
+    _check_fits("synthetic", n, image_size, bytes_per_value=5)  # drawn as float32, kept as uint8
+    g = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     x = torch.rand(n, 3, image_size, image_size, generator=g) * 0.5
     half = image_size // 2
@@ -154,18 +164,39 @@ def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, s
     return _from_arrays("synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy())
 
 
-def decode_image(path: str | Path, image_size: int, channels: int = 3) -> torch.Tensor:
-    """One image file as uint8 (channels, image_size, image_size): grayscale, palette and RGBA files
-    become RGB (or L for one channel); the short side is resized to image_size and the centre
-    cropped square, as torchvision's Resize + CenterCrop do."""
+def read_image(path: str | Path, image_size: int, channels: int = 3) -> tuple[torch.Tensor, str]:
+    """One image file as uint8 (channels, image_size, image_size), and the SHA-256 of its bytes.
+
+    Grayscale, palette and RGBA files become RGB (or L for one channel), 16-bit ones scaled; the
+    short side is resized to image_size and the centre cropped square, as torchvision's Resize +
+    CenterCrop do."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.fit(img.convert("L" if channels == 1 else "RGB"), (image_size, image_size),
+        with open(path, "rb") as f:
+            raw = f.read()
+        with Image.open(io.BytesIO(raw)) as img:
+            img = ImageOps.fit(_to_mode(img, "L" if channels == 1 else "RGB"), (image_size, image_size),
                                Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e} Shrink the file or remove it from the folder") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
+    pixels = torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
+    return pixels, hashlib.sha256(raw).hexdigest()
+
+
+def decode_image(path: str | Path, image_size: int, channels: int = 3) -> torch.Tensor:
+    """``read_image``'s pixels alone."""
+    return read_image(path, image_size, channels)[0]
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``mode`` (RGB or L), 8 bits a channel. 16- and 32-bit grayscale (PNG's I;16 and I) is scaled
+    from 0..65535, not clipped: Pillow's own convert would saturate nearly every pixel to white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
 
 
 def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -175,7 +206,49 @@ def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:
         raise DataError(f"{root}: {e}") from None
+    for path in [*classes, *(p for p, _ in samples)]:
+        _check_name(path, root)
     return classes, [p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64)
+
+
+def _check_name(path: str, root: Path) -> None:
+    """An image or class name that is not valid UTF-8, or a link to nothing, is refused by name."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise DataError(f"{root}: the name {shown} is not valid UTF-8; rename it (MLflow and the reports need UTF-8)") from None
+    full = os.path.join(root, path)
+    if os.path.islink(full) and not os.path.exists(full):
+        raise DataError(f"{full} is a link to {os.readlink(full)}, which does not exist; remove the link or restore its target")
+
+
+def _own_files(listings: dict[str, tuple[list[str], list[str], np.ndarray]]) -> dict[str, tuple]:
+    """Each image file once, whatever links the folder holds: where several listed paths lead to one
+    file, it stays where the file itself is listed (not through a link), else at its first path."""
+    owner: dict[str, tuple[str, str]] = {}
+    for split, (_, paths, _) in listings.items():
+        for p in paths:
+            real = os.path.realpath(p)
+            if real not in owner or (p == real and owner[real][1] != real):
+                owner[real] = (split, p)
+    kept = {}
+    for split, (classes, paths, labels) in listings.items():
+        keep = [i for i, p in enumerate(paths) if owner[os.path.realpath(p)] == (split, p)]
+        kept[split] = (classes, [paths[i] for i in keep], labels[keep])
+    return kept
+
+
+def _cross_split_duplicates(root: Path, digests: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
+    """"a = b" for every image whose bytes appear in another split too ({split: [(path, sha256)]})."""
+    first: dict[str, tuple[str, str]] = {}
+    found = []
+    for split, items in digests.items():
+        for path, digest in items:
+            if digest in first and first[digest][0] != split:
+                found.append(f"{os.path.relpath(first[digest][1], root)} = {os.path.relpath(path, root)}")
+            first.setdefault(digest, (split, path))
+    return tuple(found)
 
 
 def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
@@ -184,21 +257,25 @@ def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str]
     return _decode_listing(_list_class_tree(root), image_size, desc)
 
 
-def _decode_listing(listing, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+def _decode_listing(listing, image_size: int, desc: str, digests: list[str] | None = None):
+    """(classes, images, labels); each file's SHA-256 is appended to ``digests`` when given."""
     classes, paths, labels = listing
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    hashes = [""] * len(paths)
 
     def decode_into(i: int) -> None:
-        images[i] = decode_image(paths[i], image_size)
+        images[i], hashes[i] = read_image(paths[i], image_size)
 
     workers = min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(workers) as pool:
         for _ in tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
             pass
+    if digests is not None:
+        digests.extend(hashes)
     return classes, images, labels
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
     try:
         with open("/proc/meminfo") as f:
@@ -210,9 +287,9 @@ def _available_memory() -> int | None:
     return None
 
 
-def _check_fits(root: Path, count: int, image_size: int) -> None:
-    need = count * 3 * image_size * image_size
-    available = _available_memory()
+def _check_fits(root: Path | str, count: int, image_size: int, channels: int = 3, bytes_per_value: int = 1) -> None:
+    need = count * channels * image_size * image_size * bytes_per_value
+    available = available_memory()
     if available is not None and need > 0.8 * available:
         raise DataError(
             f"{root}: {count} images at image_size {image_size} need {need / 2**30:.1f} GiB decoded, but only "
@@ -222,7 +299,7 @@ def _check_fits(root: Path, count: int, image_size: int) -> None:
 
 # The decoded images of a folder are kept on disk, keyed by every file's path, size and mtime and
 # by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: each file once whatever links, 16-bit scaled, cross-split duplicates kept
 
 
 def _folder_key(root: Path, image_size: int) -> str:
@@ -230,8 +307,9 @@ def _folder_key(root: Path, image_size: int) -> str:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            path = os.path.join(dirpath, name)
+            st = os.stat(path) if os.path.exists(path) else os.lstat(path)  # a dangling link is refused later, by name
+            h.update(f"{os.path.relpath(path, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
@@ -241,14 +319,15 @@ def _load_cached(path: Path, root: Path) -> DataBundle | None:
     try:
         state = torch.load(path, weights_only=True, mmap=True)
         splits = {s: Split(state[s]["images"], state[s]["labels"]) for s in SPLITS}
-        return DataBundle(str(root), str(root), tuple(state["classes"]), **splits)
+        return DataBundle(str(root), str(root), tuple(state["classes"]), **splits,
+                          duplicates=tuple(state.get("duplicates", ())))
     except Exception:  # noqa: BLE001 - a damaged cache is decoded again and rewritten
         return None
 
 
 def _save_cached(path: Path, data: DataBundle) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"classes": list(data.classes)}
+    state = {"classes": list(data.classes), "duplicates": list(data.duplicates)}
     state.update({s: {"images": data.split(s).images, "labels": data.split(s).labels} for s in SPLITS})
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
@@ -280,13 +359,15 @@ def _decode_folder(root: Path, image_size: int) -> DataBundle:
         missing = sorted(set(SPLITS) - set(present))
         raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
     listings = {s: _list_class_tree(root / s) for s in SPLITS} if present else {"": _list_class_tree(root)}
+    listings = _own_files(listings)
     _check_fits(root, sum(len(paths) for _, paths, _ in listings.values()), image_size)
     if not present:
-        classes, images, labels = _decode_listing(listings[""], image_size, f"decoding {root.name}")
-        return _from_arrays(str(root), str(root), classes, images, labels)
-    splits, classes = {}, None
+        return _decode_tree(root, listings[""], image_size)
+    splits, classes, digests = {}, None, {}
     for s in SPLITS:
-        names, images, labels = _decode_listing(listings[s], image_size, f"decoding {s}")
+        hashes: list[str] = []
+        names, images, labels = _decode_listing(listings[s], image_size, f"decoding {s}", hashes)
+        digests[s] = list(zip(listings[s][1], hashes))
         if classes is None:
             classes = names
         elif names != classes:
@@ -295,7 +376,18 @@ def _decode_folder(root: Path, image_size: int) -> DataBundle:
             )
         splits[s] = Split(images, torch.as_tensor(labels))
     _check_classes(str(root), classes)
-    return DataBundle(str(root), str(root), tuple(classes), **splits)
+    return DataBundle(str(root), str(root), tuple(classes), **splits, duplicates=_cross_split_duplicates(root, digests))
+
+
+def _decode_tree(root: Path, listing, image_size: int) -> DataBundle:
+    """A single class tree, decoded and split here 70/15/15."""
+    hashes: list[str] = []
+    classes, images, labels = _decode_listing(listing, image_size, f"decoding {root.name}", hashes)
+    bundle = _from_arrays(str(root), str(root), classes, images, labels)
+    paths = listing[1]
+    parts = _stratified_split(labels)  # the very split _from_arrays made
+    digests = {s: [(paths[i], hashes[i]) for i in parts[s]] for s in SPLITS}
+    return dataclasses.replace(bundle, duplicates=_cross_split_duplicates(root, digests))
 
 
 def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,6 +14,8 @@ only calls the runner.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from collections.abc import Iterator
@@ -117,7 +119,7 @@ def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, st
     free, _ = torch.cuda.mem_get_info(device)
     if need + TRAINING_RESERVE_BYTES <= free:
         splits = {s: Split(data.split(s).images.to(device), data.split(s).labels.to(device)) for s in SPLITS}
-        return DataBundle(data.name, data.source, data.classes, **splits), "gpu"
+        return dataclasses.replace(data, **splits), "gpu"
     return data, "host memory (batches staged through pinned memory)"
 
 

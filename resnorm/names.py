@@ -41,6 +41,7 @@ TAG_SPEED = "resnorm.speed"  # the training path that ran: plain, or fast with i
 TAG_COMPILE_FALLBACK = "resnorm.compile_fallback"  # why torch.compile failed (training went on eagerly)
 TAG_PRESET = "resnorm.preset"  # the sweep preset a run belongs to (parent and children)
 TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
+TAG_DUPLICATES = "resnorm.duplicates"  # images byte-identical across train/val/test: "n: a = b; ..."
 TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
 
 # Params beside the training configuration's own fields (TrainConfig.as_params).

@@ -80,6 +80,9 @@ class RunLogger:
         # same new dataset at the same moment (a parallel sweep, eight writers) can lose that race
         # with a unique-key error. The winner's row is then there: logging inputs is idempotent, so
         # trying again shortly after succeeds.
+        if data.duplicates:  # the same image in two splits: scores overstate; say so where the run is read
+            text = f"{len(data.duplicates)}: " + "; ".join(data.duplicates)
+            self.client.set_tag(self.run_id, names.TAG_DUPLICATES, text[:5000])
         for attempt in range(DATASET_LOG_ATTEMPTS):
             try:
                 self.client.log_inputs(self.run_id, datasets=inputs)

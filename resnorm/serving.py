@@ -27,9 +27,11 @@ import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import add_to_model
 from mlflow.types.schema import ColSpec, DataType, Map, Schema, TensorSpec
 
@@ -113,6 +115,7 @@ class ImageClassifier:
 
     def predict(self, data, params: dict | None = None) -> pd.DataFrame:
         x = torch.as_tensor(np.asarray(data, dtype=np.float32))  # (N, C, H, W) in [0, 1]
+        check_pixels(x)
         with torch.no_grad():
             probs = torch.softmax(self.program(x).double(), dim=1)  # (N, classes)
         best = probs.argmax(1).tolist()
@@ -123,6 +126,24 @@ class ImageClassifier:
                 "probability": [row[i] for row, i in zip(rows, best)],
                 "probabilities": [dict(zip(self.classes, row)) for row in rows],
             }
+        )
+
+
+def check_pixels(x: torch.Tensor) -> None:
+    """Refuse NaN, infinite or out-of-range pixels; the scoring server answers HTTP 400 with the message."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        raise MlflowException(
+            f"{int(bad.sum())} pixel value(s) are NaN or infinite (the first in image {int(bad.nonzero()[0, 0])}); "
+            "images must be float32 in [0, 1]",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    outside = (x < 0) | (x > 1)
+    if outside.any():
+        raise MlflowException(
+            f"{int(outside.sum())} pixel value(s) are outside [0, 1] (min {x.min().item():g}, max {x.max().item():g}, "
+            f"the first in image {int(outside.nonzero()[0, 0])}); images must be float32 in [0, 1]",
+            error_code=INVALID_PARAMETER_VALUE,
         )
 
 

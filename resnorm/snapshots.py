@@ -12,14 +12,17 @@ model logged.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
+import pickle
+import shutil
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from resnorm import home
-from resnorm.errors import ResnormError, RunBusy
+from resnorm.errors import ConfigError, ResnormError, RunBusy
 
 FILE = "snapshot.pt"
 
@@ -34,13 +37,36 @@ def save(state: dict[str, Any], path: Path) -> None:
     the previous epoch's snapshot intact rather than a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError of its zip writer
+        tmp.unlink(missing_ok=True)
+        raise ResnormError(_save_failed(state, path.parent, e)) from None
+
+
+def _save_failed(state: dict[str, Any], folder: Path, error: BaseException) -> str:
+    """Why a snapshot could not be written: the folder, the space it needs and the space there is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    need = buffer.getbuffer().nbytes
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        return (f"cannot write the snapshot to {folder}: it needs {need / 2**20:.1f} MiB but only {free / 2**20:.1f} "
+                f"MiB are free there; free some space or point RESNORM_HOME at a disk with room")
+    return f"cannot write the snapshot to {folder} ({need / 2**20:.1f} MiB): {' '.join(str(error).split())[:300]}"
 
 
 def load(path: Path) -> dict[str, Any]:
     """Read a snapshot without running pickled code (tensors, numbers, strings, lists, dicts)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConfigError(
+            f"the snapshot {path} is damaged and cannot be resumed ({why}); start the run anew without --resume, "
+            f"and delete {path.parent} once you no longer want it"
+        ) from None
 
 
 def remove(path: Path) -> None:

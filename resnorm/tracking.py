@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
-from resnorm.errors import TrackingUnavailable
+from resnorm.errors import ConfigError, TrackingUnavailable, one_line
 from resnorm.outbox import server_answers
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
@@ -34,6 +34,83 @@ def check_tracking_server(timeout: float = 5.0) -> None:
     if why is not None:
         raise TrackingUnavailable(
             f"tracking URI {uri!r} does not answer ({why}); start the server or set MLFLOW_TRACKING_URI to one that runs"
+        )
+    check_store(uri, timeout)
+
+
+STORE_SCHEMES = "sqlite:///path.db, postgresql://, mysql://, mssql://, http(s)://server"
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail in one line, before any work, when the store cannot be used: a scheme MLflow does not
+    know, MLflow 3's refused file store, or a server that refuses this user (HTTP 401/403)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
+        return _check_access(uri, timeout)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - MLflow raises several unrelated types for a URI it cannot use
+        raise TrackingUnavailable(_store_refused(uri, scheme, e)) from None
+
+
+def _store_refused(uri: str, scheme: str, error: Exception) -> str:
+    text = str(error)
+    if "unsupported URI" in text or "Could not find a registered" in text:
+        hint = " (PostgreSQL is postgresql://, not postgres://)" if scheme == "postgres" else ""
+        return f"tracking URI {uri!r}: MLflow has no store for the scheme {scheme!r}{hint}; use one of {STORE_SCHEMES}"
+    if "filesystem tracking backend" in text:
+        return (f"tracking URI {uri!r} is a file store, which MLflow 3 refuses; use a database such as "
+                "sqlite:///mlflow.db (`mlflow migrate-filestore` moves old runs over), or set MLFLOW_ALLOW_FILE_STORE=true")
+    return f"tracking URI {uri!r} cannot be used: {one_line(error)[:300]}"
+
+
+def _check_access(uri: str, timeout: float) -> None:
+    """One authenticated request as MLflow's client would make it; 401/403 become one line."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            who = f"the credentials of user {user!r}" if user is not None else "a client without credentials"
+            raise TrackingUnavailable(
+                f"tracking server {uri!r} refuses {who} (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an account of that server"
+            ) from None
+        if e.code == 403:
+            raise TrackingUnavailable(
+                f"tracking server {uri!r} does not let user {user!r} read experiments (HTTP 403); ask its admin "
+                "for READ permission (EDIT to log runs)"
+            ) from None
+    except (urllib.error.URLError, OSError):
+        pass  # check_tracking_server has just seen it answer; a blip here is for MLflow's retries
+
+
+def check_resumable_run(run_id: str) -> None:
+    """The run to resume must exist, not deleted, in this store (its checkpoint is on this machine)."""
+    uri = mlflow.get_tracking_uri()
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(
+            f"resume {run_id!r}: the tracking store {uri!r} has no such run; set MLFLOW_TRACKING_URI to the store "
+            "it was started in"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"resume {run_id!r}: the run is deleted in {uri!r}; restore it first (`mlflow runs restore --run-id "
+            f"{run_id}`) or start a new run"
         )
 
 

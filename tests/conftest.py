@@ -104,6 +104,18 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def assert_one_line(proc, *fragments: str) -> str:
+    """A finished process failed with exactly one ``error:`` line holding every fragment, and no
+    traceback; returns that line."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,14 +172,3 @@ def sqlite_server(tmp_path):
     yield server
     server.kill()
 
-
-def assert_one_line(proc, fragments) -> str:
-    """A process that failed the way the README promises: non-zero exit, no traceback, exactly one
-    ``error:`` line on stderr, holding every fragment. Returns that line."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]

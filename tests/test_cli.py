@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.data import load_data
 from resnorm.norms import NORM_NAMES
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 
@@ -45,24 +45,13 @@ def test_mlflow_run_trains_every_norm_into_a_complete_run(norm, mlflow_env, tmp_
     assert accuracy == pytest.approx(r.data.metrics[names.final_metric("test", "accuracy")])
 
 
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
-
 # Bad options and bad data: tests/test_bad_input.py catalogues them.
 
 
 @pytest.mark.slow
 def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, tmp_path):
     proc = run(TRAIN + ["--norm", "nn", "--lr", "1e10", "--epochs", "2", "--image-size", "8"], mlflow_env, tmp_path)
-    line = assert_one_line_error(proc, "the training loss became", "epoch 1", "lower the learning rate")
+    line = assert_one_line(proc, "the training loss became", "epoch 1", "lower the learning rate")
     client = MlflowClient()
     (r,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
     assert r.info.status == "FAILED"

@@ -85,7 +85,7 @@ def test_a_damaged_cache_is_decoded_again(split_folder):
 
 
 def test_a_folder_too_big_for_memory_stops_before_decoding(split_folder, monkeypatch):
-    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(data_module, "available_memory", lambda: 10_000)
     with pytest.raises(DataError, match=r"45 images at image_size 64 need 0\.0 GiB decoded, but only 0\.0 GiB"):
         load_data(str(split_folder), 64)
     assert not list(decoded_dir().glob("*.pt"))

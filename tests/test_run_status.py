@@ -63,7 +63,7 @@ def test_a_run_that_cannot_take_its_lock_is_failed_with_the_reason(mlflow_env, t
     (tmp_path / "a-file").write_text("")
     env = {**subprocess_env(mlflow_env), "RESNORM_HOME": str(tmp_path / "a-file" / "home")}  # cannot be a folder
     proc = subprocess.run(TRAIN + SMALL, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert_one_line(proc, ["cannot write the run's snapshot folder", "a-file/home/runs/", "RESNORM_HOME"])
+    assert_one_line(proc, "cannot write the run's snapshot folder", "a-file/home/runs/", "RESNORM_HOME")
     run = only_run(MlflowClient())
     assert run.info.status == "FAILED", "the lock is taken inside the run's failure handling, not before"
     assert run.data.tags[names.TAG_ERROR].startswith("cannot write the run's snapshot folder")
@@ -90,7 +90,7 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         # What a re-run sweep does: the same run id in MLFLOW_RUN_ID and --resume.
         refused = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": run_id},
                                  capture_output=True, text=True, timeout=300)
-        assert_one_line(refused, [f"run {run_id} is being trained by another live process (pid {proc.pid})"])
+        assert_one_line(refused, f"run {run_id} is being trained by another live process (pid {proc.pid})")
         live = client.get_run(run_id)
         assert live.info.status == "RUNNING" and names.TAG_ERROR not in live.data.tags, "the refusal touched the run"
         proc.send_signal(signal.SIGTERM)  # what Slurm, systemd and Kubernetes send

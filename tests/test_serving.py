@@ -164,3 +164,16 @@ def test_mlflow_models_serve_answers_with_class_names_and_probabilities(register
     wrong = requests.post(f"{server}/invocations", json={"inputs": torch.zeros(1, 1, 16, 16).tolist()}, timeout=60)
     assert wrong.status_code == 400
     assert "(-1, 1, 8, 8)" in wrong.json()["message"]
+
+    # Pixels the model cannot mean anything by are refused (HTTP 400) with the problem named, not
+    # answered with NaN probabilities: NaN, infinities and values outside [0, 1].
+    for value, fragment in ((float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"),
+                            (-0.5, "outside [0, 1]"), (2.0, "outside [0, 1]")):
+        bad = x[:2].clone()
+        bad[1, 0, 3, 4] = value
+        body = json.dumps({"inputs": bad.tolist()})  # bare NaN / Infinity, as a careless client sends them
+        answer = requests.post(f"{server}/invocations", data=body, headers={"Content-Type": "application/json"},
+                               timeout=60)
+        assert answer.status_code == 400, (value, answer.text)
+        message = answer.json()["message"]
+        assert fragment in message and "1 pixel value(s)" in message and "image 1" in message, message
