@@ -68,7 +68,7 @@ class TrainConfig:
         _choice("norm", self.norm, NORM_NAMES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
-        for field in ("epochs", "batch_size", "n"):
+        for field in ("epochs", "batch_size", "n", "groups"):
             _at_least(field, getattr(self, field), 1)
         _at_least("image_size", self.image_size, MIN_IMAGE_SIZE)
         for field in ("lr", "weight_decay", "momentum"):

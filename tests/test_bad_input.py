@@ -10,8 +10,8 @@ Classes of failure, each with its instances below:
    byte-identical images across splits warned about (one line) and tagged;
 5. the tracking store: a URI that does not answer, an unknown scheme, MLflow 3's refused file
    store, a server that refuses the user (401/403) - all before any work, on every entry point;
-6. resuming: no checkpoint, a damaged one, a run deleted or in another store;
-7. resources: the disk fills while the checkpoint is written.
+6. resuming: no snapshot, a damaged one, a run deleted or in another store;
+7. resources: the disk fills while the snapshot is written.
 
 Each ends in one line ``error: ...`` that names the value and what is allowed, a non-zero exit,
 no traceback, no run left RUNNING and nothing in the registry (a run that had started is FAILED
@@ -51,24 +51,27 @@ CASES = [
     # train: every option
     ("train", ["--norm", "batchnorm"], ["'batchnorm' is not one of", "'torch_bn'", "'nn'"]),
     ("train", ["--optimizer", "rmsprop"], ["'rmsprop' is not one of", "'sgd'", "'adam'"]),
-    ("train", ["--lr", "-0.1"], ["--lr", "-0.1", f"{NOT_IN_RANGE} x>0"]),
+    ("train", ["--lr", "-0.1"], ["lr must be a finite number >= 0, got -0.1"]),
+    ("train", ["--lr", "0"], ["lr must be greater than 0, got 0"]),
     ("train", ["--lr", "fast"], ["--lr", "'fast' is not a valid float"]),
-    ("train", ["--weight-decay", "-1"], ["--weight-decay", "-1", f"{NOT_IN_RANGE} x>=0"]),
-    ("train", ["--momentum", "1.5"], ["--momentum", "1.5", f"{NOT_IN_RANGE} 0<=x<=1"]),
+    ("train", ["--weight-decay", "-1"], ["weight_decay must be a finite number >= 0, got -1"]),
+    ("train", ["--momentum", "1.5"], ["momentum must be at most 1, got 1.5"]),
     ("train", ["--scheduler", "linear"], ["'linear' is not one of", "'cosine'", "'step'", "'none'"]),
-    ("train", ["--epochs", "0"], ["--epochs", f"0 {NOT_IN_RANGE} x>=1"]),
+    ("train", ["--epochs", "0"], ["epochs must be at least 1, got 0"]),
     ("train", ["--epochs", "two"], ["--epochs", "'two' is not a valid integer"]),
-    ("train", ["--batch-size", "0"], ["--batch-size", f"0 {NOT_IN_RANGE} x>=1"]),
+    ("train", ["--batch-size", "0"], ["batch_size must be at least 1, got 0"]),
     ("train", ["--augment", "maybe"], ["--augment", "'maybe' is not a valid boolean"]),
-    ("train", ["--n", "0"], ["--n", f"0 {NOT_IN_RANGE} x>=1"]),
-    ("train", ["--image-size", "4"], ["--image-size", f"4 {NOT_IN_RANGE} x>=8"]),
-    ("train", ["--groups", "0"], ["--groups", f"0 {NOT_IN_RANGE} x>=1"]),
+    ("train", ["--n", "0"], ["n must be at least 1, got 0"]),
+    ("train", ["--image-size", "4"], ["image_size must be at least 8, got 4"]),
+    ("train", ["--groups", "0"], ["groups must be at least 1, got 0"]),
+    ("train", ["--threads", "-1"], ["threads must be at least 0, got -1"]),
+    ("train", ["--threads", "two"], ["--threads", "'two' is not a valid integer"]),
     ("train", ["--norm", "gn", "--groups", "3"], ["groups=3 must divide", "allowed: 1, 2, 4, 8, 16"]),
     ("train", ["--seed", "1.5"], ["--seed", "'1.5' is not a valid integer"]),
     ("train", ["--data", "no-such-folder"], ["data '{tmp}/no-such-folder' is not a folder", "'digits', 'synthetic'"]),
     ("train", ["--device", "tpu"], ["'tpu' is not one of", "'auto'", "'cpu'", "'cuda'"]),
     ("train", ["--mode", "turbo"], ["'turbo' is not one of", "'auto'", "'plain'", "'fast'"]),
-    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no checkpoint", "interrupted on this machine"]),
+    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no snapshot", "interrupted on this machine"]),
     ("train", ["--colour", "red"], ["No such option '--colour'"]),
     # train: values click takes that would fail inside torch or MLflow
     ("train", ["--seed", "18446744073709551616"], ["seed 18446744073709551616 is out of range",
@@ -88,9 +91,9 @@ CASES = [
     ("sweep", ["--preset", "everything"], ["'everything' is not one of", "'quick'", "'study'", "'custom'"]),
     ("sweep", ["--preset", "custom", "--grid", "colour=red"], ["unknown parameter 'colour'", "valid: norm, optimizer"]),
     ("sweep", ["--preset", "custom", "--grid", "norm=bn,batchnorm"], ["unknown norm 'batchnorm'", "valid: torch_bn"]),
-    ("sweep", ["--seeds", "0"], ["--seeds", f"0 {NOT_IN_RANGE} x>=1"]),
+    ("sweep", ["--seeds", "0"], ["seeds must be at least 1, got 0"]),
     ("sweep", ["--executor", "slurm"], ["'slurm' is not one of", "'local'", "'ray'"]),
-    ("sweep", ["--parallel", "-1"], ["--parallel", f"-1 {NOT_IN_RANGE} x>=0"]),
+    ("sweep", ["--parallel", "-1"], ["parallel must be at least 0, got -1"]),
     ("sweep", ["--executor", "ray", "--ray-address", "nohost"], ["ray address 'nohost' is not host:port"]),
     ("sweep", ["--device", "tpu"], ["'tpu' is not one of", "'auto'"]),
     ("sweep", ["--mode", "turbo"], ["'turbo' is not one of", "'plain'", "'fast'"]),
@@ -391,20 +394,20 @@ def test_a_server_that_refuses_the_user_is_one_line_before_any_work(tmp_path, mo
 RUN_ID = "0123456789abcdef0123456789abcdef"
 
 
-def test_a_damaged_checkpoint_is_named_with_what_to_do(store, capsys):
+def test_a_damaged_snapshot_is_named_with_what_to_do(store, capsys):
     path = snapshots.path_for(RUN_ID)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 cut off mid-write")
-    one_line("train", ["--resume", RUN_ID], capsys, f"the checkpoint {path} is damaged", "without --resume")
+    one_line("train", ["--resume", RUN_ID], capsys, f"the snapshot {path} is damaged", "without --resume")
     nothing_left_behind(store)
 
 
-def a_resumable_checkpoint(run_id: str) -> None:
+def a_resumable_snapshot(run_id: str) -> None:
     snapshots.save({"config": TrainConfig(epochs=2, image_size=8, n=1).as_params()}, snapshots.path_for(run_id))
 
 
 def test_resuming_a_run_of_another_store_is_one_line(store, capsys):
-    a_resumable_checkpoint(RUN_ID)
+    a_resumable_snapshot(RUN_ID)
     one_line("train", ["--resume", RUN_ID], capsys, f"resume '{RUN_ID}': the tracking store '{store}' has no such run",
              "MLFLOW_TRACKING_URI")
     nothing_left_behind(store)
@@ -415,7 +418,7 @@ def test_resuming_a_deleted_run_is_one_line(store, capsys):
     run = client.create_run("0")
     client.set_terminated(run.info.run_id, "KILLED")
     client.delete_run(run.info.run_id)
-    a_resumable_checkpoint(run.info.run_id)
+    a_resumable_snapshot(run.info.run_id)
     one_line("train", ["--resume", run.info.run_id], capsys, "the run is deleted", "mlflow runs restore")
     nothing_left_behind(store)
     assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
@@ -424,7 +427,7 @@ def test_resuming_a_deleted_run_is_one_line(store, capsys):
 # Resources.
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs: room for a run's lock, not for its checkpoint."""
+    """A 256 KiB tmpfs: room for a run's lock, not for its snapshot."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
@@ -434,11 +437,11 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "--lazy", str(mount)], check=True)  # this process may still hold the run's lock file there
 
 
-def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(store, tiny_disk, monkeypatch, capsys):
+def test_a_full_disk_while_snapshotting_is_one_line_and_leaves_no_partial_file(store, tiny_disk, monkeypatch, capsys):
     monkeypatch.setenv("RESNORM_HOME", str(tiny_disk))
     line = one_line("train", ["--epochs", "2", "--image-size", "8", "--n", "1"], capsys,
-                    f"cannot write the checkpoint to {tiny_disk / 'runs'}/", "MiB but only", "RESNORM_HOME")
-    assert not list(tiny_disk.rglob("*.tmp")), "a partial checkpoint was left behind"
+                    f"cannot write the snapshot to {tiny_disk / 'runs'}/", "MiB but only", "RESNORM_HOME")
+    assert not list(tiny_disk.rglob("*.tmp")), "a partial snapshot was left behind"
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
                                 filter_string="attributes.status = 'FAILED'", max_results=1)

@@ -235,7 +235,7 @@ def run_train_on_server(r: Readme, cmd: str) -> None:
 
 
 def interrupted_run(r: Readme) -> str:
-    """A training killed (SIGKILL) after its first checkpoint: the id of a run to resume."""
+    """A training killed (SIGKILL) after its first snapshot: the id of a run to resume."""
     home = Path(r.env["RESNORM_HOME"]) / "runs"
     before = set(home.glob("*")) if home.exists() else set()
     proc = r.start(f"{sys.executable} entrypoints/train.py --norm bn --epochs 30 --image-size 8 --n 1", "killed.log")
