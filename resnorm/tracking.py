@@ -43,7 +43,10 @@ STORE_SCHEMES = "sqlite:///path.db, postgresql://, mysql://, mssql://, http(s):/
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
     """Fail in one line, before any work, when the store cannot be used: a scheme MLflow does not
-    know, MLflow 3's refused file store, or a server that refuses this user (HTTP 401/403)."""
+    know, MLflow 3's refused file store, or a server that does not know this user (HTTP 401).
+
+    A user the server knows but denies an experiment (403) is refused when the run is made: which
+    experiment that is, and whether the user may write to it, is not known here."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme in ("http", "https"):
         return _check_access(uri, timeout)
@@ -65,7 +68,7 @@ def _store_refused(uri: str, scheme: str, error: Exception) -> str:
 
 
 def _check_access(uri: str, timeout: float) -> None:
-    """One authenticated request as MLflow's client would make it; 401/403 become one line."""
+    """One authenticated request as MLflow's client would make it; 401 becomes one line."""
     import base64
     import urllib.error
     import urllib.request
@@ -85,11 +88,6 @@ def _check_access(uri: str, timeout: float) -> None:
             raise TrackingUnavailable(
                 f"tracking server {uri!r} refuses {who} (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD to an account of that server"
-            ) from None
-        if e.code == 403:
-            raise TrackingUnavailable(
-                f"tracking server {uri!r} does not let user {user!r} read experiments (HTTP 403); ask its admin "
-                "for READ permission (EDIT to log runs)"
             ) from None
     except (urllib.error.URLError, OSError):
         pass  # check_tracking_server has just seen it answer; a blip here is for MLflow's retries
