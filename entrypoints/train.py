@@ -14,6 +14,10 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resnorm.threads import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep, so a busy neighbour costs little
+
 from resnorm.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig  # noqa: E402
 from resnorm.fast import MODES  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
@@ -49,17 +53,24 @@ D = TrainConfig()  # the defaults, stated once
 @click.option("--resume", type=str, default="",
               help="Run id of an interrupted run to continue from its last completed epoch, into the same run "
               "(its configuration comes from its checkpoint; the training options above are then ignored).")
-def train(device: str, mode: str, resume: str, **options) -> None:
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Intra-op CPU threads (0: every CPU this process may use). On the CPU results depend on it.")
+def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
+    from resnorm import names
     from resnorm.data import load_data
     from resnorm.engine import resolve_device, train as fit
-    from resnorm.tracking import check_tracking_server, resumable_config, training_run
+    from resnorm.threads import use_threads
+    from resnorm.tracking import check_tracking_server, log_new_params, resumable_config, training_run
 
+    torch_threads = use_threads(threads)
     cfg = resumable_config(resume) if resume else TrainConfig(**options)
     dev = resolve_device(device)
     check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
     data = load_data(cfg.data, cfg.image_size)
     with training_run(cfg, data, device, dev, resume, mode) as run:
+        log_new_params(run.client, run.run_id,
+                       {names.PARAM_THREADS: str(threads), names.PARAM_TORCH_THREADS: str(torch_threads)})
         result = fit(cfg, data, dev, on_epoch=run, checkpoint_path=run.checkpoint, mode=mode)
         version = run.log_result(cfg, data, result)
     final = result.final_metrics()

@@ -54,3 +54,13 @@ def registered_model(norm: str) -> str:
 # registered pt2 program is not): run artifacts next to the model.
 CHECKPOINT_WEIGHTS = "checkpoint/weights.pt"  # the state dict, for torch.load(weights_only=True)
 CHECKPOINT_CONFIG = "checkpoint/model.json"  # n, num_classes, norm, in_channels, groups, classes, ...
+
+# Launch settings logged as params (not part of TrainConfig: they do not change what is trained,
+# but on the CPU the thread count changes the floating-point sums, so runs compare only with equals).
+PARAM_THREADS = "threads"  # as asked: 0 = every CPU the process may use
+PARAM_TORCH_THREADS = "torch_threads"  # what torch.set_num_threads was given
+
+# The per-epoch resume snapshot, kept in the run's artifact store while the run is unfinished, so
+# that any machine reaching the tracking server can resume it (resnorm.snapshots).
+SNAPSHOT_ARTIFACT_DIR = "snapshot"
+TAG_TRIAL = "resnorm.trial"  # on a Ray sweep's child: the Tune trial that trains it (a retried trial finds its run)

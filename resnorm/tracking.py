@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -103,6 +104,12 @@ class RunLogger:
         self.client = client or MlflowClient()
         self.checkpoint = snapshots.path_for(run_id)
         self.outbox = Outbox(run_id, self.client, mlflow.get_tracking_uri())
+        # An epoch's metrics go out only once the stored snapshot holds that epoch: a resume on
+        # another machine then never trains (and logs) an epoch a second time.
+        self.held: list[Metric] = []
+        self._held_lock = threading.Lock()
+        self.uploader = snapshots.Uploader(run_id, self.client, self.checkpoint, self._release,
+                                           mlflow.get_tracking_uri())
 
     def log_config(
         self, cfg: TrainConfig, data: DataBundle, requested_device: str, device: torch.device, mode: str = "auto"
@@ -142,22 +149,40 @@ class RunLogger:
                 time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
     def __call__(self, stats: EpochStats) -> None:
-        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background.
+        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background
+        once the artifact store's snapshot holds the epoch (the engine saved it locally just before).
 
         The epoch's own timestamp makes a re-sent epoch identical to the first, so MLflow keeps one.
         """
         now = stats.timestamp_ms or int(time.time() * 1000)
-        self.outbox.put([Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS])
+        metrics = [Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS]
+        with self._held_lock:
+            self.held.extend(metrics)
+        self.uploader.offer(stats.epoch)
+
+    def _release(self, epoch: int) -> None:
+        """The stored snapshot holds ``epoch``: its metrics (and earlier ones) may go out."""
+        with self._held_lock:
+            ready = [m for m in self.held if m.step <= epoch]
+            self.held = [m for m in self.held if m.step > epoch]
+        self.outbox.put(ready)
+
+    def close(self) -> None:
+        """Stop the background senders (what they still hold is in the local snapshot)."""
+        self.uploader.close()
+        self.outbox.close()
 
     def sync(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
         """Wait (bounded) until every epoch has reached the server; say how to finish if it has not."""
-        if self.outbox.pending:
-            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending} queued metrics"
-                  f" ({self.outbox.last_error or 'sending'})", flush=True)
-        if not self.outbox.drain(timeout):
+        if self.outbox.pending or self.held:
+            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending + len(self.held)}"
+                  f" queued metrics ({self.outbox.last_error or self.uploader.last_error or 'sending'})", flush=True)
+        deadline = time.monotonic() + timeout
+        if not self.uploader.drain(timeout) or not self.outbox.drain(max(0.0, deadline - time.monotonic())):
             raise TrackingUnavailable(
                 f"tracking server {mlflow.get_tracking_uri()!r} has not answered for {timeout:g}s "
-                f"({self.outbox.last_error}); {self.outbox.pending} metrics are not sent yet. Nothing is lost: "
+                f"({self.outbox.last_error or self.uploader.last_error}); {self.outbox.pending + len(self.held)} metrics "
+                f"are not sent yet. Nothing is lost: "
                 f"the checkpoint {self.checkpoint} holds every epoch. When the server is back, run "
                 f"`python entrypoints/train.py --resume {self.run_id}` to send them and log the model"
             )
@@ -268,14 +293,23 @@ def best_version(client: MlflowClient, name: str) -> int | None:
 
 
 def resumable_config(run_id: str) -> TrainConfig:
-    """The configuration of an interrupted run, read from its checkpoint on this machine."""
+    """The configuration of an interrupted run, read from its snapshot: the one in the run's
+    artifact store, or this machine's copy when that holds more epochs."""
     from resnorm.sweep import config_from_params
 
-    path = snapshots.path_for(run_id)
-    if not path.exists():
+    check_tracking_server()
+    client = MlflowClient()
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        raise ConfigError(f"resume {run_id!r}: no such run at {mlflow.get_tracking_uri()!r}") from None
+    if status == RunStatus.to_string(RunStatus.FINISHED):
+        raise ConfigError(f"resume {run_id!r}: the run has FINISHED; there is nothing to resume")
+    path = snapshots.fetch(client, run_id)
+    if path is None:
         raise ConfigError(
-            f"resume {run_id!r}: no checkpoint at {path}; only a run interrupted on this machine "
-            f"(with the same RESNORM_HOME={snapshots.home()}) can be resumed"
+            f"resume {run_id!r}: no checkpoint, neither in the run's artifacts nor at {snapshots.path_for(run_id)}; "
+            "the run ended before its first epoch did, so start it again"
         )
     return config_from_params(snapshots.load(path)["config"])
 
@@ -314,14 +348,17 @@ def training_run(
         yield logger
     except TrackingUnavailable:
         _give_up_quickly()
-        logger.outbox.close()
+        logger.close()
         raise
     except BaseException as e:
-        logger.outbox.close()
+        logger.close()
         logger.client.set_tag(logger.run_id, names.TAG_ERROR, one_line(e))
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
-    logger.outbox.close()
+    logger.close()
     mlflow.end_run()
-    snapshots.remove(logger.checkpoint)  # the run is complete in MLflow; nothing left to resume
+    # The run is complete in MLflow; nothing left to resume (a FINISHED run is never resumed, so a
+    # copy that outlives this, here or in the store, is ignored).
+    snapshots.forget(logger.client, logger.run_id)
+    snapshots.remove(logger.checkpoint)
     held.close()
