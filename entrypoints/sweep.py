@@ -47,15 +47,18 @@ def training_options(command):
               help="Children at once (0: one per GPU, or 1 without GPUs); more than the GPUs share them, "
               "parallel / GPUs trainings on each (local and ray).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
+@click.option("--storage-path", type=str, default="",
+              help="ray: where Tune keeps its state; on several machines a folder every node reaches (shared "
+              "file system) or a URI such as s3://bucket/path (empty: a temporary folder here).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="Device of every child.")
 @click.option("--mode", type=click.Choice(MODES), default="auto",
               help="Training path of every child: plain, fast, or auto (fast on CUDA).")
 @training_options
-def sweep(preset, grid, seeds, executor, parallel, ray_address, device, mode, **training) -> None:
+def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, device, mode, **training) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
     from resnorm.runner import run_sweep
 
-    run_sweep(PROJECT_DIR, preset, grid, seeds, executor, parallel, ray_address, device, training, mode)
+    run_sweep(PROJECT_DIR, preset, grid, seeds, executor, parallel, ray_address, device, training, mode, storage_path)
 
 
 def main() -> None:

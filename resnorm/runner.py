@@ -9,10 +9,18 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, snapshots
+from resnorm import names, snapshots, threads
 from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError, ResnormError, one_line
-from resnorm.executors import FINISHED, Child, SweepContext, check_ray_address, run_local, run_ray
+from resnorm.executors import (
+    FINISHED,
+    RAY_CPUS_PER_TRIAL,
+    Child,
+    SweepContext,
+    check_ray_address,
+    run_local,
+    run_ray,
+)
 from resnorm.sweep import child_name, config_from_params, plan
 from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment
 
@@ -37,7 +45,8 @@ def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: st
 
 
 def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
-    """Children that did not finish but left a checkpoint on this machine: config -> run id.
+    """Children that did not finish but left a checkpoint (in their run's artifacts or on this
+    machine): config -> run id.
 
     A child killed with its sweep stays RUNNING; one whose process died under a live sweep was
     marked FAILED. Either continues from its checkpoint rather than starting over.
@@ -50,7 +59,7 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
     )
     found = {}
     for run in runs:
-        if not snapshots.path_for(run.info.run_id).exists():
+        if not (snapshots.path_for(run.info.run_id).exists() or snapshots.stored(client, run.info.run_id)):
             continue
         try:
             found[config_from_params(run.data.params)] = run.info.run_id
@@ -89,6 +98,7 @@ def run_sweep(
     device: str,
     training: Mapping[str, str],
     mode: str = "auto",
+    storage_path: str = "",
 ) -> None:
     configs = plan(preset, grid, seeds, training)
     if executor == "ray":
@@ -98,7 +108,8 @@ def run_sweep(
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
     parallel = parallel or max(1, gpus)
     params = {"preset": preset, "grid": grid, "seeds": str(seeds), "executor": executor, "parallel": str(parallel),
-              "ray_address": ray_address, "device": device, "mode": mode, **{k: str(v) for k, v in training.items()}}
+              "ray_address": ray_address, "device": device, "mode": mode, "storage_path": storage_path,
+              **{k: str(v) for k, v in training.items()}}
 
     check_tracking_server()
     use_default_experiment()
@@ -115,8 +126,11 @@ def run_sweep(
             client.update_run(run_id, name=f"sweep-{preset}")
             done = finished_configs(client, parent.info.experiment_id, run_id)
             interrupted = interrupted_children(client, parent.info.experiment_id, run_id)
+            # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
+            per_child = RAY_CPUS_PER_TRIAL if executor == "ray" else threads.share(parallel)
             children = [
-                Child(c, child_name(c, seeds), device, interrupted.get(c, ""), mode) for c in configs if c not in done
+                Child(c, child_name(c, seeds), device, interrupted.get(c, ""), mode, per_child)
+                for c in configs if c not in done
             ]
             print(
                 f"sweep {preset} (run {run_id}): {len(configs)} configurations, "
@@ -126,7 +140,7 @@ def run_sweep(
             )
             ctx = SweepContext(run_id, parent.info.experiment_id, preset, project_dir)
             if executor == "ray":
-                statuses = run_ray(ctx, children, ray_address, gpus, per_gpu=max(1, parallel // max(1, gpus)))
+                statuses = run_ray(ctx, children, ray_address, gpus, max(1, parallel // max(1, gpus)), storage_path)
             else:
                 statuses = run_local(ctx, children, parallel, gpus)
             failed = [name for name, status in statuses.items() if status != FINISHED]
