@@ -48,7 +48,8 @@ CASES = [
     ("train", ["--data", "no-such-folder"], ["data 'no-such-folder' is not a folder", "'digits', 'synthetic'"]),
     ("train", ["--device", "tpu"], ["'tpu' is not one of", "'auto'", "'cpu'", "'cuda'"]),
     ("train", ["--mode", "turbo"], ["'turbo' is not one of", "'auto'", "'plain'", "'fast'"]),
-    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no checkpoint", "interrupted on this machine"]),
+    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no such run at"]),
+    ("train", ["--threads", "-1"], ["--threads", f"-1 {NOT_IN_RANGE} x>=0"]),
     ("train", ["--colour", "red"], ["No such option '--colour'"]),
     # sweep: its own options, then each training option as text
     ("sweep", ["--preset", "everything"], ["'everything' is not one of", "'quick'", "'study'", "'custom'"]),

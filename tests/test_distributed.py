@@ -119,8 +119,13 @@ class RayNode:
         self.proc = subprocess.Popen(["ray", "start", *args, *NODE_FLAGS], env=env, stdout=open(log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_started(self, timeout=180):
-        wait_for(lambda: "Ray runtime started" in open(self.log).read(), timeout, f"ray start ({self.log})")
+    def wait_started(self, timeout=300):
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in open(self.log).read():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start {'ended' if self.proc.poll() is not None else 'timed out'}: "
+                            f"{open(self.log).read()[-3000:]}")
+            time.sleep(0.3)
 
     def kill(self):
         kill_tree(self.proc.pid)
