@@ -27,7 +27,7 @@ from mlflow.utils.git_utils import get_git_commit
 
 from resnorm import names, snapshots
 from resnorm.config import TrainConfig
-from resnorm.errors import ConfigError
+from resnorm.errors import ConfigError, ResnormError
 
 EXECUTORS = ("local", "ray")
 FAILED = RunStatus.to_string(RunStatus.FAILED)
@@ -269,16 +269,21 @@ def run_ray(
 def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Child]) -> dict[str, str]:
     """Each child's status after the trials: its latest run's; one still RUNNING (its trial ran out
     of retries) is marked FAILED, and keeps its snapshot for a re-run of the sweep."""
+    from resnorm.sweep import config_from_params
+
     runs = client.search_runs(
         [ctx.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_run_id}'", max_results=10000
     )
     latest = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
-        latest[r.info.run_name] = r
+        try:
+            latest[config_from_params(r.data.params)] = r
+        except ResnormError:  # killed before it logged its params: a later attempt has them
+            continue
     for r in latest.values():
         if r.info.status == RUNNING:
             client.set_tag(r.info.run_id, names.TAG_ERROR,
                            f"its Ray trial failed {RAY_MAX_FAILURES + 1} times; re-run the sweep to resume it")
             client.set_terminated(r.info.run_id, FAILED)
-    return {c.name: FAILED if c.name not in latest or latest[c.name].info.status == RUNNING
-            else latest[c.name].info.status for c in children}
+    found = {c.name: latest.get(c.config) for c in children}
+    return {name: r.info.status if r is not None and r.info.status != RUNNING else FAILED for name, r in found.items()}

@@ -338,7 +338,10 @@ def training_run(
     if not resume:
         use_default_experiment()
     held = snapshots.lock(resume) if resume else None  # before the run is touched
-    run = mlflow.start_run(run_id=resume or None, run_name=None if resume else cfg.run_name())
+    # Under `mlflow run` (MLFLOW_RUN_ID) the run exists: a run_name here would rename it, and a sweep's
+    # child would lose its `-s{seed}`; log_config names a run that has no name of ours yet.
+    named = None if resume or pointer else cfg.run_name()
+    run = mlflow.start_run(run_id=resume or None, run_name=named)
     held = held or snapshots.lock(run.info.run_id)
     logger = RunLogger(run.info.run_id)
     try:
