@@ -202,6 +202,9 @@ def _ray_trial(trial_config: dict) -> None:
     client = MlflowClient()
     trial_id = tune.get_context().get_trial_id()
     run_id = child.resume or trial_run(client, ctx, trial_id)
+    if run_id and client.get_run(run_id).info.status == FINISHED:  # done; only the report was lost
+        tune.report({"finished": 1})
+        return
     if run_id and snapshots.stored(client, run_id):
         child = dataclasses.replace(child, resume=run_id)
     submitted = start_child(client, ctx, child, run_id=run_id, extra_tags={names.TAG_TRIAL: trial_id})

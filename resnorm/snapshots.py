@@ -171,7 +171,7 @@ class Uploader:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)  # an upload stuck on a dead server is left to die with the process
 
     def _upload_forever(self) -> None:
         while True:
