@@ -68,6 +68,16 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
     return found
 
 
+def children_to_run(client: MlflowClient, experiment_id: str, parent_run_id: str, configs, seeds: int, device: str,
+                    mode: str, per_child_threads: int) -> list[Child]:
+    """The planned configurations that have not finished, each resuming its interrupted run if it
+    has one. Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`."""
+    done = finished_configs(client, experiment_id, parent_run_id)
+    interrupted = interrupted_children(client, experiment_id, parent_run_id)
+    return [Child(c, child_name(c, seeds), device, interrupted.get(c, ""), mode, per_child_threads)
+            for c in configs if c not in done]
+
+
 def _unquote(value: str) -> str:
     """A param as `mlflow run` logged it, unquoted: it logs string values shell-quoted ("''")."""
     try:
@@ -124,14 +134,8 @@ def run_sweep(
             client.set_tag(run_id, names.TAG_SWEEP, "true")
             client.set_tag(run_id, names.TAG_PRESET, preset)
             client.update_run(run_id, name=f"sweep-{preset}")
-            done = finished_configs(client, parent.info.experiment_id, run_id)
-            interrupted = interrupted_children(client, parent.info.experiment_id, run_id)
-            # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
-            per_child = RAY_CPUS_PER_TRIAL if executor == "ray" else threads.share(parallel)
-            children = [
-                Child(c, child_name(c, seeds), device, interrupted.get(c, ""), mode, per_child)
-                for c in configs if c not in done
-            ]
+            children = children_to_run(client, parent.info.experiment_id, run_id, configs, seeds, device, mode,
+                                       RAY_CPUS_PER_TRIAL if executor == "ray" else threads.share(parallel))
             print(
                 f"sweep {preset} (run {run_id}): {len(configs)} configurations, "
                 f"{len(configs) - len(children)} already finished, {len(children)} to run "

@@ -157,6 +157,15 @@ def ray_cluster(sqlite_server):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def readme_sweep(address, folder):
+    """The README's "On several machines" command, with this cluster's address, a Tune folder and
+    three small children (seeds 0, 1, 2)."""
+    return ["mlflow", "run", str(ROOT), "-e", "sweep", "-P", "preset=custom", "-P", "grid=norm=bn", "-P", "seeds=3",
+            "-P", "epochs=" + str(EPOCHS), "-P", "image_size=8", "-P", "n=1", "-P", "device=cpu",
+            "-P", "executor=ray", "-P", f"ray_address={address}", "-P", f"storage_path={folder}/tune",
+            "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
+
+
 def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
     """Three children on a head and two workers; the worker training one of them is killed after
     that child's epoch 2. Tune retries the trial on the other worker, which resumes the same run
@@ -166,12 +175,7 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
     client = MlflowClient(sqlite_server.url)
     started = time.monotonic()
     timeline = []
-    # The README's "On several machines" command, with this cluster's address and a Tune folder.
-    cmd = ["mlflow", "run", str(ROOT), "-e", "sweep", "-P", "preset=custom", "-P", "grid=norm=bn", "-P", "seeds=3",
-           "-P", "epochs=" + str(EPOCHS), "-P", "image_size=8", "-P", "n=1", "-P", "device=cpu",
-           "-P", "executor=ray", "-P", f"ray_address={address}", "-P", f"storage_path={folder}/tune",
-           "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
-    sweep = subprocess.Popen(cmd, cwd=tmp_path, env={**subprocess_env(sqlite_server.url), "RESNORM_HOME": f"{folder}/home-driver"},
+    sweep = subprocess.Popen(readme_sweep(address, folder), cwd=tmp_path, env={**subprocess_env(sqlite_server.url), "RESNORM_HOME": f"{folder}/home-driver"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     victim = {}
 
