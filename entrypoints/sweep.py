@@ -44,7 +44,7 @@ def training_options(command):
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local",
               help="local: subprocesses on this machine; ray: Ray Tune trials.")
 @click.option("--parallel", type=click.IntRange(min=0), default=0,
-              help="Children at once (0: one per GPU, or 1 without GPUs); more than the GPUs share them, "
+              help="Children at once (0: one per GPU, or 2 without GPUs, each with half the cores); more than the GPUs share them, "
               "parallel / GPUs trainings on each (local and ray).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
 @click.option("--storage-path", type=str, default="",
