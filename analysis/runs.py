@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 from functools import lru_cache
 
 import mlflow
@@ -13,10 +12,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
-from resnorm.config import TrainConfig
+from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ResnormError
-from resnorm.config import FIELD_TYPES, parse_value
 from resnorm.sweep import plan
+from resnorm.tracking import unquote_param
 
 SPLITS = ("train", "val", "test")
 FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
@@ -67,20 +66,11 @@ def find_sweep(client: MlflowClient, experiment: str = "", sweep_run_id: str = "
     return found
 
 
-def unquote(value: str) -> str:
-    """A param as `mlflow run` logged it, unquoted: it logs string values shell-quoted ("''")."""
-    try:
-        parts = shlex.split(value)
-    except ValueError:
-        return value
-    return "" if not parts else parts[0] if len(parts) == 1 else value
-
-
 def sweep_plan(parent: Run) -> tuple[list[TrainConfig], str]:
     """The configurations the sweep planned, re-planned from its logged params, and the training
     mode its children were launched with. An unreadable plan is an error: without it, failed and
     missing seeds could not be told apart from configurations that were never planned."""
-    p = {k: unquote(v) for k, v in parent.data.params.items()}
+    p = {k: unquote_param(v) for k, v in parent.data.params.items()}
     overrides = {k: v for k, v in p.items() if k in FIELD_TYPES}
     try:
         preset = p.get("preset") or parent.data.tags.get(names.TAG_PRESET, "quick")
@@ -97,7 +87,7 @@ def without_seed(cfg: TrainConfig) -> TrainConfig:
 
 def _config_of(params: dict) -> TrainConfig | None:
     try:
-        return TrainConfig(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
+        return TrainConfig.from_params(params)
     except ResnormError:
         return None
 

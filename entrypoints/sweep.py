@@ -16,6 +16,10 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resnorm.threads import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP; the children inherit it with the environment
+
 from resnorm.cli import run_command  # noqa: E402
 from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402
@@ -46,16 +50,20 @@ def training_options(command):
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local",
               help="local: subprocesses on this machine; ray: Ray Tune trials.")
 @click.option("--parallel", type=int, default=0,
-              help="Children at once (0: one per GPU, or 1 without GPUs); more than the GPUs share them, "
+              help="Children at once (0: one per GPU, or 2 without GPUs, each with half the cores); more than the GPUs share them, "
               "parallel / GPUs trainings on each (local and ray).")
 @click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
+@click.option("--storage-path", type=str, default="",
+              help="ray: where Tune keeps its state; on several machines a folder every node reaches (shared "
+              "file system) or a URI such as s3://bucket/path (empty: a temporary folder here).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="Device of every child.")
 @click.option("--mode", type=click.Choice(MODES), default="auto",
               help="Training path of every child: plain, fast, or auto (fast on CUDA).")
 @training_options
-def sweep(preset, grid, seeds, executor, parallel, ray_address, device, mode, **training) -> None:
+def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, device, mode, **training) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
-    spec = SweepSpec(preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode))
+    spec = SweepSpec(preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode),
+                     storage_path)
     run_sweep(PROJECT_DIR, spec)
 
 

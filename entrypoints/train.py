@@ -14,6 +14,10 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resnorm.threads import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep, so a busy neighbour costs little
+
 import torch  # noqa: E402
 
 from resnorm import names  # noqa: E402
@@ -24,7 +28,7 @@ from resnorm.engine import train as fit  # noqa: E402
 from resnorm.fast import resolve_speed  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
 from resnorm.runlog import resumable_config, training_run  # noqa: E402
-from resnorm.tracking import check_resumable_run, check_tracking_server  # noqa: E402
+from resnorm.tracking import check_tracking_server  # noqa: E402
 
 D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Launch check the ranges
 
@@ -54,19 +58,18 @@ D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Lau
               "GPU; auto: fast on CUDA, plain on the CPU.")
 @click.option("--resume", type=str, default=L.resume,
               help="Run id of an interrupted run to continue from its last completed epoch, into the same run "
-              "(its configuration comes from its snapshot; the training options above are then ignored).")
+              "(its configuration comes from its snapshot, in the run's artifacts or on this machine; the "
+              "training options above are then ignored).")
 @click.option("--threads", type=int, default=L.threads,
-              help="torch's intra-op threads (>= 0); 0: every core this process may use.")
+              help="torch's intra-op threads (>= 0); 0: every core this process may use. On the CPU results depend on it.")
 def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
     launch = Launch(device=device, mode=mode, resume=resume, threads=threads)
-    cfg = resumable_config(resume) if resume else TrainConfig(**options)
     torch.set_num_threads(launch.torch_threads())
+    check_tracking_server()  # before anything else: a wrong URI should cost seconds, not a data load
+    cfg = resumable_config(resume) if resume else TrainConfig(**options)
     dev = resolve_device(launch.device)
     speed = resolve_speed(launch.mode, dev, cfg.batch_size, launch.compile_mode)
-    check_tracking_server()  # before loading data: a wrong URI should cost seconds, not a data load
-    if resume:
-        check_resumable_run(resume)
     data = load_data(cfg.data, cfg.image_size)
     with training_run(cfg, data, launch, dev) as run:
         result = fit(cfg, data, dev, speed, on_epoch=run, snapshot_path=run.snapshot)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from resnorm.data import available_memory
+from resnorm import names, threads
 from resnorm.errors import ConfigError
 from resnorm.model import STAGE_CHANNELS
 from resnorm.norms import DEFAULT_GROUPS, NORM_NAMES, check_groups
@@ -139,11 +140,6 @@ def parse_value(field: str, text: str) -> Any:
         raise ConfigError(f"{field}={text!r} is not a valid {kind}") from None
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which Slurm, taskset and containers set)."""
-    return len(os.sched_getaffinity(0))
-
-
 @dataclass(frozen=True)
 class Launch:
     """How and where a run is launched; none of it changes what is trained, only where and how fast
@@ -163,11 +159,11 @@ class Launch:
 
     def as_params(self) -> dict[str, str]:
         """The launch settings a training run logs, as asked (tags and ``torch_threads`` say what ran)."""
-        return {"device": self.device, "mode": self.mode, "threads": str(self.threads)}
+        return {"device": self.device, "mode": self.mode, names.PARAM_THREADS: str(self.threads)}
 
     def torch_threads(self) -> int:
         """The intra-op thread count this launch asks for, resolved."""
-        return self.threads or available_cores()
+        return self.threads or threads.available()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -46,6 +46,7 @@ TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` mad
 
 # Params beside the training configuration's own fields (TrainConfig.as_params).
 PARAM_NUM_CLASSES = "num_classes"
+PARAM_THREADS = "threads"  # as asked: 0 = every CPU the process may use (a launch setting, see config.Launch)
 PARAM_TORCH_THREADS = "torch_threads"  # intra-op threads the run trained with (the `threads` param resolved)
 
 # A failed run's full traceback (its one-line reason is the resnorm.error tag).
@@ -83,3 +84,8 @@ def analysis_metric(table: str, row: str, stat: str) -> str:
     """
     clean = "".join(c if c.isalnum() or c in "_-. " else "_" for c in row)
     return f"{table}/{clean}/{stat}"
+
+# The per-epoch resume snapshot, kept in the run's artifact store while the run is unfinished, so
+# that any machine reaching the tracking server can resume it (resnorm.snapshots).
+SNAPSHOT_ARTIFACT_DIR = "snapshot"
+TAG_TRIAL = "resnorm.trial"  # on a Ray sweep's child: the Tune trial that trains it (a retried trial finds its run)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 
@@ -33,8 +34,8 @@ from resnorm.errors import ConfigError, Interrupted, TrackingUnavailable, one_li
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
-from resnorm.tracking import (FAILED, KILLED, check_tracking_server, give_up_quickly, log_new_params, promote_if_better,
-                              record_failure, use_default_experiment)
+from resnorm.tracking import (FAILED, FINISHED, KILLED, check_resumable_run, check_tracking_server, give_up_quickly,
+                              log_new_params, promote_if_better, record_failure, use_default_experiment)
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
@@ -53,6 +54,11 @@ class RunLogger:
         self.client = client or MlflowClient()
         self.snapshot = snapshots.path_for(run_id)
         self.outbox = Outbox(run_id, self.client, mlflow.get_tracking_uri())
+        # An epoch's metrics go out only once the stored snapshot holds that epoch: a resume on
+        # another machine then never trains (and logs) an epoch a second time.
+        self.held: list[Metric] = []
+        self._held_lock = threading.Lock()
+        self.uploader = snapshots.Uploader(run_id, self.client, self.snapshot, self._release, mlflow.get_tracking_uri())
 
     def log_config(self, cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> None:
         params = {**cfg.as_params(), **launch.as_params(), names.PARAM_NUM_CLASSES: str(data.num_classes),
@@ -93,22 +99,40 @@ class RunLogger:
                 time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
     def __call__(self, stats: EpochStats) -> None:
-        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background.
+        """The engine's per-epoch callback: one batch per epoch, step = epoch, sent in the background
+        once the artifact store's snapshot holds the epoch (the engine saved it locally just before).
 
         The epoch's own timestamp makes a re-sent epoch identical to the first, so MLflow keeps one.
         """
         now = stats.timestamp_ms or int(time.time() * 1000)
-        self.outbox.put([Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS])
+        metrics = [Metric(key, float(getattr(stats, key)), now, stats.epoch) for key in names.EPOCH_METRICS]
+        with self._held_lock:
+            self.held.extend(metrics)
+        self.uploader.offer(stats.epoch)
+
+    def _release(self, epoch: int) -> None:
+        """The stored snapshot holds ``epoch``: its metrics (and earlier ones) may go out."""
+        with self._held_lock:
+            ready = [m for m in self.held if m.step <= epoch]
+            self.held = [m for m in self.held if m.step > epoch]
+        self.outbox.put(ready)
+
+    def close(self) -> None:
+        """Stop the background senders (what they still hold is in the local snapshot)."""
+        self.uploader.close()
+        self.outbox.close()
 
     def sync(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
         """Wait (bounded) until every epoch has reached the server; say how to finish if it has not."""
-        if self.outbox.pending:
-            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending} queued metrics"
-                  f" ({self.outbox.last_error or 'sending'})", flush=True)
-        if not self.outbox.drain(timeout):
+        if self.outbox.pending or self.held:
+            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending + len(self.held)}"
+                  f" queued metrics ({self.outbox.last_error or self.uploader.last_error or 'sending'})", flush=True)
+        deadline = time.monotonic() + timeout
+        if not self.uploader.drain(timeout) or not self.outbox.drain(max(0.0, deadline - time.monotonic())):
             raise TrackingUnavailable(
                 f"tracking server {mlflow.get_tracking_uri()!r} has not answered for {timeout:g}s "
-                f"({self.outbox.last_error}); {self.outbox.pending} metrics are not sent yet. Nothing is lost: "
+                f"({self.outbox.last_error or self.uploader.last_error}); {self.outbox.pending + len(self.held)} "
+                f"metrics are not sent yet. Nothing is lost: "
                 f"the snapshot {self.snapshot} holds every epoch. When the server is back, run "
                 f"`{resume_command(self.run_id)}` to send them and log the model"
             )
@@ -161,12 +185,17 @@ class RunLogger:
 
 
 def resumable_config(run_id: str) -> TrainConfig:
-    """The configuration of an interrupted run, read from its snapshot on this machine."""
-    path = snapshots.path_for(run_id)
-    if not path.exists():
+    """The configuration of an interrupted run, read from its snapshot: the one in the run's
+    artifact store, or this machine's copy when that holds more epochs. The run must exist in this
+    store, not deleted, not FINISHED."""
+    client = MlflowClient()
+    if check_resumable_run(run_id).info.status == FINISHED:
+        raise ConfigError(f"resume {run_id!r}: the run has FINISHED; there is nothing to resume")
+    path = snapshots.fetch(client, run_id)
+    if path is None:
         raise ConfigError(
-            f"resume {run_id!r}: no snapshot at {path}; only a run interrupted on this machine "
-            f"(with the same RESNORM_HOME={path.parents[2]}) can be resumed"
+            f"resume {run_id!r}: no snapshot, neither in the run's artifacts nor at {snapshots.path_for(run_id)}; "
+            "the run ended before its first epoch did, so start it again"
         )
     return TrainConfig.from_params(snapshots.load(path)["config"])
 
@@ -181,8 +210,11 @@ def _open(cfg: TrainConfig, resume: str):
         MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
     if not resume:
         use_default_experiment()
+    # Under `mlflow run` (MLFLOW_RUN_ID) the run exists: a run_name here would rename it, and a sweep's
+    # child would lose its `-s{seed}`; log_config names a run that has no name of ours yet.
+    named = None if resume or pointer else cfg.run_name()
     try:
-        return mlflow.start_run(run_id=resume or None, run_name=None if resume else cfg.run_name()), held
+        return mlflow.start_run(run_id=resume or None, run_name=named), held
     except BaseException:
         if held is not None:
             held.close()
@@ -208,27 +240,30 @@ def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: tor
         yield logger
     except TrackingUnavailable:
         give_up_quickly()
-        logger.outbox.close()
+        logger.close()
         _release(held)
         raise
     except KeyboardInterrupt as e:
-        logger.outbox.close()
+        logger.close()
         reason = f"{str(e) or 'interrupted'}; continue it with `{resume_command(logger.run_id)}`"
         record_failure(logger.client, logger.run_id, reason)
         mlflow.end_run(KILLED)
         _release(held)
         raise Interrupted(reason) from e
     except BaseException as e:
-        logger.outbox.close()
+        logger.close()
         record_failure(logger.client, logger.run_id, one_line(e), e)
         mlflow.end_run(FAILED)
         _release(held)
         raise
-    logger.outbox.close()
+    logger.close()
     if launch.resume and names.TAG_ERROR in logger.client.get_run(logger.run_id).data.tags:
         logger.client.delete_tag(logger.run_id, names.TAG_ERROR)  # an earlier attempt's reason no longer holds
     mlflow.end_run()
-    snapshots.remove(logger.snapshot)  # the run is complete in MLflow; nothing left to resume
+    # The run is complete in MLflow; nothing left to resume (a FINISHED run is never resumed, so a
+    # copy that outlives this, here or in the store, is ignored).
+    snapshots.forget(logger.client, logger.run_id)
+    snapshots.remove(logger.snapshot)
     held.close()
 
 

@@ -6,7 +6,10 @@ written after every epoch so that a run killed at any moment (``kill -9``, a los
 server that went away) costs at most one epoch: ``train --resume RUN_ID`` continues it into the same
 MLflow run. It lives in a local folder keyed by the run id, ``$RESNORM_HOME/runs/<run_id>/snapshot.pt``
 (``RESNORM_HOME`` defaults to ``~/.resnorm``), and is removed once the run has FINISHED with its
-model logged.
+model logged. A background thread (``Uploader``) copies it to the run's artifact store as
+``snapshot/snapshot.pt`` after every epoch, where every machine that reaches the tracking server
+finds it: a resume on another machine, with an empty ``RESNORM_HOME``, downloads it (``fetch``);
+the local file is then a cache. Both are removed once the run has FINISHED.
 """
 
 from __future__ import annotations
@@ -16,13 +19,20 @@ import io
 import os
 import pickle
 import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
 
-from resnorm import home
-from resnorm.errors import ConfigError, ResnormError, RunBusy
+from resnorm import home, names
+from resnorm.errors import ConfigError, ResnormError, RunBusy, warn
+from resnorm.outbox import RETRY_SECONDS, server_answers
 
 FILE = "snapshot.pt"
 
@@ -73,6 +83,10 @@ def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_name("lock").unlink(missing_ok=True)
     try:
+        (path.parent / "upload").rmdir()
+    except OSError:
+        pass
+    try:
         path.parent.rmdir()
     except OSError:  # something else lives there; leave the folder
         pass
@@ -117,3 +131,124 @@ def lock(run_id: str) -> IO:
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+def artifact_path() -> str:
+    """The snapshot's path among the run's artifacts."""
+    return f"{names.SNAPSHOT_ARTIFACT_DIR}/{FILE}"
+
+
+def stored(client: MlflowClient, run_id: str) -> bool:
+    """Whether the run's artifact store holds a snapshot."""
+    return any(f.path == artifact_path() for f in client.list_artifacts(run_id, names.SNAPSHOT_ARTIFACT_DIR))
+
+
+def epochs_in(path: Path) -> int:
+    return len(load(path)["history"])
+
+
+def fetch(client: MlflowClient, run_id: str) -> Path | None:
+    """The run's snapshot on this machine, brought from its artifact store when the local copy is
+    missing or holds fewer epochs (a cache left by an earlier attempt); None when neither exists."""
+    local = path_for(run_id)
+    if stored(client, run_id):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=local.parent) as tmp:
+            got = Path(client.download_artifacts(run_id, artifact_path(), tmp))
+            if not local.exists() or epochs_in(got) > epochs_in(local):
+                os.replace(got, local)
+    return local if local.exists() else None
+
+
+def forget(client: MlflowClient, run_id: str) -> None:
+    """Delete the stored snapshot of a FINISHED run (a store that refuses deletes keeps it: a
+    FINISHED run is never resumed, so it is only wasted space)."""
+    try:
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        repo.delete_artifacts(names.SNAPSHOT_ARTIFACT_DIR)
+    except Exception as e:  # noqa: BLE001 - the run is complete; a leftover file harms nothing
+        warn(f"could not delete the snapshot of finished run {run_id} from its artifact store: {e}")
+
+
+class Uploader:
+    """Copies a run's snapshot to its artifact store in a background thread, latest first.
+
+    ``offer(epoch)`` says the local file now holds ``epoch``; the thread takes a hard link of the
+    file (a later epoch's atomic replace leaves the link intact), uploads it and calls
+    ``on_stored(epoch)``. Epochs offered during an upload are folded into the next one, so a slow
+    store gets every K-th epoch rather than a queue, and training never waits. While the tracking
+    server does not answer, it retries every few seconds.
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient, path: Path, on_stored: Callable[[int], None],
+                 tracking_uri: str = "") -> None:
+        self.run_id, self.client, self.path, self.on_stored = run_id, client, path, on_stored
+        self.tracking_uri = tracking_uri
+        self.wanted = self.stored = 0  # epochs: offered, and held by the store
+        self.uploads: list[tuple[float, int]] = []  # (seconds, bytes) of each upload
+        self.last_error: str | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._upload_forever, name=f"snapshot-{run_id}", daemon=True)
+        self._thread.start()
+
+    def offer(self, epoch: int) -> None:
+        with self._cond:
+            self.wanted = max(self.wanted, epoch)
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the store holds every offered epoch."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.stored < self.wanted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)  # an upload stuck on a dead server is left to die with the process
+
+    def _upload_forever(self) -> None:
+        while True:
+            with self._cond:
+                while self.stored >= self.wanted and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                epoch = self.wanted
+            why = self._upload_once()
+            with self._cond:
+                if why is None:
+                    self.stored, self.last_error = max(self.stored, epoch), None
+                    self._cond.notify_all()
+                else:
+                    self.last_error = why
+                    self._cond.wait(RETRY_SECONDS)
+            if why is None:
+                self.on_stored(epoch)
+
+    def _upload_once(self) -> str | None:
+        """Upload the file as it is now; None on success, else why not."""
+        why = server_answers(self.tracking_uri, timeout=2.0) if self.tracking_uri else None
+        if why is not None:
+            return why
+        staging = self.path.parent / "upload"
+        staging.mkdir(parents=True, exist_ok=True)
+        link = staging / FILE
+        try:
+            link.unlink(missing_ok=True)
+            os.link(self.path, link)
+            start = time.perf_counter()
+            self.client.log_artifact(self.run_id, str(link), names.SNAPSHOT_ARTIFACT_DIR)
+            self.uploads.append((time.perf_counter() - start, link.stat().st_size))
+        except Exception as e:  # noqa: BLE001 - any failure: keep the epoch, retry later
+            return f"{type(e).__name__}: {e}"
+        finally:
+            link.unlink(missing_ok=True)
+        return None

@@ -6,10 +6,11 @@ failing a run with its reason, params that `mlflow run` may have logged first, a
 from __future__ import annotations
 
 import os
+import shlex
 import traceback
 
 import mlflow
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -93,8 +94,8 @@ def _check_access(uri: str, timeout: float) -> None:
         pass  # check_tracking_server has just seen it answer; a blip here is for MLflow's retries
 
 
-def check_resumable_run(run_id: str) -> None:
-    """The run to resume must exist, not deleted, in this store (its checkpoint is on this machine)."""
+def check_resumable_run(run_id: str) -> Run:
+    """The run to resume, which must exist, not deleted, in this store."""
     uri = mlflow.get_tracking_uri()
     try:
         run = MlflowClient().get_run(run_id)
@@ -110,6 +111,7 @@ def check_resumable_run(run_id: str) -> None:
             f"resume {run_id!r}: the run is deleted in {uri!r}; restore it first (`mlflow runs restore --run-id "
             f"{run_id}`) or start a new run"
         )
+    return run
 
 
 def give_up_quickly() -> None:
@@ -157,6 +159,15 @@ def fail_pending_run(reason: str, error: BaseException | None = None, status: st
         return
     record_failure(client, run_id, reason, error)
     client.set_terminated(run_id, status)
+
+
+def unquote_param(value: str) -> str:
+    """A param as `mlflow run` logged it, unquoted: it logs string values shell-quoted ("''")."""
+    try:
+        parts = shlex.split(value)
+    except ValueError:
+        return value
+    return "" if not parts else parts[0] if len(parts) == 1 else value
 
 
 def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:

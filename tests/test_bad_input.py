@@ -71,7 +71,7 @@ CASES = [
     ("train", ["--data", "no-such-folder"], ["data '{tmp}/no-such-folder' is not a folder", "'digits', 'synthetic'"]),
     ("train", ["--device", "tpu"], ["'tpu' is not one of", "'auto'", "'cpu'", "'cuda'"]),
     ("train", ["--mode", "turbo"], ["'turbo' is not one of", "'auto'", "'plain'", "'fast'"]),
-    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': no snapshot", "interrupted on this machine"]),
+    ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': the tracking store", "has no such run"]),
     ("train", ["--colour", "red"], ["No such option '--colour'"]),
     # train: values click takes that would fail inside torch or MLflow
     ("train", ["--seed", "18446744073709551616"], ["seed 18446744073709551616 is out of range",

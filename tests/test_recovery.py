@@ -222,7 +222,7 @@ def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, monkeypatch):
 def test_a_run_whose_server_stays_away_ends_running_and_a_resume_syncs_it(sqlite_server, tmp_path, monkeypatch):
     """The server dies mid-run and is still away when training ends: the process waits
     RESNORM_SYNC_TIMEOUT, stops with one line naming the resume command, leaves the run RUNNING
-    with its checkpoint; once the server is back that command sends every epoch and logs the model."""
+    with its snapshot; once the server is back that command sends every epoch and logs the model."""
     server = sqlite_server
     monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
     epochs = 5

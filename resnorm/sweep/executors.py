@@ -10,6 +10,7 @@ same whichever executor started it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import tempfile
@@ -25,10 +26,12 @@ from mlflow.utils.git_utils import get_git_commit
 
 from resnorm import names, snapshots
 from resnorm.config import Launch, TrainConfig
-from resnorm.errors import ConfigError
+from resnorm.errors import ConfigError, ResnormError
 from resnorm.tracking import FAILED, FINISHED, RUNNING
 
 EXECUTORS = ("local", "ray")
+RAY_MAX_FAILURES = 3  # a trial that fails (its node lost, its process killed) is retried this often
+RAY_CPUS_PER_TRIAL = 1  # each trial asks Ray for one CPU and trains with one thread
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,10 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
-def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child) -> str:
+def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child, extra_tags: dict | None = None) -> str:
     """The child's run, nested under the parent and tagged as ``mlflow run -e train`` would tag it."""
     tags = {
+        **(extra_tags or {}),
         mlflow_tags.MLFLOW_PARENT_RUN_ID: ctx.parent_run_id,
         names.TAG_PRESET: ctx.preset,
         mlflow_tags.MLFLOW_SOURCE_TYPE: "PROJECT",
@@ -94,10 +98,11 @@ def _visible_gpu(gpu: int | None) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
-def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None):
-    """Create the child's run (or reuse its interrupted one) and start ``train`` in it; returns
-    MLflow's ``SubmittedRun``."""
-    run_id = child.launch.resume or create_child_run(client, ctx, child)
+def start_child(client: MlflowClient, ctx: SweepContext, child: Child, gpu: int | None = None, run_id: str = "",
+                extra_tags: dict | None = None):
+    """Create the child's run (or reuse ``run_id`` or its interrupted one) and start ``train`` in
+    it; returns MLflow's ``SubmittedRun``."""
+    run_id = run_id or child.launch.resume or create_child_run(client, ctx, child, extra_tags)
     with _visible_gpu(gpu):
         return mlflow.projects.run(
             ctx.project_dir,
@@ -168,8 +173,24 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"ray address {address!r} does not answer ({e.strerror or e}); start Ray there or leave it empty") from None
 
 
+def trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str:
+    """The run an earlier attempt of Tune trial ``trial_id`` made under this sweep ("" if none)."""
+    runs = client.search_runs(
+        [ctx.experiment_id],
+        f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and tags.`{names.TAG_TRIAL}` = '{trial_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
+
+
 def _ray_trial(trial_config: dict) -> None:
-    """One Ray Tune trial: one child, from the worker's copy of the project."""
+    """One Ray Tune trial: one child, from the worker's copy of the project.
+
+    A retried trial (its node was lost, its process killed) finds the run its earlier attempt made
+    and resumes it from the snapshot in the run's artifact store: same run, every epoch once. A
+    training process that died without closing its run fails the trial, so Tune retries it.
+    """
     from ray import tune
 
     spec = trial_config["spec"]
@@ -179,12 +200,30 @@ def _ray_trial(trial_config: dict) -> None:
     fields = spec["child"]
     child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]))
     client = MlflowClient()
-    status = close_child(client, start_child(client, ctx, child))
+    trial_id = tune.get_context().get_trial_id()
+    run_id = child.launch.resume or trial_run(client, ctx, trial_id)
+    if run_id and client.get_run(run_id).info.status == FINISHED:  # done; only the report was lost
+        tune.report({"finished": 1})
+        return
+    if run_id and snapshots.stored(client, run_id):
+        child = dataclasses.replace(child, launch=dataclasses.replace(child.launch, resume=run_id))
+    submitted = start_child(client, ctx, child, run_id=run_id, extra_tags={names.TAG_TRIAL: trial_id})
+    submitted.wait()
+    status = client.get_run(submitted.run_id).info.status
+    if status == RUNNING:
+        raise ResnormError(f"{child.name}: the training process ended without closing run {submitted.run_id}")
     tune.report({"finished": int(status == FINISHED)})
 
 
+def storage_for(storage_path: str) -> str:
+    """Tune's storage: a URI (``s3://...``) as given, a path made absolute (it must be one every
+    node reaches: a shared folder on a cluster of several machines)."""
+    return storage_path if "://" in storage_path else os.path.abspath(os.path.expanduser(storage_path))
+
+
 def run_ray(
-    ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0, per_gpu: int = 1
+    ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0, per_gpu: int = 1,
+    storage_path: str = "",
 ) -> dict[str, str]:
     """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, a
     ``1 / per_gpu`` share of one (a small model leaves a big GPU idle: several trainings at once
@@ -192,7 +231,9 @@ def run_ray(
 
     With no ``address``, Ray starts on this machine. The project folder travels to the workers as
     Ray's ``working_dir``; the tracking URI goes with them, so it must be one every worker reaches
-    (an ``mlflow server`` for a cluster of several machines).
+    (an ``mlflow server`` for a cluster of several machines). A failed trial is retried
+    ``RAY_MAX_FAILURES`` times, resuming its run. Tune keeps its own state under ``storage_path``
+    (empty: a temporary folder on this machine, removed afterwards).
     """
     try:
         import ray
@@ -210,21 +251,40 @@ def run_ray(
     ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
     try:
         specs = [{"ctx": asdict(ctx), "child": asdict(c)} for c in children]  # plain dicts travel to the workers
-        resources = {"cpu": 1, "gpu": 1 / per_gpu} if gpus else {"cpu": 1}
-        with tempfile.TemporaryDirectory() as storage:
+        cpu = RAY_CPUS_PER_TRIAL
+        resources = {"cpu": cpu, "gpu": 1 / per_gpu} if gpus else {"cpu": cpu}
+        with contextlib.ExitStack() as stack:
+            storage = storage_for(storage_path) if storage_path else stack.enter_context(tempfile.TemporaryDirectory())
             tuner = tune.Tuner(
                 tune.with_resources(_ray_trial, resources),
                 param_space={"spec": tune.grid_search(specs)},
-                run_config=tune.RunConfig(storage_path=storage, name="resnorm-sweep", verbose=0),
+                run_config=tune.RunConfig(
+                    storage_path=storage, name=f"resnorm-sweep-{ctx.parent_run_id}-{int(time.time())}", verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=RAY_MAX_FAILURES),
+                ),
             )
             tuner.fit()
     finally:
         ray.shutdown()
-    client = MlflowClient()
+    return ray_statuses(MlflowClient(), ctx, children)
+
+
+def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Child]) -> dict[str, str]:
+    """Each child's status after the trials: its latest run's; one still RUNNING (its trial ran out
+    of retries) is marked FAILED, and keeps its snapshot for a re-run of the sweep."""
     runs = client.search_runs(
         [ctx.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_run_id}'", max_results=10000
     )
     latest = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
-        latest[r.info.run_name] = r.info.status
-    return {c.name: latest.get(c.name, FAILED) for c in children}
+        try:
+            latest[TrainConfig.from_params(r.data.params)] = r
+        except ResnormError:  # killed before it logged its params: a later attempt has them
+            continue
+    for r in latest.values():
+        if r.info.status == RUNNING:
+            client.set_tag(r.info.run_id, names.TAG_ERROR,
+                           f"its Ray trial failed {RAY_MAX_FAILURES + 1} times; re-run the sweep to resume it")
+            client.set_terminated(r.info.run_id, FAILED)
+    found = {c.name: latest.get(c.config) for c in children}
+    return {name: r.info.status if r is not None and r.info.status != RUNNING else FAILED for name, r in found.items()}

@@ -1,0 +1,226 @@
+"""Nothing lost across machines: the resume snapshot lives in the run's artifact store, so a run
+resumes anywhere the tracking server reaches, and a Ray trial on a lost node is retried on another
+node into the same run. Real processes: an `mlflow server` with --artifacts-destination on
+loopback, a Ray cluster of `ray start` nodes (each its own RESNORM_HOME, as separate machines
+would have), and SIGKILL by PID."""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from resnorm import names, snapshots
+from tests.conftest import ROOT, free_port, subprocess_env
+from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, wait_for
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 5
+# Digits at 8 px through a ResNet-8 on one thread: a fraction of a second an epoch.
+SMALL = {"norm": "bn", "epochs": str(EPOCHS), "image_size": "8", "n": "1", "data": "digits", "device": "cpu"}
+TRAIN_ARGS = [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", v)] + ["--threads", "1"]
+
+
+def test_a_killed_run_resumes_on_a_machine_with_an_empty_home(sqlite_server, tmp_path):
+    """kill -9 after epoch 2, delete RESNORM_HOME, resume with a fresh one: the snapshot comes from
+    the run's artifacts; the run ends as an uninterrupted one, each epoch once, snapshot deleted."""
+    client = MlflowClient(sqlite_server.url)
+    first_home, second_home = tmp_path / "home-a", tmp_path / "home-b"
+    env = {**subprocess_env(sqlite_server.url), "RESNORM_HOME": str(first_home)}
+    proc = subprocess.Popen(TRAIN + TRAIN_ARGS, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    found = []
+
+    def at_epoch_2():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+        return bool(found) and logged_epochs(client, found[0]) >= 2
+
+    wait_for(at_epoch_2, 300, "epoch 2 on the server", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_id,) = found
+    assert logged_epochs(client, run_id) < EPOCHS, "the run finished before it was killed; the test proved nothing"
+    assert snapshots.stored(client, run_id), "every logged epoch is in the stored snapshot"
+    shutil.rmtree(first_home)  # the machine is gone
+
+    resumed = subprocess.run(TRAIN + ["--resume", run_id, "--threads", "1"], cwd=tmp_path,
+                             env={**env, "RESNORM_HOME": str(second_home)}, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params[names.PARAM_THREADS] == "1" and run.data.params[names.PARAM_TORCH_THREADS] == "1"
+    for key, points in curves(client, run_id).items():
+        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each step exactly once
+    assert not snapshots.stored(client, run_id), "a finished run's stored snapshot is deleted"
+    assert not snapshots.path_for(run_id).exists()
+
+    # The same configuration uninterrupted, on the first machine again.
+    ref = subprocess.run(TRAIN + TRAIN_ARGS, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    (ref_id,) = [r.info.run_id for r in client.search_runs([exp]) if r.info.run_id != run_id]
+    assert comparable(client, run_id) == comparable(client, ref_id)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children of children, whatever their session)."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for p in descendants(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def pid_of_trainer(run_id: str) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
+            try:
+                if b"entrypoints/train.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+# Each `ray start` of the README's recipe, on one machine: loopback, ports of its own, in the
+# foreground (--block) so that the node is one process tree a test can kill.
+NODE_FLAGS = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--min-worker-port", "0",
+              "--max-worker-port", "0", "--dashboard-agent-listen-port", "0", "--metrics-export-port", "0", "--block"]
+
+
+class RayNode:
+    def __init__(self, args, env, log):
+        self.log = log
+        self.proc = subprocess.Popen(["ray", "start", *args, *NODE_FLAGS], env=env, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_started(self, timeout=300):
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in open(self.log).read():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start {'ended' if self.proc.poll() is not None else 'timed out'}: "
+                            f"{open(self.log).read()[-3000:]}")
+            time.sleep(0.3)
+
+    def kill(self):
+        kill_tree(self.proc.pid)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_cluster(sqlite_server):
+    """A head (no CPUs for trials: it runs the sweep's driver) and two 1-CPU workers, each node with
+    its own RESNORM_HOME. Node death is noticed within seconds (health checks every second)."""
+    folder = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths live under it
+    port = free_port()
+    env = {**subprocess_env(sqlite_server.url), "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_failure_threshold": "10", "RAY_health_check_timeout_ms": "2000"}
+    head = RayNode(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
+                    "--temp-dir", folder], {**env, "RESNORM_HOME": f"{folder}/home-head"}, f"{folder}/head.log")
+    nodes = [head]
+    try:
+        head.wait_started()
+        for i in (1, 2):
+            nodes.append(RayNode(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                                 {**env, "RESNORM_HOME": f"{folder}/home-{i}"}, f"{folder}/worker{i}.log"))
+        for node in nodes[1:]:
+            node.wait_started()
+        yield f"127.0.0.1:{port}", nodes, folder
+    finally:
+        for node in reversed(nodes):
+            node.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def readme_sweep(address, folder):
+    """The README's "On several machines" command, with this cluster's address, a Tune folder and
+    three small children (seeds 0, 1, 2)."""
+    return ["mlflow", "run", str(ROOT), "-e", "sweep", "-P", "preset=custom", "-P", "grid=norm=bn", "-P", "seeds=3",
+            "-P", "epochs=" + str(EPOCHS), "-P", "image_size=8", "-P", "n=1", "-P", "device=cpu",
+            "-P", "executor=ray", "-P", f"ray_address={address}", "-P", f"storage_path={folder}/tune",
+            "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
+
+
+def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
+    """Three children on a head and two workers; the worker training one of them is killed after
+    that child's epoch 2. Tune retries the trial on the other worker, which resumes the same run
+    from the stored snapshot: every child FINISHED once, each epoch once, and the interrupted
+    child's numbers equal an uninterrupted run of its seed."""
+    address, nodes, folder = ray_cluster
+    client = MlflowClient(sqlite_server.url)
+    started = time.monotonic()
+    timeline = []
+    sweep = subprocess.Popen(readme_sweep(address, folder), cwd=tmp_path, env={**subprocess_env(sqlite_server.url), "RESNORM_HOME": f"{folder}/home-driver"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    victim = {}
+
+    def a_child_at_epoch_2():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        for r in client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []:
+            if logged_epochs(client, r.info.run_id) >= 2:
+                victim["run"], victim["name"] = r.info.run_id, r.info.run_name
+                return True
+        return False
+
+    try:
+        wait_for(a_child_at_epoch_2, 600, "a child's epoch 2", sweep)
+        run_id = victim["run"]
+        trainer = pid_of_trainer(run_id)
+        assert trainer is not None, "the child's training process is running"
+        (node,) = [n for n in nodes[1:] if trainer in descendants(n.proc.pid)]
+        at_kill = logged_epochs(client, run_id)
+        node.kill()  # its raylet, its workers and the training they started
+        timeline.append(f"{time.monotonic() - started:.0f}s: killed the node training {victim['name']} at epoch {at_kill}")
+        out, err = sweep.communicate(timeout=900)
+    finally:
+        if sweep.poll() is None:
+            kill_tree(sweep.pid)
+    timeline.append(f"{time.monotonic() - started:.0f}s: sweep ended (rc {sweep.returncode})")
+    assert sweep.returncode == 0, (out[-2000:], err[-3000:])
+    assert at_kill < EPOCHS, "the child finished before its node was killed; the test proved nothing"
+
+    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    kids = client.search_runs([exp], "tags.mlflow.parentRunId != ''")
+    assert sorted(k.info.run_name for k in kids) == sorted(f"bn-sgd-lr0.1-aug-bs32-s{s}" for s in range(3))
+    assert all(k.info.status == "FINISHED" for k in kids), [(k.info.run_name, k.info.status) for k in kids]
+    assert run_id in {k.info.run_id for k in kids}, "the interrupted child finished in its original run"
+    for kid in kids:
+        for key, points in curves(client, kid.info.run_id).items():
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), (kid.info.run_name, key)
+        assert kid.data.params[names.PARAM_TORCH_THREADS] == "1"
+        assert not snapshots.stored(client, kid.info.run_id)
+
+    seed = client.get_run(run_id).data.params["seed"]
+    ref = subprocess.run(TRAIN + TRAIN_ARGS + ["--seed", seed], cwd=tmp_path, env=subprocess_env(sqlite_server.url),
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    refs = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags
+            and not r.data.tags.get(names.TAG_SWEEP)]
+    assert len(refs) == 1
+    assert comparable(client, run_id) == comparable(client, refs[0].info.run_id)
+    print("; ".join(timeline))
