@@ -235,6 +235,8 @@ class Uploader:
 
     def _upload_once(self) -> str | None:
         """Upload the file as it is now; None on success, else why not."""
+        if not self.path.exists():  # a training run without snapshots (the library's default): nothing to keep
+            return None
         why = server_answers(self.tracking_uri, timeout=2.0) if self.tracking_uri else None
         if why is not None:
             return why

@@ -384,10 +384,13 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 
 
 def test_a_damaged_snapshot_is_named_with_what_to_do(store, capsys):
-    path = snapshots.path_for(RUN_ID)
+    client = MlflowClient()
+    run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id).info.run_id
+    client.set_terminated(run_id, "KILLED")  # an interrupted run, whose snapshot was cut off mid-write
+    path = snapshots.path_for(run_id)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 cut off mid-write")
-    one_line("train", ["--resume", RUN_ID], capsys, f"the snapshot {path} is damaged", "without --resume")
+    one_line("train", ["--resume", run_id], capsys, f"the snapshot {path} is damaged", "without --resume")
     nothing_left_behind(store)
 
 

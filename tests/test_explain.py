@@ -20,8 +20,8 @@ from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, grad
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
 from resnorm.weights import champion_uris, load_trained, log_weights, resolve
-from tests.conftest import PYTHON, ROOT, subprocess_env, tracking_store
-from tests.test_cli import assert_one_line_error
+from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env, tracking_store
+
 from tests.trained import CPU, train_and_register
 
 GRADCAM = [PYTHON, str(ROOT / "entrypoints" / "gradcam.py")]
@@ -244,7 +244,7 @@ def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
     for args, fragments in bad_inputs(store, tmp_path):
         proc = subprocess.run(GRADCAM + args, cwd=tmp_path, env=subprocess_env(store["uri"]),
                               capture_output=True, text=True, timeout=300)
-        assert_one_line_error(proc, *fragments)
+        assert_one_line(proc, *fragments)
         assert proc.returncode == 1
     after = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
     assert after == before, "no gradcam run for a rejected command"
@@ -253,7 +253,7 @@ def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
 @pytest.mark.slow
 def test_without_any_champion_gradcam_says_so(mlflow_env, tmp_path):
     proc = subprocess.run(GRADCAM, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True, timeout=300)
-    assert_one_line_error(proc, "no registered resnorm-{norm} model has a 'champion' alias")
+    assert_one_line(proc, "no registered resnorm-{norm} model has a 'champion' alias")
     assert proc.returncode == 1
 
 

@@ -52,6 +52,14 @@ SKIPPED = {
     r"^pip install": "installs packages: the environment this test runs in is that install",
     r"^python -m pytest": "the test suite itself (this test is part of it)",
     r"^bash benchmarks/gpu_check\.sh": "needs a CUDA GPU",
+    r"^mlflow server --backend-store-uri sqlite:///mlflow\.db --host 0\.0\.0\.0 |^ray start |"
+    r"^MLFLOW_TRACKING_URI=http://<server>:5000 mlflow run \. -e sweep .*-P executor=ray":
+    "the multi-machine recipe: tests/test_distributed.py runs it on one machine (a server, a Ray head and two "
+    "workers on loopback, each `ray start` with its own ports) and kills a worker mid-child",
+    r"^python entrypoints/analyze\.py --sweep-run-id <parent run id> --out report$":
+    "tests/test_analysis_e2e.py runs it as written on its shared multi-seed sweep",
+    r"^python benchmarks/(contention|snapshot_upload)\.py$":
+    "minutes of timed epochs and uploads: tests/test_threads.py runs both end to end with small arguments",
     r"^export MLFLOW_AUTH_|^export MLFLOW_FLASK_|^mlflow server --app-name basic-auth|^export MLFLOW_TRACKING_URI=\S+ "
     r"MLFLOW_TRACKING_USERNAME": "the team server needs a PostgreSQL role and database `mlflow` "
     "(tests/test_auth.py runs the same basic-auth server over SQLite)",
