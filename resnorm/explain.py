@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure

@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NormLayer = Callable[[int], nn.Module]

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -39,6 +39,18 @@ def server_answers(uri: str, timeout: float = 5.0) -> str | None:
         reason = getattr(e, "reason", e)
         return str(getattr(reason, "strerror", None) or reason)
     return None
+
+
+def wait_until(cond: threading.Condition, done: Callable[[], bool], timeout: float) -> bool:
+    """Wait on ``cond`` up to ``timeout`` seconds until ``done()``; whether it came true."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(left)
+    return True
 
 
 class Outbox:
@@ -67,14 +79,7 @@ class Outbox:
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything queued has been sent."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return wait_until(self._cond, lambda: not self._pending, timeout)
 
     def close(self) -> None:
         """Stop the sender (what is still queued stays in the snapshot for a resume)."""

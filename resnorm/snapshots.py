@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import home, names
 from resnorm.errors import ConfigError, ResnormError, RunBusy, warn
-from resnorm.outbox import RETRY_SECONDS, server_answers
+from resnorm.outbox import RETRY_SECONDS, server_answers, wait_until
 
 FILE = "snapshot.pt"
 
@@ -199,14 +199,7 @@ class Uploader:
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until the store holds every offered epoch."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.stored < self.wanted:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return wait_until(self._cond, lambda: self.stored >= self.wanted, timeout)
 
     def close(self) -> None:
         with self._cond:

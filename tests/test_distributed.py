@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
 from tests.conftest import ROOT, free_port, subprocess_env
-from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, wait_for
+from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +32,9 @@ def test_a_killed_run_resumes_on_a_machine_with_an_empty_home(sqlite_server, tmp
     client = MlflowClient(sqlite_server.url)
     first_home, second_home = tmp_path / "home-a", tmp_path / "home-b"
     env = {**subprocess_env(sqlite_server.url), "RESNORM_HOME": str(first_home)}
-    proc = subprocess.Popen(TRAIN + TRAIN_ARGS, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    found = []
-
-    def at_epoch_2():
-        exp = client.get_experiment_by_name(names.EXPERIMENT)
-        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
-        return bool(found) and logged_epochs(client, found[0]) >= 2
-
-    wait_for(at_epoch_2, 300, "epoch 2 on the server", proc)
+    proc, run_id = start_training(client, TRAIN_ARGS, tmp_path, env, epoch=2, stdout=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (run_id,) = found
     assert logged_epochs(client, run_id) < EPOCHS, "the run finished before it was killed; the test proved nothing"
     assert snapshots.stored(client, run_id), "every logged epoch is in the stored snapshot"
     shutil.rmtree(first_home)  # the machine is gone

@@ -156,20 +156,26 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     assert comparable(client, child) == comparable(client, ref_id)
 
 
-def train_past_epoch_1(client, norm, epochs, cwd, env):
-    """Start a small training against ``client``'s server; return it and its run id once epoch 1 is there."""
-    args = TRAIN + ["--norm", norm, "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_training(client, args, cwd, env, epoch=1, stdout=subprocess.PIPE):
+    """Start `train` with ``args``; return the process and its run id once ``epoch`` epochs are in
+    ``client``'s store (the store holds no other run of the experiment)."""
+    proc = subprocess.Popen(TRAIN + args, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     found = []
 
-    def first_epoch_logged():
+    def logged():
         exp = client.get_experiment_by_name(names.EXPERIMENT)
         found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
-        return bool(found) and logged_epochs(client, found[0]) >= 1
+        return bool(found) and logged_epochs(client, found[0]) >= epoch
 
-    wait_for(first_epoch_logged, 300, "epoch 1 on the server", proc)
+    wait_for(logged, 300, f"epoch {epoch} in the store", proc)
     (run_id,) = found
     return proc, run_id
+
+
+def train_past_epoch_1(client, norm, epochs, cwd, env):
+    """Start a small training against ``client``'s server; return it and its run id once epoch 1 is there."""
+    args = ["--norm", norm, "--epochs", str(epochs), "--image-size", "16", "--n", "1", "--device", "cpu"]
+    return start_training(client, args, cwd, env)
 
 
 @pytest.mark.slow

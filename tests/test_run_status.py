@@ -4,7 +4,6 @@ sweep stopped by SIGTERM stops its children. Real processes, a real store, real 
 
 import signal
 import subprocess
-import sys
 
 import click
 import mlflow
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names, snapshots
 from resnorm.cli import run_command
 from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
-from tests.test_recovery import curves, logged_epochs, trainers_of, wait_for
+from tests.test_recovery import curves, logged_epochs, start_training, trainers_of, wait_for
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
@@ -74,17 +73,7 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         mlflow_env, tmp_path):
     client = MlflowClient()
     env = subprocess_env(mlflow_env)
-    proc = subprocess.Popen(TRAIN + SMALL, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    found = []
-
-    def first_epoch():
-        exp = client.get_experiment_by_name(names.EXPERIMENT)
-        found[:] = [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
-        return bool(found) and logged_epochs(client, found[0]) >= 1
-
-    wait_for(first_epoch, 300, "epoch 1", proc)
-    (run_id,) = found
+    proc, run_id = start_training(client, SMALL, tmp_path, env)
     proc.send_signal(signal.SIGSTOP)  # hold it mid-run: alive, holding its lock
     try:
         # What a re-run sweep does: the same run id in MLFLOW_RUN_ID and --resume.

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from resnorm import names, threads

@@ -4,7 +4,6 @@ import json
 
 import mlflow
 import mlflow.pytorch
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
