@@ -172,3 +172,16 @@ def sqlite_server(tmp_path):
     yield server
     server.kill()
 
+
+def stop_group(proc) -> None:
+    """SIGTERM a process started with start_new_session, and its whole group; SIGKILL after 30 s."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
 from tests.conftest import ROOT, free_port, subprocess_env
-from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, wait_for
+from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, trainers_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +83,13 @@ def kill_tree(pid: int) -> None:
 
 
 def pid_of_trainer(run_id: str) -> int | None:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    """The python process training ``run_id`` (not its shell)."""
+    for pid in trainers_of(run_id):
         try:
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            if b"entrypoints/train.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                return pid
         except OSError:
             continue
-        if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
-            try:
-                if b"entrypoints/train.py" in open(f"/proc/{pid}/cmdline", "rb").read():
-                    return int(pid)
-            except OSError:
-                continue
     return None
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, make_class_tree, write_image
+from tests.conftest import ROOT, free_port, make_class_tree, stop_group, write_image
 
 # Commands not run here, each with why. Keep it short.
 SKIPPED = {
@@ -131,13 +131,7 @@ class Readme:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc)
 
 
 def wait_until_it_answers(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:

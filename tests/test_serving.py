@@ -2,8 +2,6 @@
 imported, and served by `mlflow models serve` on loopback."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import torch
 from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import load_data
-from tests.conftest import free_port, tracking_store
+from tests.conftest import free_port, stop_group, tracking_store
 from tests.trained import env_without_resnorm, train_and_register
 
 NORM = "bn"
@@ -136,12 +134,7 @@ def server(registered, tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
