@@ -231,7 +231,7 @@ def bad_inputs(store, tmp_path):
         (["--models", "models:/resnorm-nope@champion"], ["no registered model named 'resnorm-nope'", "resnorm-bn"]),
         (["--models", "models:/resnorm-bn@best"], ["no version of 'resnorm-bn' holds the alias 'best'", "champion"]),
         (["--models", "runs:/0123456789abcdef0123456789abcdef"], ["no run with id '0123456789abcdef0123456789abcdef'"]),
-        (["--images", str(not_an_image)], [f"cannot read image '{not_an_image}'"]),
+        (["--images", str(not_an_image)], [f"cannot read image {not_an_image}: cannot identify image file"]),
         (["--models", f"models:/resnorm-bn@champion,{store['twelve']}"],
          [f"model '{store['twelve']}' takes 1x12x12 images but 'models:/resnorm-bn@champion' takes 1x8x8"]),
     ]

@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, snapshots
+from resnorm import names, snapshots, threads
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
@@ -19,6 +19,9 @@ EPOCHS = 8
 # Digits at 16 px through a ResNet-8: about a second an epoch here, long enough to kill mid-run.
 CONFIG = {"norm": "bn", "epochs": str(EPOCHS), "image_size": "16", "n": "1", "data": "digits", "device": "cpu"}
 ARGS = [a for k, v in CONFIG.items() for a in (f"--{k.replace('_', '-')}", v)]
+# On the CPU the thread count changes the sums: the reference trains with the threads a sweep gives
+# each of its two children at once (its default on the CPU), so a sweep's child can equal it.
+THREADS = ["--threads", str(threads.share(2))]
 # Wall-clock measurements; everything else must match an uninterrupted run to the last bit.
 VARYING = {names.EPOCH_SECONDS, names.IMAGES_PER_SECOND}
 
@@ -77,7 +80,7 @@ def wait_for(predicate, timeout, what, proc=None):
 @pytest.fixture
 def reference(mlflow_env, tmp_path):
     """An uninterrupted run of CONFIG in the same store."""
-    proc = subprocess.run(TRAIN + ARGS, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
+    proc = subprocess.run(TRAIN + ARGS + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
@@ -91,7 +94,7 @@ def reference(mlflow_env, tmp_path):
 def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(reference, mlflow_env, tmp_path):
     client, ref_id = reference
     exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
-    proc = subprocess.Popen(TRAIN + ARGS, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(TRAIN + ARGS + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ids = []
 
@@ -108,7 +111,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(refe
     assert killed_at < EPOCHS, "the run finished before it was killed; the test proved nothing"
     assert snapshots.path_for(run_id).exists()
 
-    resumed = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=subprocess_env(mlflow_env),
+    resumed = subprocess.run(TRAIN + ["--resume", run_id] + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run {run_id}" in resumed.stdout
@@ -125,7 +128,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(refe
 def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_path):
     client, ref_id = reference
     exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
-    sweep_args = ["--preset", "custom", "--grid", "seed=0", *ARGS[:-2], "--device", "cpu"]
+    sweep_args = ["--preset", "custom", "--grid", "seed=0", *ARGS[:-2], "--device", "cpu", "--parallel", "2"]
     env = subprocess_env(mlflow_env)
     sweep = subprocess.Popen(SWEEP + sweep_args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
