@@ -195,7 +195,7 @@ def _ray_trial(trial_config: dict) -> None:
 
     spec = trial_config["spec"]
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
-    project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    project_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # resnorm/sweep/ -> root
     ctx = SweepContext(**{**spec["ctx"], "project_dir": project_dir})
     fields = spec["child"]
     child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]))
