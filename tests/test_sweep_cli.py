@@ -134,6 +134,7 @@ def comparable(client, run):
     """What must not depend on the executor: names, params, tag keys, metric keys, artifacts."""
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(("resnorm.", "mlflow.project.entry", "mlflow.source.type"))}
     tags.pop(names.TAG_PRESET)
+    tags.pop(names.TAG_TRIAL, None)  # which Tune trial trained it: only a Ray child has one
     return {
         "name": run.info.run_name,
         "status": run.info.status,
