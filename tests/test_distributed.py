@@ -124,7 +124,9 @@ def ray_cluster(sqlite_server):
     its own RESNORM_HOME. Node death is noticed within seconds (health checks every second)."""
     folder = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths live under it
     port = free_port()
-    env = {**subprocess_env(sqlite_server.url), "RAY_health_check_period_ms": "1000",
+    # HOME of its own: Ray keeps a cluster token in ~/.ray, and one left there by an earlier local
+    # ray.init() makes these nodes refuse each other.
+    env = {**subprocess_env(sqlite_server.url), "HOME": folder, "RAY_health_check_period_ms": "1000",
            "RAY_health_check_failure_threshold": "10", "RAY_health_check_timeout_ms": "2000"}
     head = RayNode(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
                     "--temp-dir", folder], {**env, "RESNORM_HOME": f"{folder}/home-head"}, f"{folder}/head.log")
@@ -161,7 +163,8 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
     client = MlflowClient(sqlite_server.url)
     started = time.monotonic()
     timeline = []
-    sweep = subprocess.Popen(readme_sweep(address, folder), cwd=tmp_path, env={**subprocess_env(sqlite_server.url), "RESNORM_HOME": f"{folder}/home-driver"},
+    sweep = subprocess.Popen(readme_sweep(address, folder), cwd=tmp_path,
+                             env={**subprocess_env(sqlite_server.url), "HOME": folder, "RESNORM_HOME": f"{folder}/home-driver"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     victim = {}
 

@@ -149,7 +149,7 @@ def comparable(client, run):
 
 def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
     _, uri, client, parent = quick_sweep
-    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--epochs", "1", "--image-size", "8",
+    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--epochs", "1", "--image-size", "8", "--n", "1",
                             "--executor", "ray"], uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = client.get_experiment_by_name(names.EXPERIMENT)
