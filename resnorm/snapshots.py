@@ -94,16 +94,22 @@ def remove(path: Path) -> None:
 
 def is_locked(run_id: str) -> bool:
     """Whether a live process on this machine holds the run's lock (is training it)."""
+    return holder(run_id) is not None
+
+
+def holder(run_id: str) -> int | None:
+    """The pid of the live process on this machine that holds the run's lock, or None."""
     path = path_for(run_id).with_name("lock")
     if not path.exists():
-        return False
+        return None
     with open(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            words = handle.read().split()
+            return int(words[-1]) if words and words[-1].isdigit() else 0
         fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return None
 
 
 def lock(run_id: str) -> IO:

@@ -102,6 +102,48 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
 
 
+SLOW_TO_CLOSE = """
+import os, signal, sys, time
+from mlflow.tracking import MlflowClient
+from resnorm import snapshots
+held = snapshots.lock(os.environ["MLFLOW_RUN_ID"])
+def stop(signum, frame):
+    time.sleep(2)  # closing a run takes a while: held metrics, the snapshot upload, the store
+    MlflowClient().set_terminated(os.environ["MLFLOW_RUN_ID"], "KILLED")
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_childs_run_is_read_after_its_trainer_closed_it(mlflow_env, tmp_path):
+    """`mlflow run` starts a child as `bash -c` in a session of its own and a sweep stops it with
+    SIGTERM to that group: the shell ends at once, the python it started is still closing its run.
+    The sweep must read the run's status after that python let go of it (once, CI read RUNNING,
+    then found the lock free and marked a KILLED child FAILED)."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+
+    from resnorm.sweep.executors import close_child
+
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        pass
+    client.update_run(run.info.run_id, status="RUNNING")
+    (tmp_path / "child.py").write_text(SLOW_TO_CLOSE)
+    env = {**subprocess_env(mlflow_env), "MLFLOW_RUN_ID": run.info.run_id}
+    proc = subprocess.Popen(["bash", "-c", f"{PYTHON} child.py; true"], cwd=tmp_path, env=env,  # `; true`: no exec
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    submitted = LocalSubmittedRun(run.info.run_id, proc)
+    submitted.cancel()  # SIGTERM to the group, as a stopped sweep does; returns when bash is gone
+    assert close_child(client, submitted) == "KILLED"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert not snapshots.is_locked(run.info.run_id)
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
     client = MlflowClient()

@@ -119,12 +119,29 @@ def close_child(client: MlflowClient, submitted) -> str:
     """Wait for a child; a process that died without closing its run gets it marked FAILED, unless
     the run is being trained by another live process here (its resume was refused: leave it alone)."""
     submitted.wait()
+    _wait_for_trainer(submitted)
+    locked = snapshots.is_locked(submitted.run_id)  # before the status: a trainer ends its run, then lets go
     run = client.get_run(submitted.run_id)
-    if run.info.status == RUNNING and not snapshots.is_locked(submitted.run_id):
+    if run.info.status == RUNNING and not locked:
         client.set_tag(submitted.run_id, names.TAG_ERROR, "the training process ended without closing its run")
         client.set_terminated(submitted.run_id, FAILED)
         return FAILED
     return run.info.status
+
+
+def _wait_for_trainer(submitted, timeout: float = 120.0) -> None:
+    """A stopped child's shell can end before the python it started (SIGTERM reaches the whole
+    group): wait, a bounded time, until that python has closed its run and let go of its lock.
+    A lock held by a process outside the child's session (a refused resume) is not waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = snapshots.holder(submitted.run_id)
+        try:
+            if not pid or os.getsid(pid) != submitted.command_proc.pid:  # `mlflow run` starts it with setsid
+                return
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def run_local(ctx: SweepContext, children: Sequence[Child], parallel: int = 1, gpus: int = 0) -> dict[str, str]:
@@ -209,6 +226,7 @@ def _ray_trial(trial_config: dict) -> None:
         child = dataclasses.replace(child, launch=dataclasses.replace(child.launch, resume=run_id))
     submitted = start_child(client, ctx, child, run_id=run_id, extra_tags={names.TAG_TRIAL: trial_id})
     submitted.wait()
+    _wait_for_trainer(submitted)
     status = client.get_run(submitted.run_id).info.status
     if status == RUNNING:
         raise ResnormError(f"{child.name}: the training process ended without closing run {submitted.run_id}")
