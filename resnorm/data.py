@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm.auto import tqdm
 
 from resnorm import home
@@ -203,6 +202,10 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
 
 def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(classes, image paths, labels) of a tree of class folders."""
+    # Imported here, not at the top: torchvision's import costs about 2 s a process (it loads
+    # torch._dynamo), and only image folders need it; digits and synthetic runs start without it.
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     try:
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)

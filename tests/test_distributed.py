@@ -126,18 +126,20 @@ def ray_cluster(sqlite_server):
     port = free_port()
     # HOME of its own: Ray keeps a cluster token in ~/.ray, and one left there by an earlier local
     # ray.init() makes these nodes refuse each other.
+    # A node registers with the head within RAY_raylet_start_wait_time_s (30 s by default): once, on
+    # a fresh 2-core CI machine (cold caches, two nodes starting at once), a worker took longer.
     env = {**subprocess_env(sqlite_server.url), "HOME": folder, "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "10", "RAY_health_check_timeout_ms": "2000"}
+           "RAY_health_check_failure_threshold": "10", "RAY_health_check_timeout_ms": "2000",
+           "RAY_raylet_start_wait_time_s": "180"}
     head = RayNode(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
                     "--temp-dir", folder], {**env, "RESNORM_HOME": f"{folder}/home-head"}, f"{folder}/head.log")
     nodes = [head]
     try:
         head.wait_started()
-        for i in (1, 2):
+        for i in (1, 2):  # one after the other: two raylets starting at once on 2 cores are slow to register
             nodes.append(RayNode(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
                                  {**env, "RESNORM_HOME": f"{folder}/home-{i}"}, f"{folder}/worker{i}.log"))
-        for node in nodes[1:]:
-            node.wait_started()
+            nodes[-1].wait_started()
         yield f"127.0.0.1:{port}", nodes, folder
     finally:
         for node in reversed(nodes):
