@@ -241,11 +241,14 @@ def bad_inputs(store, tmp_path):
 def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
     client = MlflowClient()
     before = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
-    for args, fragments in bad_inputs(store, tmp_path):
-        proc = subprocess.run(GRADCAM + args, cwd=tmp_path, env=subprocess_env(store["uri"]),
-                              capture_output=True, text=True, timeout=300)
-        assert_one_line(proc, *fragments)
-        assert proc.returncode == 1
+    cases = bad_inputs(store, tmp_path)
+    started = [subprocess.Popen(GRADCAM + args, cwd=tmp_path, env=subprocess_env(store["uri"]), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for args, _ in cases]  # at once: each is mostly imports
+    for proc, (args, fragments) in zip(started, cases):
+        out, err = proc.communicate(timeout=300)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        assert_one_line(done, *fragments)
+        assert done.returncode == 1, args
     after = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
     assert after == before, "no gradcam run for a rejected command"
 

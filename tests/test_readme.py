@@ -240,7 +240,7 @@ def interrupted_run(r: Readme) -> str:
     """A training killed (SIGKILL) after its first snapshot: the id of a run to resume."""
     home = Path(r.env["RESNORM_HOME"]) / "runs"
     before = set(home.glob("*")) if home.exists() else set()
-    proc = r.start(f"{sys.executable} entrypoints/train.py --norm bn --epochs 30 --image-size 8 --n 1", "killed.log")
+    proc = r.start(f"{sys.executable} entrypoints/train.py --norm bn --epochs 8 --image-size 8 --n 1", "killed.log")
     deadline = time.monotonic() + 300
     while not [p for p in home.glob("*/*.pt") if p.parent not in before]:
         assert proc.poll() is None and time.monotonic() < deadline, (r.folder / "killed.log").read_text()[-3000:]
