@@ -19,6 +19,7 @@ from analysis.runs import Histories, children, find_sweep, sweep_plan
 from analysis.tables import ALL_TABLE, MAIN_TABLE, TABLES, Table, build_table, sweep_table
 from resnorm import names
 from resnorm.errors import ResnormError
+from resnorm.model import depth
 from resnorm.norms import NORM_NAMES
 
 
@@ -109,7 +110,7 @@ def provenance(client: MlflowClient, report: Report) -> list[tuple[str, str]]:
         ("data", f"{_values(groups, 'data')}; datasets {_datasets(client, done)}"),
         ("split sizes", tags("splits")),
         ("image size", _values(groups, "image_size")),
-        ("depth", ", ".join(f"{6 * int(n) + 2} (n={n})" for n in _values(groups, "n").split(", "))),
+        ("depth", ", ".join(f"{depth(int(n))} (n={n})" for n in _values(groups, "n").split(", "))),
         ("epochs", _values(groups, "epochs")),
         ("batch size", _values(groups, "batch_size")),
         ("optimiser", "; ".join(sorted({f"{g.config.optimizer} lr {g.config.lr:g}, weight decay "

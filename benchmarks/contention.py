@@ -33,7 +33,8 @@ def _worker(job: dict) -> None:
     import torch
 
     from resnorm.config import Launch, TrainConfig
-    from resnorm.data import Split, load_data
+    from resnorm.bundle import Split
+    from resnorm.data import load_data
     from resnorm.engine import evaluate, prepare, train_one_epoch
 
     threads = Launch(threads=job["threads"]).torch_threads()  # as `train --threads` resolves it

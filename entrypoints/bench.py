@@ -23,6 +23,7 @@ from resnorm import names  # noqa: E402
 from resnorm.cli import run_command  # noqa: E402
 from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
 from resnorm.errors import ConfigError  # noqa: E402
+from resnorm.model import depth  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
 from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment  # noqa: E402
 
@@ -91,7 +92,7 @@ def bench(norms, batch_sizes, modes, image_size, steps, warmup, classes, n, comp
     params = {"norms": ",".join(norms), "batch_sizes": ",".join(map(str, batch_sizes)), "modes": ",".join(modes),
               "image_size": image_size, "steps": steps, "warmup": warmup, "classes": classes, "n": n,
               "compile_mode": compile_mode, "feed_files": feed_files, "share": ",".join(map(str, share)), "device": device}
-    title = (f"bench: {gpu}, torch {torch.__version__}, ResNet-{6 * n + 2} at {image_size} px, {classes} classes "
+    title = (f"bench: {gpu}, torch {torch.__version__}, ResNet-{depth(n)} at {image_size} px, {classes} classes "
              f"({steps} timed steps after {warmup})")
     with mlflow.start_run(run_name=f"bench-{dev.type}-{image_size}px") as run:
         # `mlflow run` has logged its -P values already, in its own spelling: add only the others.

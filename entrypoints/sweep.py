@@ -16,18 +16,14 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.threads import prefer_passive_wait  # noqa: E402
+from resnorm.machine import prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP; the children inherit it with the environment
 
 from resnorm.cli import run_command  # noqa: E402
 from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402
-from resnorm.sweep.executors import EXECUTORS  # noqa: E402
-from resnorm.sweep.runner import SweepSpec, run_sweep  # noqa: E402
-
-PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from resnorm.sweep.runner import EXECUTORS, SweepSpec, run_sweep  # noqa: E402
 
 def training_options(command):
     """One text option per training parameter; empty means the preset's (or train's) default."""
@@ -64,7 +60,7 @@ def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, de
     """Train every configuration of a preset or grid as a nested child of one parent run."""
     spec = SweepSpec(preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode),
                      storage_path)
-    run_sweep(PROJECT_DIR, spec)
+    run_sweep(spec)
 
 
 def main() -> None:

@@ -14,21 +14,13 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.threads import prefer_passive_wait  # noqa: E402
+from resnorm.machine import prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep, so a busy neighbour costs little
 
-import torch  # noqa: E402
-
-from resnorm import names  # noqa: E402
 from resnorm.cli import run_command  # noqa: E402
-from resnorm.config import DEVICES, MODES, OPTIMIZERS, SCHEDULERS, Launch, TrainConfig, resolve_device  # noqa: E402
-from resnorm.data import load_data  # noqa: E402
-from resnorm.engine import train as fit  # noqa: E402
-from resnorm.fast import resolve_speed  # noqa: E402
+from resnorm.config import DEVICES, MODES, OPTIMIZERS, SCHEDULERS, Launch, TrainConfig  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
-from resnorm.runlog import resumable_config, training_run  # noqa: E402
-from resnorm.tracking import check_tracking_server  # noqa: E402
 
 D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Launch check the ranges
 
@@ -65,18 +57,12 @@ D, L = TrainConfig(), Launch()  # the defaults, stated once; TrainConfig and Lau
 def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
     """Train one configuration; log params, curves, artifacts and the kept model to MLflow."""
     launch = Launch(device=device, mode=mode, resume=resume, threads=threads)
-    torch.set_num_threads(launch.torch_threads())
-    check_tracking_server()  # before anything else: a wrong URI should cost seconds, not a data load
-    cfg = resumable_config(resume) if resume else TrainConfig(**options)
-    dev = resolve_device(launch.device)
-    speed = resolve_speed(launch.mode, dev, cfg.batch_size, launch.compile_mode)
-    data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, launch, dev) as run:
-        result = fit(cfg, data, dev, speed, on_epoch=run, snapshot_path=run.snapshot)
-        version = run.log_result(cfg, data, result)
-    test_accuracy = result.final_metrics()[names.final_metric("test", "accuracy")]
-    click.echo(f"run {run.run_id} ({cfg.run_name()}): best epoch {result.best_epoch}, test accuracy "
-               f"{test_accuracy:.4f}, registered {names.registered_model(cfg.norm)} version {version}")
+    cfg = None if resume else TrainConfig(**options)
+    # Imported here, not above: MLflow, scikit-learn and matplotlib take seconds to load, and
+    # --help or a bad option needs none of them.
+    from resnorm.job import train_job
+
+    click.echo(train_job(cfg, launch, os.environ.get("MLFLOW_RUN_ID")).summary())
 
 
 def main() -> None:

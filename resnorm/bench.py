@@ -26,7 +26,9 @@ import torch
 
 from resnorm import fast, markdown
 from resnorm.config import TrainConfig
-from resnorm.data import DataBundle, Split, batches, decode_class_tree
+from resnorm.bundle import DataBundle, Split
+from resnorm.data import batches
+from resnorm.folders import decode_class_tree
 from resnorm.engine import prepare
 from resnorm.errors import ResnormError
 
@@ -95,7 +97,7 @@ def train_rate(
     speed = fast.resolve_speed(mode, device, batch_size, compile_mode)
     fast.configure_backends(speed, device)
     torch._dynamo.reset()  # every configuration compiles afresh (and none hits the recompile limit)
-    cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=image_size, n=n, augment=True, groups=8)
+    cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=image_size, n=n, augment=True)
     t = prepare(cfg, random_bundle(batch_size * (warmup + steps), image_size, classes), device, speed)
     t.model.train()
     if device.type == "cuda":

@@ -1,5 +1,5 @@
 """How every entry point ends: any error as one line on stderr, a non-zero exit, no traceback, and
-the run that `mlflow run` made for the process ended with the reason.
+the run made for the process (by `mlflow run`, or by a sweep for its worker) ended with the reason.
 
 Errors the project knows (``ResnormError``, click's) print their own message; anything else prints
 its type and message, keeps the full traceback in the run (``error/traceback.txt``) and prints it
@@ -13,35 +13,43 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
 from resnorm.errors import ConfigError, Interrupted, ResnormError, RunBusy, one_line
-from resnorm.tracking import KILLED, fail_pending_run
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command; print errors as ``error: ...`` and exit 2 (usage), 1 (run) or 130 (interrupted)."""
+    code = guard(lambda: command.main(args=args, standalone_mode=False), os.environ.get("MLFLOW_RUN_ID"))
+    if code:
+        sys.exit(code)
+
+
+def guard(job: Callable[[], object], run_id: str | None = None) -> int:
+    """Call ``job``; return its exit code: 0, or that of the error it raised, printed as one line,
+    with ``run_id`` (the run made for this job, if any) ended FAILED or KILLED with the reason."""
     with _sigterm_interrupts():
         try:
-            command.main(args=args, standalone_mode=False)
+            job()
+            return 0
         except click.exceptions.Exit as e:  # --help
-            sys.exit(e.exit_code)
+            return e.exit_code
         except click.exceptions.Abort as e:  # click's word for a KeyboardInterrupt (Ctrl-C, or SIGTERM below)
-            _fail(str(e.__cause__ or "") or "interrupted", 130, status=KILLED)
+            return _fail(str(e.__cause__ or "") or "interrupted", 130, run_id, interrupted=True)
         except click.ClickException as e:  # bad option value, unknown option
-            _fail(e.format_message(), e.exit_code)
+            return _fail(e.format_message(), e.exit_code, run_id)
         except RunBusy as e:  # the run is alive elsewhere: refuse without touching it
-            _fail(str(e), 2, leave=e.run_id)
+            return _fail(str(e), 2, run_id if run_id != e.run_id else None)
         except ConfigError as e:  # a value click could not check alone (e.g. groups against the norm)
-            _fail(str(e), 2, e)
+            return _fail(str(e), 2, run_id, e)
         except ResnormError as e:
-            _fail(str(e), 1, e)
+            return _fail(str(e), 1, run_id, e)
         except KeyboardInterrupt as e:
-            _fail(str(e) or "interrupted", 130, status=KILLED)
+            return _fail(str(e) or "interrupted", 130, run_id, interrupted=True)
         except Exception as e:  # noqa: BLE001 - the boundary: whatever it is, one line and a FAILED run
-            _fail(f"{type(e).__name__}: {e} (RESNORM_DEBUG=1 prints the traceback)", 1, e)
+            return _fail(f"{type(e).__name__}: {e} (RESNORM_DEBUG=1 prints the traceback)", 1, run_id, e)
 
 
 @contextlib.contextmanager
@@ -60,13 +68,16 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fail(message: str, code: int, error: BaseException | None = None, status: str = "FAILED",
-          leave: str | None = None) -> None:
+def _fail(message: str, code: int, run_id: str | None, error: BaseException | None = None,
+          interrupted: bool = False) -> int:
     line = one_line(message)
     if os.environ.get("RESNORM_DEBUG") == "1" and error is not None:
         traceback.print_exception(error, file=sys.stderr)
     click.echo(f"error: {line}", err=True)
-    if os.environ.get("MLFLOW_RUN_ID") not in (None, "", leave):  # started by `mlflow run`: say why in its run
+    if run_id:  # say why in the run made for this job, unless the job ended it itself
+        # Imported here: MLflow takes seconds to load, and --help or a bad option needs none of it.
+        from resnorm.tracking import fail_pending_run
+
         with contextlib.suppress(Exception):  # the store itself may be what failed
-            fail_pending_run(line, error, status)
-    sys.exit(code)
+            fail_pending_run(run_id, line, error, interrupted)
+    return code

@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from resnorm.data import available_memory
-from resnorm import names, threads
+from resnorm import machine, names, optim
 from resnorm.errors import ConfigError
-from resnorm.model import STAGE_CHANNELS
-from resnorm.norms import DEFAULT_GROUPS, NORM_NAMES, check_groups
+from resnorm.model import STAGE_CHANNELS, depth
+from resnorm.norms import DEFAULT_GROUPS, NORM_NAMES, NORM_SETTINGS, NormLayer, check_groups, get_norm, norm_options
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULERS = ("cosine", "step", "none")
+OPTIMIZERS = tuple(optim.OPTIMIZERS)  # sgd, adam
+SCHEDULERS = tuple(optim.SCHEDULERS)  # cosine, step, none
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "plain", "fast")  # see resnorm.fast
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "none")
@@ -80,7 +79,7 @@ class TrainConfig:
             raise ConfigError("lr must be greater than 0, got 0")
         if self.momentum > 1:
             raise ConfigError(f"momentum must be at most 1, got {self.momentum}")
-        if self.norm == "gn":
+        if "groups" in NORM_SETTINGS.get(self.norm, ()):
             try:
                 check_groups(self.groups, STAGE_CHANNELS)
             except ValueError as e:
@@ -96,11 +95,15 @@ class TrainConfig:
 
     @property
     def depth(self) -> int:
-        return 6 * self.n + 2
+        return depth(self.n)
 
     @property
     def augment_padding(self) -> int:
         return self.image_size // 8 if self.augment else 0
+
+    def norm_layer(self) -> NormLayer:
+        """The norm's constructor, ``channels -> nn.Module``, with the options of this run it takes."""
+        return get_norm(self.norm, **norm_options(self.norm, groups=self.groups))
 
     def run_name(self) -> str:
         """``{norm}-{optimizer}-lr{lr}-{aug|noaug}-bs{batch_size}``, e.g. ``ln-sgd-lr0.1-aug-bs32``."""
@@ -163,7 +166,7 @@ class Launch:
 
     def torch_threads(self) -> int:
         """The intra-op thread count this launch asks for, resolved."""
-        return self.threads or threads.available()
+        return self.threads or machine.available_cpus()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,7 +192,7 @@ def check_limits(cfg: TrainConfig) -> None:
             raise ConfigError(f"{field} {getattr(cfg, field)} is too large; at most {INT_MAX}")
     need = cfg.parameters * BYTES_PER_PARAMETER
     if need > 2**30:  # only then is it worth reading the machine's memory
-        available = available_memory()
+        available = machine.available_memory()
         if available is not None and need > 0.8 * available:
             raise ConfigError(
                 f"n={cfg.n} makes a ResNet-{cfg.depth} of {cfg.parameters:.3g} weights, whose weights, gradients and "

@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from resnorm import metrics, names, snapshots
 from resnorm.config import TrainConfig
-from resnorm.data import SPLITS, DataBundle, Split
+from resnorm.bundle import SPLITS, DataBundle, Split
 from resnorm.errors import ConfigError, TrainingDiverged
 from resnorm.fast import PLAIN, Runner, Speed
-from resnorm.model import ResNet, resnet
+from resnorm.model import ResNet
 from resnorm.norms import gate_clipper
+from resnorm.optim import build_optimizer, build_scheduler
 
 OnEpoch = Callable[["EpochStats"], None]
 
@@ -86,31 +86,7 @@ class TrainResult:
 
 def build_model(cfg: TrainConfig, data: DataBundle) -> ResNet:
     mean, std = data.mean_std()
-    return resnet(cfg.n, data.num_classes, cfg.norm, data.channels, cfg.groups, mean, std)
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    # Weight decay by tensor rank, so it works for every norm: conv and linear weights decay;
-    # biases, norm affines and Batch-Instance gates (which Nam & Kim exempt) do not.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    # fused: one kernel for every parameter's update (CUDA); otherwise torch's default (foreach).
-    kind = {"fused": True} if fused else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, **kind)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kind)  # TrainConfig allows only these two
-
-
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch."""
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)  # "none"
+    return ResNet(cfg.n, data.num_classes, cfg.norm_layer(), data.channels, mean, std)
 
 
 @dataclass

@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from resnorm.data import decode_image, load_data
+from resnorm.data import load_data
+from resnorm.folders import decode_image
 from resnorm.errors import DataError, ModelError
 from resnorm.tracking import use_default_experiment
 from resnorm.weights import TrainedModel, champion_uris, load_module, load_trained  # noqa: F401 (load_module: API)

@@ -27,7 +27,8 @@ from torch import nn
 
 from resnorm import home
 from resnorm.config import MODES
-from resnorm.data import SPLITS, DataBundle, Split, batches
+from resnorm.bundle import SPLITS, DataBundle, Split
+from resnorm.data import batches
 from resnorm.errors import ConfigError, one_line, warn
 
 # Batches up to this size are launch-bound on a big GPU: replay them as CUDA graphs.

@@ -15,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnorm.norms import NormLayer, get_norm
+from resnorm.norms import DEFAULT_GROUPS, NormLayer, get_norm, norm_options
 
 STAGE_CHANNELS = (16, 32, 64)
+
+
+def depth(n: int) -> int:
+    """Weighted layers of the ResNet with ``n`` blocks per stage: a stem, 2n convolutions in each of
+    three stages, one linear layer."""
+    return 6 * n + 2
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int, norm: nn.Module) -> nn.Conv2d:
@@ -83,7 +89,7 @@ class ResNet(nn.Module):
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1))
 
-        self.depth = 6 * n + 2
+        self.depth = depth(n)
         self.in_channels = in_channels
         width = STAGE_CHANNELS[0]
         self.norm1 = norm_layer(width)
@@ -118,10 +124,11 @@ def resnet(
     num_classes: int,
     norm: str | NormLayer,
     in_channels: int = 3,
-    groups: int = 8,
+    groups: int = DEFAULT_GROUPS,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> ResNet:
-    """Build a ResNet-(6n+2) with the norm given by name (see ``resnorm.norms.NORMS``) or constructor."""
-    norm_layer = get_norm(norm, groups) if isinstance(norm, str) else norm
+    """Build a ResNet-(6n+2) with the norm given as a constructor, or by name (see ``resnorm.norms.NORMS``;
+    ``groups`` is group norm's option). Training builds it from ``TrainConfig.norm_layer()``."""
+    norm_layer = norm if callable(norm) else get_norm(norm, **norm_options(norm, groups=groups))
     return ResNet(n, num_classes, norm_layer, in_channels, mean, std)

@@ -15,7 +15,10 @@ from torch import nn
 NormLayer = Callable[[int], nn.Module]
 
 EPS = 1e-5
+# The running statistics' update factor, as torch's BatchNorm2d names it:
+# running = (1 - MOMENTUM) * running + MOMENTUM * batch. Not the optimiser's momentum.
 MOMENTUM = 0.1
+DEFAULT_GROUPS = 8  # group norm's channel groups (Wu & He, 2018, use 32 for wider nets)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +146,7 @@ class GroupNorm2d(_ChannelAffine):
     the table is built the same way.
     """
 
-    def __init__(self, num_features: int, groups: int = 8, eps: float = EPS) -> None:
+    def __init__(self, num_features: int, groups: int = DEFAULT_GROUPS, eps: float = EPS) -> None:
         super().__init__(num_features, eps)
         if groups < 1 or num_features % groups:
             raise ValueError(
@@ -185,18 +188,23 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "nn": NoNorm,
 }
 NORM_NAMES: tuple[str, ...] = tuple(NORMS)
-DEFAULT_GROUPS = 8
+# The run settings a norm's constructor takes as keywords, beside the channel count.
+NORM_SETTINGS: dict[str, tuple[str, ...]] = {"gn": ("groups",)}
 
 
-def get_norm(name: str, groups: int = DEFAULT_GROUPS) -> NormLayer:
-    """The constructor ``channels -> nn.Module`` for the norm called ``name``."""
+def get_norm(name: str, **options) -> NormLayer:
+    """The constructor ``channels -> nn.Module`` of the norm called ``name``, with ``options`` bound
+    (``groups`` for ``gn``); an unknown name is an error listing the valid ones."""
     try:
         constructor = NORMS[name]
     except KeyError:
         raise ValueError(f"unknown norm {name!r}; valid norms: {', '.join(NORM_NAMES)}") from None
-    if constructor is GroupNorm2d:
-        return functools.partial(GroupNorm2d, groups=groups)
-    return constructor
+    return functools.partial(constructor, **options) if options else constructor
+
+
+def norm_options(name: str, **settings) -> dict:
+    """The options among a run's ``settings`` that the norm ``name`` takes (``NORM_SETTINGS``)."""
+    return {k: settings[k] for k in NORM_SETTINGS.get(name, ()) if k in settings}
 
 
 def check_groups(groups: int, channels: Iterable[int]) -> None:

@@ -28,13 +28,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from resnorm import names, serving, snapshots, weights
 from resnorm.config import Launch, TrainConfig
-from resnorm.data import SPLITS, DataBundle
+from resnorm.bundle import SPLITS, DataBundle
 from resnorm.engine import EpochStats, TrainResult
 from resnorm.errors import ConfigError, Interrupted, TrackingUnavailable, one_line
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
-from resnorm.tracking import (FAILED, FINISHED, KILLED, check_resumable_run, check_tracking_server, give_up_quickly,
+from resnorm.tracking import (FAILED, FINISHED, KILLED, check_own_run, check_resumable_run, check_tracking_server,
+                              give_up_quickly,
                               log_new_params, promote_if_better, record_failure, use_default_experiment)
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
@@ -163,22 +164,29 @@ class RunLogger:
 
     def log_model(self, cfg: TrainConfig, data: DataBundle, result: TrainResult, val_accuracy: float) -> int:
         """Log the kept model (pt2, eval mode, CPU) and its weights, register it and move
-        ``champion`` if it is better."""
+        ``champion`` if it is better; returns the registered version."""
         model = result.model.to("cpu").eval()
         weights.log_weights(self.client, self.run_id, cfg, data, model)
         # Two real test images: a batch of one would fix the exported batch size to 1.
         example = data.test.images[:2].float().div(255).numpy()
-        name = names.registered_model(cfg.norm)
         info = serving.log_model(
             model,
             name=names.MODEL_ARTIFACT,
             classes=data.classes,
             input_example=example,
-            registered_model_name=name,
             run_id=self.run_id,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            # MLflow would load the saved model back and predict the example to check it; the
+            # signature is ours and the tests serve the model, so that second load is not needed.
+            validate_serving_input=False,
         )
-        version = int(info.registered_model_version)
+        return self.register(info.model_uri, cfg.norm, val_accuracy)
+
+    def register(self, model_uri: str, norm: str, val_accuracy: float) -> int:
+        """Register the logged model as ``resnorm-{norm}``, tag the version with its validation
+        accuracy and move ``champion`` to it if it is the best."""
+        name = names.registered_model(norm)
+        version = int(mlflow.register_model(model_uri, name).version)
         self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))
         promote_if_better(self.client, name, version, val_accuracy)
         return version
@@ -200,21 +208,23 @@ def resumable_config(run_id: str) -> TrainConfig:
     return TrainConfig.from_params(snapshots.load(path)["config"])
 
 
-def _open(cfg: TrainConfig, resume: str):
-    """Start (or resume) the run; the resumed run's lock is taken first, so a refusal touches no run."""
+def _open(cfg: TrainConfig, resume: str, pointer: str | None):
+    """Start (or resume) the run; the resumed run's lock is taken first, so a refusal touches no run.
+    ``pointer``: the run made for this job (by ``mlflow run`` or a sweep), checked to be one."""
     held = snapshots.lock(resume) if resume else None
-    pointer = os.environ.get("MLFLOW_RUN_ID")
-    if resume and pointer and pointer != resume:
-        # `mlflow run -P resume=ID` made a new run before this script started: point it at ID.
-        MlflowClient().set_tag(pointer, names.TAG_RESUMED, resume)
-        MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
-    if not resume:
-        use_default_experiment()
-    # Under `mlflow run` (MLFLOW_RUN_ID) the run exists: a run_name here would rename it, and a sweep's
-    # child would lose its `-s{seed}`; log_config names a run that has no name of ours yet.
-    named = None if resume or pointer else cfg.run_name()
     try:
-        return mlflow.start_run(run_id=resume or None, run_name=named), held
+        if pointer and pointer != resume:
+            check_own_run(pointer, cfg)
+        if resume and pointer and pointer != resume:
+            # `mlflow run -P resume=ID` made a new run before this script started: point it at ID.
+            MlflowClient().set_tag(pointer, names.TAG_RESUMED, resume)
+            MlflowClient().update_run(pointer, name=f"resume-{resume[:8]}")
+        if not resume and not pointer:
+            use_default_experiment()
+        # A run made for this job exists: a run_name here would rename it, and a sweep's child would
+        # lose its `-s{seed}`; log_config names a run that has no name of ours yet.
+        named = None if resume or pointer else cfg.run_name()
+        return mlflow.start_run(run_id=resume or pointer or None, run_name=named), held
     except BaseException:
         if held is not None:
             held.close()
@@ -222,15 +232,17 @@ def _open(cfg: TrainConfig, resume: str):
 
 
 @contextlib.contextmanager
-def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> Iterator[RunLogger]:
+def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device,
+                 run_id: str | None = None) -> Iterator[RunLogger]:
     """Open the run, log config and data, yield the logger; end the run with a true status.
 
     An exception ends the run FAILED with its message in the ``resnorm.error`` tag (the traceback
     as an artifact); an interrupt ends it KILLED; a tracking server that went away leaves it
-    RUNNING, to be resumed from its snapshot.
+    RUNNING, to be resumed from its snapshot. ``run_id``: the run made for this training (by ``mlflow
+    run`` or a sweep), if any; else a new run is started (or ``launch.resume``'s continued).
     """
     check_tracking_server()
-    run, held = _open(cfg, launch.resume)
+    run, held = _open(cfg, launch.resume, run_id)
     logger = RunLogger(run.info.run_id)
     try:
         held = held or snapshots.lock(logger.run_id)

@@ -73,6 +73,7 @@ def save_model(
     exported batch size. Other keyword arguments go to ``mlflow.pytorch.save_model``.
     """
     mlflow_model = mlflow_model or Model()
+    kwargs.pop("validate_serving_input", None)  # Model.log's own option, which it passes on to every flavor
     _, channels, height, width = input_example.shape
     if height != width:
         raise ValueError(f"input_example must hold square images, got {height}x{width}")

@@ -13,8 +13,10 @@ import mlflow
 from mlflow.entities import Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT
 
 from resnorm import names
+from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ConfigError, TrackingUnavailable, one_line
 from resnorm.outbox import server_answers
 
@@ -114,6 +116,59 @@ def check_resumable_run(run_id: str) -> Run:
     return run
 
 
+TRAIN_ENTRY_POINTS = ("train", "main")  # the MLproject's names of the train entry point
+
+
+def check_own_run(run_id: str, cfg: TrainConfig) -> None:
+    """Refuse a run made for this training (``MLFLOW_RUN_ID``) that is not one: FINISHED, made for
+    another entry point or by hand (a variable inherited from a parent process, MLflow issue
+    15713), or holding another configuration's params. Training into it would rewrite a finished
+    run, or make one run two configurations."""
+    run = _existing_run(run_id, "MLFLOW_RUN_ID")
+    entry = run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT)
+    unset = "unset MLFLOW_RUN_ID (it is inherited from the process that started this one) to train into a new run"
+    if run.info.status == FINISHED:
+        raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, which has FINISHED; {unset}")
+    if entry not in TRAIN_ENTRY_POINTS:
+        made = f"for the {entry!r} entry point" if entry else "outside `mlflow run` and sweeps"
+        raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, made {made}, not for a training; "
+                          f"{unset}")
+    params = {k: unquote_param(v) for k, v in run.data.params.items()}
+    if set(FIELD_TYPES) <= set(params):
+        try:
+            theirs = TrainConfig.from_params(params)
+        except ConfigError:
+            theirs = None
+        if theirs != cfg:
+            raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, whose params describe another "
+                              f"configuration than {cfg.run_name()!r}; {unset}")
+
+
+def check_own_sweep_run(run_id: str) -> None:
+    """Refuse a run made for this sweep (``MLFLOW_RUN_ID``) that is not one: a sweep's parent (a
+    re-run continues it) or a fresh run that `mlflow run -e sweep` made. A training run, finished or
+    not, or a run of another entry point would become a sweep's parent."""
+    run = _existing_run(run_id, "MLFLOW_RUN_ID")
+    if run.data.tags.get(names.TAG_SWEEP) == "true":
+        return
+    entry = run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT)
+    if entry == "sweep" and run.info.status == RUNNING and names.TAG_DEVICE not in run.data.tags:
+        return
+    made = f"for the {entry!r} entry point" if entry else "outside `mlflow run`"
+    raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r} ({run.info.status}, made {made}), "
+                      "which is not a sweep; unset MLFLOW_RUN_ID (it is inherited from the process that started this "
+                      "one) to start a new sweep, or name a sweep's parent run to continue it")
+
+
+def _existing_run(run_id: str, what: str) -> Run:
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(f"{what}={run_id} names no run in the tracking store {mlflow.get_tracking_uri()!r}") from None
+
+
 def give_up_quickly() -> None:
     """The server is away: let MLflow's remaining calls on the way out fail at once, not retry."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -142,14 +197,14 @@ def record_failure(client: MlflowClient, run_id: str, reason: str, error: BaseEx
         pass
 
 
-def fail_pending_run(reason: str, error: BaseException | None = None, status: str = FAILED) -> None:
-    """End the run that ``mlflow run`` created for this process with ``reason``, if it is still RUNNING.
+def fail_pending_run(run_id: str, reason: str, error: BaseException | None = None, interrupted: bool = False) -> None:
+    """End ``run_id``, made for this process (by ``mlflow run`` or a sweep), FAILED (KILLED when
+    ``interrupted``) with ``reason``, if it is still RUNNING.
 
-    For errors found before the script opens its run (bad parameters, bad data), so the run
-    ``mlflow run`` made is not left RUNNING without a word of why.
+    For errors found before the job opens its run (bad parameters, bad data), so the run made for
+    it is not left RUNNING without a word of why.
     """
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id or server_answers(mlflow.get_tracking_uri()) is not None:
+    if server_answers(mlflow.get_tracking_uri()) is not None:
         return
     client = MlflowClient()
     try:
@@ -158,7 +213,7 @@ def fail_pending_run(reason: str, error: BaseException | None = None, status: st
     except MlflowException:
         return
     record_failure(client, run_id, reason, error)
-    client.set_terminated(run_id, status)
+    client.set_terminated(run_id, KILLED if interrupted else FAILED)
 
 
 def unquote_param(value: str) -> str:

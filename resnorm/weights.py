@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names
 from resnorm.config import TrainConfig
-from resnorm.data import DataBundle
+from resnorm.bundle import DataBundle
 from resnorm.errors import ModelError
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES

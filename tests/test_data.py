@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from resnorm import data as data_module
-from resnorm.data import _stratified_split, augment_draws, batches, crop_flip, load_data, synthetic
+from resnorm import folders, machine
+from resnorm.bundle import stratified_split
+from resnorm.data import augment_draws, batches, crop_flip, load_data, synthetic
 from resnorm.home import decoded_dir
 from resnorm.errors import DataError
 from tests.conftest import COLOURS, make_class_tree, write_image
@@ -23,7 +24,7 @@ def test_digits_default_is_split_70_15_15_stratified_and_fixed():
 
 def test_split_indices_are_disjoint_and_cover_every_image():
     labels = np.repeat(np.arange(5), 40)
-    parts = _stratified_split(labels)
+    parts = stratified_split(labels)
     together = np.concatenate(list(parts.values()))
     assert len(together) == len(set(together)) == len(labels)
 
@@ -61,7 +62,7 @@ def test_a_folder_is_decoded_once_and_read_from_the_cache_after(split_folder, mo
     first = load_data(str(split_folder), 12)
     (cached,) = decoded_dir().glob("splits-12px-*.pt")
     with monkeypatch.context() as m:
-        m.setattr(data_module, "decode_image", lambda *a: pytest.fail("decoded again"))
+        m.setattr(folders, "read_image", lambda *a: pytest.fail("decoded again"))
         again = load_data(str(split_folder), 12)
     for s in ("train", "val", "test"):
         assert torch.equal(first.split(s).images, again.split(s).images)
@@ -85,7 +86,7 @@ def test_a_damaged_cache_is_decoded_again(split_folder):
 
 
 def test_a_folder_too_big_for_memory_stops_before_decoding(split_folder, monkeypatch):
-    monkeypatch.setattr(data_module, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(machine, "available_memory", lambda: 10_000)
     with pytest.raises(DataError, match=r"45 images at image_size 64 need 0\.0 GiB decoded, but only 0\.0 GiB"):
         load_data(str(split_folder), 64)
     assert not list(decoded_dir().glob("*.pt"))

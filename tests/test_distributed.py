@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
 from tests.conftest import ROOT, free_port, subprocess_env
-from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, trainers_of, wait_for
+from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, trainer_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -80,17 +80,6 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def pid_of_trainer(run_id: str) -> int | None:
-    """The python process training ``run_id`` (not its shell)."""
-    for pid in trainers_of(run_id):
-        try:
-            if b"entrypoints/train.py" in open(f"/proc/{pid}/cmdline", "rb").read():
-                return pid
-        except OSError:
-            continue
-    return None
 
 
 # Each `ray start` of the README's recipe, on one machine: loopback, ports of its own, in the
@@ -181,8 +170,8 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
     try:
         wait_for(a_child_at_epoch_2, 600, "a child's epoch 2", sweep)
         run_id = victim["run"]
-        trainer = pid_of_trainer(run_id)
-        assert trainer is not None, "the child's training process is running"
+        homes = [f"{folder}/home-{i}" for i in (1, 2)]
+        (trainer,) = [pid for pid in (trainer_of(run_id, home) for home in homes) if pid]  # the trial's worker
         (node,) = [n for n in nodes[1:] if trainer in descendants(n.proc.pid)]
         at_kill = logged_epochs(client, run_id)
         node.kill()  # its raylet, its workers and the training they started

@@ -7,7 +7,8 @@ from resnorm import names
 from resnorm.config import TrainConfig
 from resnorm.data import load_data, synthetic
 from resnorm.config import resolve_device
-from resnorm.engine import build_model, build_optimizer, evaluate, train
+from resnorm.engine import build_model, evaluate, train
+from resnorm.optim import build_optimizer
 from resnorm.errors import ConfigError, TrainingDiverged
 from resnorm.fast import Runner
 from resnorm.norms import BatchInstanceNorm2d

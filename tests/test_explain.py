@@ -13,7 +13,8 @@ from PIL import Image
 
 from resnorm import names
 from resnorm.config import TrainConfig
-from resnorm.data import DataBundle, Split, load_data
+from resnorm.bundle import DataBundle, Split
+from resnorm.data import load_data
 from resnorm.engine import train
 from resnorm.errors import DataError, ModelError
 from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, gradcam_grid, load_module, read_images

@@ -16,7 +16,8 @@ from resnorm.config import TrainConfig
 from resnorm.data import load_data, synthetic
 from resnorm.engine import build_model, evaluate, train
 from resnorm.fast import EVAL_BATCH, Runner, Speed, resolve_speed
-from resnorm.norms import NORM_NAMES, BatchInstanceNorm2d, BatchNorm2d, GroupNorm2d, InstanceNorm2d, LayerNorm2d, get_norm
+from resnorm.norms import (NORM_NAMES, BatchInstanceNorm2d, BatchNorm2d, GroupNorm2d, InstanceNorm2d, LayerNorm2d, get_norm,
+                           norm_options)
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 CPU = torch.device("cpu")
@@ -45,7 +46,7 @@ def test_auto_is_fast_on_cuda_and_plain_on_the_cpu():
 @pytest.mark.parametrize("norm", [n for n in NORM_NAMES if n not in ("torch_bn", "nn")])
 def test_bf16_activations_are_normalised_with_float32_statistics(norm):
     """Under autocast a conv hands the norm bf16: the statistics must not be taken in bf16."""
-    layer = get_norm(norm, 4)(16).train()
+    layer = get_norm(norm, **norm_options(norm, groups=4))(16).train()
     x = (torch.randn(8, 16, 6, 6) * 3 + 5).bfloat16()
     state = {k: v.clone() for k, v in layer.state_dict().items()}
     out = layer(x)
@@ -92,7 +93,7 @@ def test_compiled_hand_written_norms_equal_torch(compile_cache):
     x = torch.randn(4, 16, 5, 6, generator=g, dtype=torch.float64) * 2 + 1
     upstream = torch.randn(x.shape, generator=g, dtype=torch.float64)
     for norm in ("bn", "in", "bin", "ln", "gn"):
-        layer = get_norm(norm, 4)(16).double().train()
+        layer = get_norm(norm, **norm_options(norm, groups=4))(16).double().train()
         with torch.no_grad():
             layer.weight.uniform_(0.5, 1.5, generator=g)
             layer.bias.normal_(generator=g)

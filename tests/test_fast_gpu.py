@@ -7,7 +7,7 @@ from resnorm.config import TrainConfig
 from resnorm.data import load_data
 from resnorm.engine import train
 from resnorm.fast import place_images, resolve_speed
-from resnorm.norms import get_norm
+from resnorm.norms import get_norm, norm_options
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 GPU = torch.device("cuda")
@@ -22,7 +22,7 @@ def test_images_live_on_the_gpu_when_they_fit():
 
 @pytest.mark.parametrize("norm", ["bn", "in", "bin", "ln", "gn"])
 def test_compiled_norms_on_the_gpu_equal_eager_ones(norm):
-    layer = get_norm(norm, 4)(16).to(GPU).train()
+    layer = get_norm(norm, **norm_options(norm, groups=4))(16).to(GPU).train()
     x = torch.randn(8, 16, 12, 12, device=GPU).to(memory_format=torch.channels_last).requires_grad_()
     eager = layer(x)
     (g_eager,) = torch.autograd.grad(eager.sum() + (eager**2).sum(), x)

@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, snapshots, threads
+from resnorm import machine, names, snapshots
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
@@ -21,7 +22,7 @@ CONFIG = {"norm": "bn", "epochs": str(EPOCHS), "image_size": "16", "n": "1", "da
 ARGS = [a for k, v in CONFIG.items() for a in (f"--{k.replace('_', '-')}", v)]
 # On the CPU the thread count changes the sums: the reference trains with the threads a sweep gives
 # each of its two children at once (its default on the CPU), so a sweep's child can equal it.
-THREADS = ["--threads", str(threads.share(2))]
+THREADS = ["--threads", str(machine.share(2))]
 # Wall-clock measurements; everything else must match an uninterrupted run to the last bit.
 VARYING = {names.EPOCH_SECONDS, names.IMAGES_PER_SECOND}
 
@@ -43,27 +44,16 @@ def logged_epochs(client, run_id) -> int:
     return len(client.get_metric_history(run_id, names.VAL_LOSS))
 
 
-def trainers_of(run_id) -> list[int]:
-    """The processes training ``run_id`` (found by the MLFLOW_RUN_ID that `mlflow run` gave them:
-    MLflow starts a project's command in a session of its own, out of reach of the sweep's group)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if f"MLFLOW_RUN_ID={run_id}".encode() in environ:
-            pids.append(int(pid))
-    return pids
-
-
-def kill_trainer_of(run_id):
-    """kill -9 the process training ``run_id``."""
-    for pid in trainers_of(run_id):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def trainer_of(run_id, resnorm_home=None) -> int | None:
+    """The live process training ``run_id`` on this machine: the holder of the run's lock, a `train`
+    process or a sweep's worker (``resnorm_home``: the RESNORM_HOME it trains under, if not ours)."""
+    if resnorm_home is None:
+        return snapshots.holder(run_id)
+    lock = Path(resnorm_home) / "runs" / run_id / "lock"
+    if not lock.exists():
+        return None
+    pid = int(lock.read_text().split()[-1])
+    return pid if Path(f"/proc/{pid}").exists() else None
 
 
 def wait_for(predicate, timeout, what, proc=None):
@@ -142,8 +132,12 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
 
     wait_for(child_at_epoch_2, 300, "the child's epoch 2", sweep)
     child, parent = found["child"], found["parent"]
-    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its child, as a lost machine would
-    kill_trainer_of(child)
+    # The sweep and its worker at once, as a lost machine would: the worker is held first, so it
+    # cannot act on the SIGTERM the kernel sends it when its sweep dies.
+    worker = trainer_of(child)
+    os.kill(worker, signal.SIGSTOP)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
     sweep.wait()
     assert client.get_run(child).info.status == "RUNNING"
     assert logged_epochs(client, child) < EPOCHS
@@ -157,6 +151,48 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     assert [k.info.run_id for k in kids] == [child], "continued, not started over"
     assert client.get_run(child).info.status == "FINISHED"
     assert comparable(client, child) == comparable(client, ref_id)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow_env, tmp_path):
+    """A sweep's worker killed mid-child (kill -9, as the OOM killer would): that child is FAILED with
+    the reason, a new worker trains the others, the sweep says one child did not finish, and a
+    re-run into its parent resumes that child from its snapshot."""
+    client = MlflowClient()
+    args = ["--preset", "custom", "--grid", "norm=bn,gn,ln", "--epochs", "4", "--image-size", "16", "--n", "1",
+            "--parallel", "1"]
+    env = subprocess_env(mlflow_env)
+    sweep = subprocess.Popen(SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    found = {}
+
+    def a_child_at_epoch_1():
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        for r in client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []:
+            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
+            return logged_epochs(client, r.info.run_id) >= 1
+        return False
+
+    wait_for(a_child_at_epoch_1, 300, "the first child's epoch 1", sweep)
+    worker = trainer_of(found["child"])
+    os.kill(worker, signal.SIGKILL)
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and err.count("error:") == 1 and "1 of 3 children did not finish" in err, err[-3000:]
+    dead = client.get_run(found["child"])
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags[names.TAG_ERROR].startswith(f"its sweep worker (pid {worker}) died while training it "
+                                                      "(signal SIGKILL)")
+    kids = client.search_runs([dead.info.experiment_id], f"tags.mlflow.parentRunId = '{found['parent']}'")
+    assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED", "FINISHED"]
+
+    rerun = subprocess.run(SWEEP + args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": found["parent"]},
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "1 resumed from a snapshot" in rerun.stdout
+    assert client.get_run(found["child"]).info.status == "FINISHED"
+    for key, points in curves(client, found["child"]).items():
+        assert [s for s, _ in points] == [1, 2, 3, 4], key  # every epoch once, across both workers
 
 
 def start_training(client, args, cwd, env, epoch=1, stdout=subprocess.PIPE):

@@ -4,6 +4,7 @@ sweep stopped by SIGTERM stops its children. Real processes, a real store, real 
 
 import signal
 import subprocess
+from pathlib import Path
 
 import click
 import mlflow
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names, snapshots
 from resnorm.cli import run_command
 from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
-from tests.test_recovery import curves, logged_epochs, start_training, trainers_of, wait_for
+from tests.test_recovery import curves, logged_epochs, start_training, trainer_of, wait_for
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
@@ -102,48 +103,6 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
 
 
-SLOW_TO_CLOSE = """
-import os, signal, sys, time
-from mlflow.tracking import MlflowClient
-from resnorm import snapshots
-held = snapshots.lock(os.environ["MLFLOW_RUN_ID"])
-def stop(signum, frame):
-    time.sleep(2)  # closing a run takes a while: held metrics, the snapshot upload, the store
-    MlflowClient().set_terminated(os.environ["MLFLOW_RUN_ID"], "KILLED")
-    sys.exit(130)
-signal.signal(signal.SIGTERM, stop)
-print("ready", flush=True)
-while True:
-    time.sleep(0.1)
-"""
-
-
-@pytest.mark.slow
-def test_a_stopped_childs_run_is_read_after_its_trainer_closed_it(mlflow_env, tmp_path):
-    """`mlflow run` starts a child as `bash -c` in a session of its own and a sweep stops it with
-    SIGTERM to that group: the shell ends at once, the python it started is still closing its run.
-    The sweep must read the run's status after that python let go of it (once, CI read RUNNING,
-    then found the lock free and marked a KILLED child FAILED)."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
-    from resnorm.sweep.executors import close_child
-
-    client = MlflowClient()
-    with mlflow.start_run() as run:
-        pass
-    client.update_run(run.info.run_id, status="RUNNING")
-    (tmp_path / "child.py").write_text(SLOW_TO_CLOSE)
-    env = {**subprocess_env(mlflow_env), "MLFLOW_RUN_ID": run.info.run_id}
-    proc = subprocess.Popen(["bash", "-c", f"{PYTHON} child.py; true"], cwd=tmp_path, env=env,  # `; true`: no exec
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout.readline().strip() == "ready"
-    submitted = LocalSubmittedRun(run.info.run_id, proc)
-    submitted.cancel()  # SIGTERM to the group, as a stopped sweep does; returns when bash is gone
-    assert close_child(client, submitted) == "KILLED"
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
-    assert not snapshots.is_locked(run.info.run_id)
-
-
 @pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
     client = MlflowClient()
@@ -162,8 +121,8 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
 
     wait_for(child_at_epoch_1, 300, "the child's epoch 1", sweep)
     child, parent = found["child"], found["parent"]
-    trainers = trainers_of(child)  # the child's shell and its python
-    assert trainers
+    trainer = trainer_of(child)  # the sweep's worker that trains it
+    assert trainer
     sweep.send_signal(signal.SIGTERM)  # to the sweep's own process only, as Kubernetes does
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 130, err[-3000:]
@@ -173,7 +132,7 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     assert errors[0].startswith("error: stopped by SIGTERM; continue it with")
     assert errors[1] == (f"error: stopped by SIGTERM; its running children were stopped; re-run into this parent "
                          f"(mlflow run ... --run-id {parent}) to resume them")
-    assert not trainers_of(child), f"the child ({trainers}) trains on without its sweep"
+    assert trainer_of(child) is None and not Path(f"/proc/{trainer}").exists(), "the worker outlives its sweep"
     assert client.get_run(parent).info.status == "KILLED"
     assert client.get_run(child).info.status == "KILLED" and snapshots.path_for(child).exists()
 

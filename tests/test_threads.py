@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, threads
+from resnorm import machine, names
 from resnorm.config import Launch
 from resnorm.errors import ConfigError
 from tests.conftest import PYTHON, ROOT, subprocess_env
@@ -19,7 +19,7 @@ def test_threads_follow_what_was_asked_or_the_cpus_this_process_may_use():
     assert Launch(threads=0).torch_threads() == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match="threads must be at least 0, got -1"):
         Launch(threads=-1)
-    assert [threads.share(p, cpus=8) for p in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert [machine.share(p, cpus=8) for p in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 
 @pytest.mark.slow

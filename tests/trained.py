@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from resnorm.config import Launch, TrainConfig
-from resnorm.data import DataBundle
+from resnorm.bundle import DataBundle
 from resnorm.engine import TrainResult, train
 from resnorm.runlog import training_run
 

@@ -3,6 +3,7 @@ ones, run the rest, and end the parent with a true status."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -10,16 +11,19 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from resnorm import names, snapshots, threads
-from resnorm.config import Launch, TrainConfig, resolve_device
+from resnorm import PROJECT_ROOT, machine, names, snapshots
+from resnorm.config import FIELD_TYPES, Launch, TrainConfig, parse_value, resolve_device
 from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
-from resnorm.sweep.executors import RAY_CPUS_PER_TRIAL, Child, SweepContext, check_ray_address, run_local, run_ray
+from resnorm.sweep.child import Child, SweepContext, sweep_children
+from resnorm.sweep.pool import run_local
+from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
 from resnorm.sweep.planner import child_name, plan
-from resnorm.tracking import (FINISHED, KILLED, check_tracking_server, log_new_params, unquote_param,
+from resnorm.tracking import (FINISHED, KILLED, check_own_sweep_run, check_tracking_server, log_new_params, unquote_param,
                               use_default_experiment)
 
 
 CPU_PARALLEL = 2  # children at once on the CPU by default (see default_parallel)
+EXECUTORS = ("local", "ray")
 
 
 class SweepIncomplete(ResnormError):
@@ -51,14 +55,9 @@ class SweepSpec:
                 **{k: str(v) for k, v in self.training.items()}}
 
 
-def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> list:
-    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and {status}",
-                              max_results=50000, order_by=["attributes.start_time ASC"])
-
-
 def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> set[TrainConfig]:
-    return {c for c in map(_config_of, _children(client, experiment_id, parent_run_id, f"attributes.status = '{FINISHED}'"))
-            if c is not None}
+    done = sweep_children(client, experiment_id, parent_run_id, f"attributes.status = '{FINISHED}'")
+    return {c for c in map(_config_of, done) if c is not None}
 
 
 def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
@@ -66,7 +65,7 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
     machine): config -> run id (the latest attempt of a config wins). A child killed with its
     sweep stays RUNNING or ends KILLED; one whose process died under a live sweep was marked
     FAILED. Each continues from its snapshot."""
-    runs = _children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
+    runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
     return {_config_of(r): r.info.run_id for r in runs if _config_of(r) is not None and
             (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))}
 
@@ -74,7 +73,7 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
 def default_parallel(gpus: int) -> int:
     """One child per GPU; on the CPU two at once, each with half the cores: on 2 cores the digits
     preset ran 1.5x faster as two 1-thread children than as one 2-thread child (README, "Sweeps")."""
-    return gpus or min(CPU_PARALLEL, threads.available())
+    return gpus or min(CPU_PARALLEL, machine.available_cpus())
 
 
 def _config_of(run) -> TrainConfig | None:
@@ -84,14 +83,25 @@ def _config_of(run) -> TrainConfig | None:
         return None
 
 
+# What a sweep re-run into its parent must repeat: what it plans and how its children train
+# (executor, parallel, Ray's address and storage may change between attempts).
+SAME_ON_RERUN = ("preset", "grid", "seeds", "device", "mode", *FIELD_TYPES)
+
+
 def _check_same_sweep(existing: Mapping[str, str], params: Mapping[str, str], run_id: str) -> None:
-    changed = [f"{k}={unquote_param(existing[k])!r} (now {v!r})" for k, v in params.items()
-               if k in existing and unquote_param(existing[k]) != v]
+    """A re-run into ``run_id`` must ask for the sweep it continues: its params would lie otherwise."""
+
+    def value(key: str, text: str):
+        text = unquote_param(text)
+        return parse_value(key, text) if key in FIELD_TYPES and text.strip() else text.strip()
+
+    changed = [f"{k}={unquote_param(existing[k])!r} (now {params[k]!r})" for k in SAME_ON_RERUN
+               if k in existing and k in params and value(k, existing[k]) != value(k, params[k])]
     if changed:
         raise ConfigError(f"run {run_id} is a sweep with {', '.join(changed)}; resume it with the same parameters")
 
 
-def run_sweep(project_dir: str, spec: SweepSpec) -> None:
+def run_sweep(spec: SweepSpec) -> None:
     """Run ``spec`` as one parent run (or continue the one `mlflow run --run-id` names)."""
     configs = plan(spec.preset, spec.grid, spec.seeds, spec.training)
     if spec.executor == "ray":
@@ -99,15 +109,19 @@ def run_sweep(project_dir: str, spec: SweepSpec) -> None:
     gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
     parallel = spec.parallel or default_parallel(gpus)
     check_tracking_server()
-    use_default_experiment()
+    pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
+    if pointer:
+        check_own_sweep_run(pointer)
+    else:
+        use_default_experiment()
     # No run_name here: resuming a run with a name renames it, before the parameters are checked.
-    with mlflow.start_run() as parent:
+    with mlflow.start_run(run_id=pointer or None) as parent:
         client, run_id = MlflowClient(), parent.info.run_id
         try:
             _open_parent(client, run_id, spec, parallel)
-            ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, project_dir)
+            ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, str(PROJECT_ROOT))
             # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
-            per_child = RAY_CPUS_PER_TRIAL if spec.executor == "ray" else threads.share(parallel)
+            per_child = RAY_CPUS_PER_TRIAL if spec.executor == "ray" else machine.share(parallel)
             children = _to_run(client, ctx, spec, configs, per_child)
             if spec.executor == "ray":
                 statuses = run_ray(ctx, children, spec.ray_address, gpus, max(1, parallel // max(1, gpus)),
@@ -129,8 +143,7 @@ def run_sweep(project_dir: str, spec: SweepSpec) -> None:
 def _open_parent(client: MlflowClient, run_id: str, spec: SweepSpec, parallel: int) -> None:
     existing = client.get_run(run_id).data.params
     params = spec.params(parallel)
-    # `mlflow run` logs -P values as typed; compare only what it cannot respell.
-    _check_same_sweep(existing, {k: params[k] for k in ("preset", "grid", "seeds")}, run_id)
+    _check_same_sweep(existing, params, run_id)
     log_new_params(client, run_id, params)
     client.set_tag(run_id, names.TAG_SWEEP, "true")
     client.set_tag(run_id, names.TAG_PRESET, spec.preset)

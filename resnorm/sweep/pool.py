@@ -1,0 +1,147 @@
+"""The local executor: a pool of ``parallel`` worker processes on this machine, each training one
+child after another (``resnorm.sweep.worker``), as Ray Tune reuses its actors.
+
+A child costs its epochs and its model logging; the imports (torch, MLflow, scikit-learn,
+matplotlib: seconds) are paid once per worker. Each child is still its own MLflow run, made here
+first (``child.create_child_run``) and trained by the same function as the ``train`` entry point.
+A worker that dies (``kill -9``, out of memory) fails only its child - FAILED, with the reason, and
+resumable from its snapshot by a re-run of the sweep - and is replaced. Interrupted (SIGTERM,
+Ctrl-C), the pool stops its busy workers with SIGTERM (their children end KILLED, resumable),
+waits for them, and passes the interrupt on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from mlflow.tracking import MlflowClient
+
+from resnorm import home
+from resnorm.sweep.child import Child, SweepContext, absolute_tracking_uri, create_child_run, request, settle
+
+STOP_SECONDS = 120.0  # how long a stopped child may take to close its run
+
+
+def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
+    """A worker's environment: this one, with the tracking URI and RESNORM_HOME made absolute
+    (relative ones mean the folder the sweep was started in), without the sweep's own run, and
+    with ``gpu`` the only one it sees."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+                                                               "MLFLOW_EXPERIMENT_NAME")}
+    env["MLFLOW_TRACKING_URI"] = absolute_tracking_uri()
+    env["RESNORM_HOME"] = str(home.home().absolute())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_dir, env.get("PYTHONPATH")]))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
+class Worker:
+    """One worker process and the child it is training, if any."""
+
+    def __init__(self, ctx: SweepContext, gpu: int | None) -> None:
+        read, write = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "resnorm.sweep.worker", str(write), str(os.getpid())], stdin=subprocess.PIPE, text=True,
+            pass_fds=(write,), env=worker_env(ctx.project_dir, gpu), start_new_session=True,
+        )
+        os.close(write)  # the worker holds the only write end: its death is an end of file here
+        self.replies = os.fdopen(read)
+        self.child: Child | None = None
+        self.run_id = ""
+
+    def give(self, child: Child, run_id: str) -> None:
+        self.child, self.run_id = child, run_id
+        self.proc.stdin.write(request(child, run_id))
+        self.proc.stdin.flush()
+
+    def read_reply(self) -> dict | None:
+        """The reply to the current child, or None when the worker died first."""
+        line = self.replies.readline()
+        return json.loads(line) if line else None
+
+    def death(self) -> str:
+        """Why the worker is gone, once it is."""
+        code = self.proc.wait()
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return (f"its sweep worker (pid {self.proc.pid}) died while training it ({how}); re-run the sweep into its "
+                "parent to resume it from its snapshot")
+
+    def stop(self) -> None:
+        """SIGTERM to the worker's session (the child it trains ends KILLED)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.replies.close()
+
+
+def run_local(ctx: SweepContext, children: Sequence[Child], parallel: int = 1, gpus: int = 0) -> dict[str, str]:
+    """Children on ``parallel`` workers; with GPUs, worker i sees GPU i % gpus. Returns each
+    child's final status by name."""
+    client = MlflowClient()
+    statuses: dict[str, str] = {}
+    queue = list(children)
+    slots = min(parallel, len(queue))
+    workers: list[Worker | None] = [None] * slots
+
+    def report(child: Child, run_id: str, status: str) -> None:
+        statuses[child.name] = status
+        print(f"[{len(statuses)}/{len(children)}] {child.name}: {status} (run {run_id})", flush=True)
+
+    try:
+        while queue or any(w is not None and w.child for w in workers):
+            for i, w in enumerate(workers):
+                if queue and (w is None or w.proc.poll() is not None):  # none yet, or it died idle
+                    if w is not None:
+                        w.close()
+                    workers[i] = w = Worker(ctx, i % gpus if gpus else None)
+                if w is not None and w.child is None and queue:
+                    child = queue.pop(0)
+                    w.give(child, child.launch.resume or create_child_run(client, ctx, child))
+            busy = {w.replies: w for w in workers if w is not None and w.child is not None}
+            ready, _, _ = select.select(list(busy), [], [], 1.0)
+            for replies in ready:
+                w = busy[replies]
+                child, run_id = w.child, w.run_id
+                w.child = None
+                if w.read_reply() is None:  # the worker died: fail its child; another takes its place
+                    report(child, run_id, settle(client, run_id, w.death()))
+                else:
+                    report(child, run_id, settle(client, run_id, "the training ended without closing its run"))
+    except BaseException:
+        _stop(client, [w for w in workers if w is not None], report)
+        raise
+    finally:
+        for w in workers:
+            if w is not None:
+                w.close()
+    return statuses
+
+
+def _stop(client: MlflowClient, workers: list[Worker], report) -> None:
+    """Stop the busy workers (their children end KILLED) and wait, bounded, until each has answered."""
+    busy = [w for w in workers if w.child is not None]
+    for w in busy:
+        w.stop()
+    deadline = time.monotonic() + STOP_SECONDS
+    for w in busy:
+        ready, _, _ = select.select([w.replies], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            w.read_reply()
+        report(w.child, w.run_id, settle(client, w.run_id, "its sweep was stopped"))
+        w.child = None
