@@ -10,8 +10,9 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter
 
 from analysis.groups import Group, describe, differing
 from analysis.runs import Histories
-from analysis.tables import Row, _matches, points, study_setting
+from analysis.tables import Row, matches, points, study_rows
 from resnorm import names
+from resnorm.plots import plain
 
 LABELS = {
     names.TRAIN_LOSS: "train loss (log scale)", names.VAL_LOSS: "val loss (log scale)",
@@ -32,27 +33,23 @@ class FigureSpec:
     series: tuple[Row, ...]  # one line per configuration in every panel
 
 
-def _series(found: list[dict], label) -> tuple[Row, ...]:
-    return tuple(Row(label(study_setting(p)), p) for p in found)
-
-
 def _lr(s: dict) -> str:
     return f"lr {s['lr']:g}"
 
 
 FIGURES = (
     FigureSpec("figure1", "Figure 1: torch_bn with SGD", ACC_LOSS,
-               _series([p for p in points(norm="torch_bn", optimizer="sgd", augment=True, batch_size=32,
+               study_rows([p for p in points(norm="torch_bn", optimizer="sgd", augment=True, batch_size=32,
                                           scheduler="cosine")], _lr)),
     FigureSpec("figure2", "Figure 2: torch_bn with Adam", ACC_LOSS,
-               _series(points(norm="torch_bn", optimizer="adam"), _lr)),
+               study_rows(points(norm="torch_bn", optimizer="adam"), _lr)),
     FigureSpec("figure3", "Figure 3: torch_bn vs the hand-written bn", LOSSES,
-               _series([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], lambda s: s["norm"])),
-    FigureSpec("figure4", "Figure 4: every norm, SGD lr 0.1", LOSSES, _series(points("norm"), lambda s: s["norm"])),
+               study_rows([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], lambda s: s["norm"])),
+    FigureSpec("figure4", "Figure 4: every norm, SGD lr 0.1", LOSSES, study_rows(points("norm"), lambda s: s["norm"])),
     FigureSpec("figure5", "Figure 5: bn by batch size", (names.VAL_ACCURACY, *LOSSES),
-               _series(points("batch_size", norm="bn"), lambda s: f"batch {s['batch_size']}")),
+               study_rows(points("batch_size", norm="bn"), lambda s: f"batch {s['batch_size']}")),
     FigureSpec("figure6", "Figure 6: gn by batch size", (names.VAL_ACCURACY, *LOSSES),
-               _series(points("batch_size", norm="gn"), lambda s: f"batch {s['batch_size']}")),
+               study_rows(points("batch_size", norm="gn"), lambda s: f"batch {s['batch_size']}")),
 )
 
 
@@ -62,11 +59,11 @@ def mean_curve(histories: Histories, run_ids, key: str) -> tuple[pd.Series, pd.S
     return frame.mean(axis=1), frame.std(axis=1, ddof=1)
 
 
-def found_series(spec: FigureSpec, groups: list[Group]) -> tuple[list[tuple[str, Group]], list[str]]:
+def foundstudy_rows(spec: FigureSpec, groups: list[Group]) -> tuple[list[tuple[str, Group]], list[str]]:
     """(label, configuration) of every line to draw, and the series with no finished run."""
     found, missing = [], []
     for row in spec.series:
-        matched = [g for g in groups if _matches(g, row.selector()) and len(g.finished)]
+        matched = [g for g in groups if matches(g, row.selector()) and len(g.finished)]
         if not matched:
             missing.append(f"{row.label} ({row.describe()})")
         fields = differing(matched)
@@ -79,7 +76,7 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
     for i, (label, group) in enumerate(found):
         run_ids = list(group.finished["run_id"])
         mean, std = mean_curve(histories, run_ids, key)
-        text = f"{label} (n={len(run_ids)})"
+        text = plain(f"{label} (n={len(run_ids)})")
         ax.plot(mean.index, mean.values * scale, label=text, linestyle=STYLES[i % len(STYLES)],
                 marker=MARKERS[i % len(MARKERS)], markersize=4)
         if len(run_ids) > 1:
@@ -102,7 +99,7 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
 
 def build_figure(spec: FigureSpec, groups: list[Group], histories: Histories) -> tuple[Figure | None, list[str]]:
     """The figure (None when no series has a finished run) and the series that are missing."""
-    found, missing = found_series(spec, groups)
+    found, missing = foundstudy_rows(spec, groups)
     if not found:
         return None, missing
     fig = Figure(figsize=(3.6 * len(spec.panels), 3.6), layout="constrained")
@@ -113,6 +110,6 @@ def build_figure(spec: FigureSpec, groups: list[Group], histories: Histories) ->
     many = any(len(g.finished) > 1 for _, g in found)
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small",
                title=BAND if many else None, title_fontsize="small")
-    fig.suptitle(f"{spec.title}: {', '.join(label for label, _ in found)}" if len(found) > 1 else
-                 f"{spec.title}: {found[0][0]} only")
+    fig.suptitle(plain(f"{spec.title}: {', '.join(label for label, _ in found)}" if len(found) > 1 else
+                       f"{spec.title}: {found[0][0]} only"))
     return fig, missing

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -12,12 +16,14 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
+from resnorm.bundle import SPLITS
 from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ResnormError
-from resnorm.sweep import plan
+from resnorm.sweep import child_name, plan
+from resnorm.sweep.planner import varying
+from resnorm.sweep.child import sweep_children
 from resnorm.tracking import unquote_param
 
-SPLITS = ("train", "val", "test")
 FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
 # Launch settings that change results or speed without being TrainConfig fields.
 LAUNCH_FIELDS = ("mode",)
@@ -66,18 +72,51 @@ def find_sweep(client: MlflowClient, experiment: str = "", sweep_run_id: str = "
     return found
 
 
-def sweep_plan(parent: Run) -> tuple[list[TrainConfig], str]:
-    """The configurations the sweep planned, re-planned from its logged params, and the training
-    mode its children were launched with. An unreadable plan is an error: without it, failed and
-    missing seeds could not be told apart from configurations that were never planned."""
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep planned: its configurations (with seeds), their run names, the training mode of
+    its children, and where the plan was read from."""
+
+    configs: list[TrainConfig]
+    names: dict[str, TrainConfig]  # run name -> configuration (a child that failed before its params)
+    mode: str
+    source: str  # "sweep.json" or "re-planned from the sweep's params"
+
+
+def sweep_plan(client: MlflowClient, parent: Run) -> Plan:
+    """The plan the sweep logged (``sweep.json``: every planned configuration and seed); a sweep
+    from before it logged one is re-planned from its params. An unreadable plan is an error:
+    without it, failed and missing seeds could not be told apart from configurations that were
+    never planned."""
     p = {k: unquote_param(v) for k, v in parent.data.params.items()}
+    mode = p.get("mode", DEFAULT_MODE) or DEFAULT_MODE
+    logged = _logged_plan(client, parent)
+    if logged is not None:
+        try:
+            entries = [(c["name"], TrainConfig(**c["config"])) for c in logged["configurations"]]
+        except (KeyError, TypeError, ResnormError) as e:
+            raise NoSweep(f"cannot read the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id}: {e}") from None
+        return Plan([c for _, c in entries], dict(entries), logged.get("mode", mode), names.SWEEP_PLAN)
     overrides = {k: v for k, v in p.items() if k in FIELD_TYPES}
     try:
         preset = p.get("preset") or parent.data.tags.get(names.TAG_PRESET, "quick")
-        configs = plan(preset, p.get("grid", ""), int(p.get("seeds", "1") or 1), overrides)
+        seeds = int(p.get("seeds", "1") or 1)
+        configs = plan(preset, p.get("grid", ""), seeds, overrides)
     except (ResnormError, ValueError) as e:
         raise NoSweep(f"cannot re-plan sweep {parent.info.run_id} from its params: {e}") from None
-    return configs, p.get("mode", DEFAULT_MODE) or DEFAULT_MODE
+    fields = varying(configs)
+    return Plan(configs, {child_name(c, seeds, fields): c for c in configs}, mode, "re-planned from the sweep's params")
+
+
+def _logged_plan(client: MlflowClient, parent: Run) -> dict | None:
+    if not any(f.path == names.SWEEP_PLAN for f in client.list_artifacts(parent.info.run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent.info.run_id, names.SWEEP_PLAN, tmp)
+        try:
+            return json.loads(Path(path).read_text())
+        except ValueError as e:
+            raise NoSweep(f"cannot read the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id}: {e}") from None
 
 
 def without_seed(cfg: TrainConfig) -> TrainConfig:
@@ -92,49 +131,28 @@ def _config_of(params: dict) -> TrainConfig | None:
         return None
 
 
-def children(parent: Run) -> pd.DataFrame:
+def children(client: MlflowClient, parent: Run, planned: Plan) -> pd.DataFrame:
     """One row per training run under the sweep, whatever its status: run_id, run_name, status,
     start_time, error/device tags, typed config fields, mode, ``config`` (without the seed) and
-    the final metrics. Runs that are not training runs (no training params) are left out."""
-    frame = mlflow.search_runs(
-        experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        max_results=50000,
-        output_format="pandas",
-    )
+    the final metrics. A run that failed before it logged its params is known by its name (the
+    sweep names each child before it starts); a run that is neither is left out."""
     columns = ["run_id", "run_name", "status", "start_time", "error", "device", "speed", "versions", "splits",
                *FIELD_TYPES, *LAUNCH_FIELDS, "config", *FINAL_METRICS, names.BEST_EPOCH]
+    tags = {"error": names.TAG_ERROR, "device": names.TAG_DEVICE, "speed": names.TAG_SPEED,
+            "versions": names.TAG_VERSIONS, "splits": names.TAG_SPLIT_SIZES}
     records = []
-    for _, r in frame.iterrows():
-        params = {k.removeprefix("params."): v for k, v in r.items()
-                  if k.startswith("params.") and isinstance(v, str)}
-        cfg = _config_of(params) if "norm" in params else None
+    for r in sweep_children(client, parent.info.experiment_id, parent.info.run_id):
+        params = r.data.params
+        cfg = _config_of(params) if "norm" in params else planned.names.get(r.info.run_name)
         if cfg is None:
             continue
-        record = {"run_id": r["run_id"], "run_name": r.get("tags.mlflow.runName"), "status": r["status"],
-                  "start_time": r["start_time"], "mode": params.get("mode", DEFAULT_MODE),
+        record = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                  "start_time": r.info.start_time, "mode": params.get("mode", planned.mode),
                   "config": without_seed(cfg), **dataclasses.asdict(cfg)}
-        for column, tag in (("error", names.TAG_ERROR), ("device", names.TAG_DEVICE), ("speed", names.TAG_SPEED),
-                            ("versions", names.TAG_VERSIONS), ("splits", names.TAG_SPLIT_SIZES)):
-            value = r.get(f"tags.{tag}")
-            record[column] = value if isinstance(value, str) else ""
-        for key in (*FINAL_METRICS, names.BEST_EPOCH):
-            record[key] = r.get(f"metrics.{key}", float("nan"))
+        record.update({column: r.data.tags.get(tag, "") for column, tag in tags.items()})
+        record.update({key: r.data.metrics.get(key, float("nan")) for key in (*FINAL_METRICS, names.BEST_EPOCH)})
         records.append(record)
-    out = pd.DataFrame.from_records(records, columns=columns)
-    return out.sort_values("start_time", kind="stable").reset_index(drop=True)
-
-
-def select(runs: pd.DataFrame, **where) -> pd.DataFrame:
-    """Rows whose config equals every ``field=value`` given (floats compared with a tolerance)."""
-    mask = pd.Series(True, index=runs.index)
-    for field, value in where.items():
-        column = runs[field]
-        if isinstance(value, float):
-            mask &= (column.astype(float) - value).abs() <= 1e-12 + 1e-9 * abs(value)
-        else:
-            mask &= column == value
-    return runs[mask]
+    return pd.DataFrame.from_records(records, columns=columns)  # sweep_children: oldest first
 
 
 class Histories:

@@ -3,14 +3,20 @@ correction and a compact letter display. Distributions come from scipy.stats."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
 ALPHA = 0.05
+BOOTSTRAP_SEED = 0  # fixed, so a report rebuilt from the same runs shows the same intervals
+BOOTSTRAP_RESAMPLES = 9999
+NAN_CI = (math.nan, math.nan)
 METHOD_TEXT = (
     "Spread: sample standard deviation over seeds (n = finished seeds). 95 % CI: Student's t over "
     "seeds (shown cut at 0 and 100); with one seed, the Clopper-Pearson binomial interval of the test split. Rows sharing a "
@@ -96,3 +102,78 @@ def letters(means: Mapping[str, float], adjusted: Mapping[tuple[str, str], float
         for v in group:
             out[v] += letter
     return out
+
+
+# Effects the claims test (analysis.claims): contrasts of independent means, equivalence, and the
+# probability of improvement.
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A weighted sum of independent means with its Welch-Satterthwaite t interval and two-sided p (H0: 0)."""
+
+    value: float
+    se: float
+    df: float
+    ci: tuple[float, float]
+    p: float
+
+
+def contrast(samples: Sequence[Sequence[float]], weights: Sequence[float], level: float = LEVEL) -> Estimate:
+    """sum_i w_i mean_i over independent samples (each of 2 or more values): standard error
+    sqrt(sum w_i^2 s_i^2 / n_i), degrees of freedom by Welch-Satterthwaite. Weights (1, -1) give
+    Welch's t-test; (1, -1, -1, 1) a 2x2 interaction. Zero variance everywhere: the estimate is exact."""
+    arrays = [np.asarray(s, dtype=float) for s in samples]
+    value = float(sum(w * a.mean() for w, a in zip(weights, arrays)))
+    terms = [w * w * a.var(ddof=1) / len(a) for w, a in zip(weights, arrays)]
+    se = math.sqrt(sum(terms))
+    if se == 0:
+        return Estimate(value, 0.0, math.inf, (value, value), 1.0 if value == 0 else 0.0)
+    df = se**4 / sum(t * t / (len(a) - 1) for t, a in zip(terms, arrays))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(value) / se, df))
+    return Estimate(value, se, df, (value - half, value + half), p)
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estimate:
+    """mean(a) - mean(b) by Welch's unequal-variance t-test."""
+    return contrast([a, b], [1.0, -1.0], level)
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float) -> tuple[float, float]:
+    """Two one-sided Welch t-tests (Schuirmann 1987) of d = mean(a) - mean(b): the p-values of
+    H0 d <= -margin and of H0 d >= +margin. Equivalence within ±margin at level alpha when both
+    are below alpha (the TOST p-value is the larger)."""
+    d = welch(a, b)
+    if d.se == 0:
+        return (0.0 if d.value > -margin else 1.0), (0.0 if d.value < margin else 1.0)
+    return float(stats.t.sf((d.value + margin) / d.se, d.df)), float(stats.t.cdf((d.value - margin) / d.se, d.df))
+
+
+def _improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)[..., :, None]
+    y = np.moveaxis(np.asarray(y, dtype=float), axis, -1)[..., None, :]
+    return np.mean((x > y) + 0.5 * (x == y), axis=(-2, -1))
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+    """P(X > Y) + 0.5 P(X = Y) over every pair of a seed of X and one of Y: the Mann-Whitney U
+    statistic of x over n_x n_y, rliable's probability of improvement (Agarwal et al. 2021) on one task."""
+    return float(_improvement(np.asarray(x), np.asarray(y)))
+
+
+def improvement_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL,
+                         seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the probability of improvement, x and y resampled
+    independently (each needs 2 or more values); NaNs when the bootstrap forms no interval."""
+    generator = np.random.default_rng(seed)
+    # scipy 1.15 renamed random_state to rng; scipy itself reaches us through scikit-learn, unpinned.
+    key = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    try:
+        result = stats.bootstrap((np.asarray(x, float), np.asarray(y, float)), _improvement, vectorized=True,
+                               paired=False, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
+                               method="percentile", **{key: generator})
+    except ValueError:
+        return NAN_CI
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return NAN_CI if math.isnan(low) or math.isnan(high) else (low, high)

@@ -1,6 +1,7 @@
 """Write a report as Markdown, CSV, LaTeX (tables and a document that compiles) and one
 self-contained HTML page (figures embedded as data: URIs, so the MLflow UI's artifact preview,
-a sandboxed iframe on a blob: URL where relative paths cannot load, shows them)."""
+a sandboxed iframe on a blob: URL where relative paths cannot load, shows them). ``write`` returns
+the files it wrote: those, and only those, are the report."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import base64
 import html
 import io
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from matplotlib.figure import Figure
 
 from analysis import present
 from analysis.figures import FIGURES
 from analysis.report import Report
 from analysis.stats import METHOD_TEXT
-from analysis.tables import ALL_TABLE, Table
+from analysis.tables import ALL_TABLE, MAIN_TABLE, Table
 
 DPI = 110
 HOW_TO_READ = (
@@ -41,26 +45,40 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}">'
 
 
+@dataclass(frozen=True)
+class Gradcam:
+    """The GradCAM grid of the report (None when there is none) and which runs it explains, or why not."""
+
+    figure: Figure | None
+    note: str
+
+
 def _table_parts(table: Table) -> tuple[str, list[str]]:
     """The caption and the notes under the table (unfinished seeds, missing rows, the test)."""
     notes = [f"Did not finish: {line}." for line in present.unfinished(table)]
     if table.missing:
         notes.append("Not in this sweep (no run): " + "; ".join(table.missing) + ".")
-    if table.rows and not table.tested:
+    if table.spec.id == ALL_TABLE:
+        notes.append("No letter groups in this table: across every configuration of a sweep they compare "
+                     "hundreds of pairs and say little; Tables 1-6 and the claims test what the study compares.")
+    elif table.rows and not table.tested:
         notes.append("No significance test: fewer than two complete rows with at least 2 finished seeds.")
     return present.caption(table), notes
 
 
-def write_table(out, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str]) -> None:
+def write_table(out: Path, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str],
+                files: list[Path]) -> None:
     caption, notes = _table_parts(table)
     md += [f"## {table.spec.title}", "", f"*{caption}*", ""]
     page += [f"<h2>{html.escape(table.spec.title)}</h2>", f"<p class='note'>{html.escape(caption)}</p>"]
     if table.rows:
         shown = present.display(table)
-        present.tidy(table).to_csv(out / "tables" / f"{table_id}.csv", index=False)
-        (out / "tables" / f"{table_id}.md").write_text(present.to_markdown(shown) + "\n")
-        latex = present.to_latex(shown, caption, f"tab:{table_id}")
-        (out / "tables" / f"{table_id}.tex").write_text(latex)
+        latex = present.to_latex(shown, caption)
+        paths = {kind: out / "tables" / f"{table_id}.{kind}" for kind in ("csv", "md", "tex")}
+        present.tidy(table).to_csv(paths["csv"], index=False)
+        paths["md"].write_text(present.to_markdown(shown) + "\n")
+        paths["tex"].write_text(latex)
+        files += paths.values()
         md += [present.to_markdown(shown), ""]
         page.append(f"<div class='wide'>{shown.to_html(border=0)}</div>")
         tex.append(latex)
@@ -68,8 +86,26 @@ def write_table(out, table_id: str, table: Table, md: list[str], page: list[str]
     page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
 
 
-def _figures(report: Report, out, md: list[str], page: list[str]) -> None:
-    items = [("gradcam", "GradCAM of the champions", report.gradcam, [report.gradcam_note])]
+def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> None:
+    """The study's six claims: one line each (verdict, effect, interval, seeds), the details, the method."""
+    method = present.method_text(report.margin)
+    table = present.claims_table(report.claims)
+    md += ["## The study's claims", "", present.to_markdown(table.set_index("claim")), ""]
+    page += ["<h2>The study's claims</h2>", f"<div class='wide'>{table.to_html(border=0, index=False)}</div><ul>"]
+    tex += [r"\section*{The study's claims}", r"\begin{itemize}"]
+    for c in report.claims:
+        md += [f"- **{c.id}. {c.statement}**: {c.line}", *[f"  - {d}" for d in c.details]]
+        page.append(f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(c.line)}"
+                    + ("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul>" if c.details else "")
+                    + "</li>")
+        tex.append(rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(c.line)}")
+    md += ["", f"*How each claim is tested.* {method}", ""]
+    page += ["</ul>", f"<p class='note'>How each claim is tested. {html.escape(method)}</p>"]
+    tex += [r"\end{itemize}", present.latex_escape(f"How each claim is tested. {method}"), ""]
+
+
+def _figures(report: Report, gradcam: Gradcam, out: Path, md: list[str], page: list[str], files: list[Path]) -> None:
+    items = [("gradcam", "GradCAM of the champions", gradcam.figure, [gradcam.note])]
     items += [(s.id, s.title, report.figures[s.id],
                [f"Missing (no finished run): {'; '.join(report.figure_missing[s.id])}."]
                if report.figure_missing[s.id] else []) for s in FIGURES]
@@ -78,15 +114,18 @@ def _figures(report: Report, out, md: list[str], page: list[str]) -> None:
         page.append(f"<h2>{html.escape(title)}</h2>")
         if fig is not None:
             data = _png(fig)
-            (out / "figures" / f"{fid}.png").write_bytes(data)
+            path = out / "figures" / f"{fid}.png"
+            path.write_bytes(data)
+            files.append(path)
             md += [f"![{title}](figures/{fid}.png)", ""]
             page.append(_img(data, title))
         md += [n for n in notes if n] + [""]
         page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes if n]
 
 
-def write(report: Report) -> None:
-    out = report.out_dir
+def write(report: Report, gradcam: Gradcam, out: Path) -> list[Path]:
+    """Write the report into ``out`` (made if missing); returns every file written, and nothing else
+    that ``out`` may hold."""
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     parent = report.parent
@@ -97,16 +136,22 @@ def write(report: Report) -> None:
             *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in report.provenance],
             "</ul><h2>How to read the tables</h2>", f"<p>{html.escape(HOW_TO_READ)}</p>"]
     tex: list[str] = []
+    files: list[Path] = []
+    _claims(report, md, page, tex)
     for table_id, table in report.tables.items():
         if table.rows or table_id != ALL_TABLE:
-            write_table(out, table_id, table, md, page, tex)
-    _figures(report, out, md, page)
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body>{''.join(page)}</body></html>\n")
-    (out / "report.tex").write_text(latex_document(title, report, tex))
-    report.files = sorted(p for p in out.rglob("*") if p.is_file())
+            write_table(out, table_id, table, md, page, tex, files)
+    _figures(report, gradcam, out, md, page, files)
+    documents = {
+        "report.md": "\n".join(md),
+        "report.html": (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                        f"<style>{STYLE}</style></head><body>{''.join(page)}</body></html>\n"),
+        "report.tex": latex_document(title, report, tex),
+    }
+    for name, text in documents.items():
+        (out / name).write_text(text)
+        files.append(out / name)
+    return files
 
 
 def latex_document(title: str, report: Report, tables: list[str]) -> str:
@@ -114,7 +159,7 @@ def latex_document(title: str, report: Report, tables: list[str]) -> str:
     esc = present.latex_escape
     items = [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in report.provenance]
     return "\n".join([
-        r"\documentclass[10pt]{article}", r"\usepackage[utf8]{inputenc}",
+        r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
         r"\usepackage[margin=2cm]{geometry}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
         r"\begin{document}", rf"\section*{{{esc(title)}}}", r"\begin{itemize}", *items, r"\end{itemize}",
         esc(HOW_TO_READ.replace("`", "")), "", *tables, r"\end{document}", "",
@@ -122,9 +167,9 @@ def latex_document(title: str, report: Report, tables: list[str]) -> str:
 
 
 def summary(report: Report) -> str:
-    """The main table (or, when the sweep has none of its rows, every configuration) as text."""
-    from analysis.tables import MAIN_TABLE
-
+    """The main table (or, when the sweep has none of its rows, every configuration) and the claims' verdicts, as text."""
     table = report.tables[MAIN_TABLE] if report.tables[MAIN_TABLE].rows else report.tables[ALL_TABLE]
     caption, notes = _table_parts(table)
-    return "\n".join([caption, "", present.to_markdown(present.display(table)), *notes])
+    claims = [f"{c.id}. {c.statement}: {c.line}" for c in report.claims]
+    return "\n".join([caption, "", present.to_markdown(present.display(table)), *notes, "", "The study's claims:",
+                      *claims])

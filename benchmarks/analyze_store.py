@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import click
 import numpy as np
@@ -33,7 +34,11 @@ def main(runs: int, steps: int) -> None:
         from mlflow.tracking import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        from analysis.report import analyze
+        from analysis.gradcam import gradcam_of_champions
+        from analysis.publish import log
+        from analysis.report import build
+        from analysis.runs import find_sweep
+        from analysis.write import write
         from resnorm import names
         from resnorm.sweep import plan
 
@@ -62,10 +67,13 @@ def main(runs: int, steps: int) -> None:
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         start = time.perf_counter()
-        report = analyze(names.EXPERIMENT, "", os.path.join(folder, "report"))
+        out = Path(folder) / "report"  # the entry point's pipeline, step by step
+        report = build(client, find_sweep(client, names.EXPERIMENT))
+        files = write(report, gradcam_of_champions(report), out)
+        log(client, report, files, out)
         seconds = time.perf_counter() - start
         print(f"store: {runs} runs x {steps} steps x {len(names.EPOCH_METRICS)} metrics, built in {built:.1f} s")
-        print(f"analyze: {seconds:.2f} s for {report.finished} runs ({len(report.files)} files written)")
+        print(f"analyze: {seconds:.2f} s for {report.finished} runs ({len(files)} files written)")
 
 
 if __name__ == "__main__":

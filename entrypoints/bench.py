@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from resnorm import bench as b  # noqa: E402
 from resnorm import names  # noqa: E402
-from resnorm.cli import run_command  # noqa: E402
+from resnorm import cli  # noqa: E402
 from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
 from resnorm.errors import ConfigError  # noqa: E402
 from resnorm.model import depth  # noqa: E402
@@ -123,7 +123,7 @@ def _log(report: b.Report, rates, feeds, shares) -> None:
 
 
 def main() -> None:
-    run_command(bench)
+    cli.main(bench)
 
 
 if __name__ == "__main__":

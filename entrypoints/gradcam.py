@@ -14,7 +14,7 @@ import click
 # MLproject runs this file by path; make the repository's `resnorm` importable without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnorm.cli import run_command  # noqa: E402
+from resnorm import cli  # noqa: E402
 from resnorm.errors import ResnormError  # noqa: E402
 from resnorm.explain import DEFAULT_SAMPLES, GRID_ARTIFACT, explain, log_gradcam  # noqa: E402
 from resnorm.tracking import check_tracking_server  # noqa: E402
@@ -53,7 +53,7 @@ def gradcam(models: str, images: str, samples: int, output: str) -> None:
 
 
 def main() -> None:
-    run_command(gradcam)
+    cli.main(gradcam)
 
 
 if __name__ == "__main__":

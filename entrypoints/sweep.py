@@ -20,7 +20,7 @@ from resnorm.machine import prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP; the children inherit it with the environment
 
-from resnorm.cli import run_command  # noqa: E402
+from resnorm import cli  # noqa: E402
 from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402
 from resnorm.sweep.runner import EXECUTORS, SweepSpec, run_sweep  # noqa: E402
@@ -64,7 +64,7 @@ def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, de
 
 
 def main() -> None:
-    run_command(sweep)
+    cli.main(sweep)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from resnorm.machine import prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep, so a busy neighbour costs little
 
-from resnorm.cli import run_command  # noqa: E402
+from resnorm import cli  # noqa: E402
 from resnorm.config import DEVICES, MODES, OPTIMIZERS, SCHEDULERS, Launch, TrainConfig  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
 
@@ -66,7 +66,7 @@ def train(device: str, mode: str, resume: str, threads: int, **options) -> None:
 
 
 def main() -> None:
-    run_command(train)
+    cli.main(train)
 
 
 if __name__ == "__main__":

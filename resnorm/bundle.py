@@ -90,7 +90,7 @@ def check_classes(where: str, classes) -> None:
         raise DataError(f"{where} has {len(classes)} class folder(s) ({', '.join(classes)}); a classifier needs at least 2")
 
 
-def split_arrays(name: str, classes, images: torch.Tensor, labels: np.ndarray) -> dict[str, np.ndarray]:
+def split_arrays(name: str, classes, labels: np.ndarray) -> dict[str, np.ndarray]:
     """The 70/15/15 split of an undivided source (indices per split), or one line naming why not."""
     check_classes(name, classes)
     try:
@@ -102,7 +102,7 @@ def split_arrays(name: str, classes, images: torch.Tensor, labels: np.ndarray) -
 def bundle_from_arrays(name: str, source: str, classes, images: torch.Tensor, labels: np.ndarray,
                        parts: dict[str, np.ndarray] | None = None, duplicates: tuple[str, ...] = ()) -> DataBundle:
     """Split an undivided source (``parts``: its split indices, made here when not given)."""
-    parts = split_arrays(name, classes, images, labels) if parts is None else parts
+    parts = split_arrays(name, classes, labels) if parts is None else parts
     targets = torch.as_tensor(labels, dtype=torch.long)
     splits = {k: Split(images[torch.as_tensor(v)], targets[torch.as_tensor(v)]) for k, v in parts.items()}
     return DataBundle(name, source, tuple(classes), **splits, duplicates=duplicates)

@@ -20,6 +20,28 @@ import click
 from resnorm.errors import ConfigError, Interrupted, ResnormError, RunBusy, one_line
 
 
+def main(command: click.Command) -> None:
+    """An entry point's ``main``: under ``mlflow run`` (which sets ``MLFLOW_RUN_ID``) it ends with the
+    ``mlflow run`` process that launched it (``docker stop`` and Kubernetes SIGTERM only that one,
+    the container's first process), then ``run_command``."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        stop_with_parent(os.getppid())
+    run_command(command)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent_pid``, its parent, dies (Linux's
+    parent-death signal; elsewhere nothing): the job then ends as SIGTERM ends it, its run KILLED."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command; print errors as ``error: ...`` and exit 2 (usage), 1 (run) or 130 (interrupted)."""
     code = guard(lambda: command.main(args=args, standalone_mode=False), os.environ.get("MLFLOW_RUN_ID"))
@@ -66,6 +88,36 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class HeldSignals:
+    """From ``start()`` to the end of the block, SIGTERM and Ctrl-C wait: a run logging its model
+    completes (its model logged, registered, the run FINISHED) and the signal is raised afterwards,
+    as ``Interrupted``. Stopped half-way, MLflow could leave a FINISHED run without its model."""
+
+    def __init__(self) -> None:
+        self.caught: list[str] = []
+        self.previous: dict[int, object] = {}
+
+    def start(self) -> None:
+        def hold(signum, frame):
+            self.caught.append(signal.Signals(signum).name)
+
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, hold)
+        except ValueError:  # not the main thread: signals are not ours to hold
+            pass
+
+    def __enter__(self) -> HeldSignals:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.caught and kind is None:
+            raise Interrupted(f"stopped by {self.caught[0]}, which came while the run was logging its model: the run "
+                              "finished first")
 
 
 def _fail(message: str, code: int, run_id: str | None, error: BaseException | None = None,

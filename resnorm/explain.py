@@ -23,10 +23,10 @@ from captum.attr import LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from resnorm.data import load_data
-from resnorm.folders import decode_image
+from resnorm.folders import decode_image, image_extensions
+from resnorm.plots import plain
 from resnorm.errors import DataError, ModelError
 from resnorm.tracking import use_default_experiment
 from resnorm.weights import TrainedModel, champion_uris, load_module, load_trained  # noqa: F401 (load_module: API)
@@ -121,16 +121,16 @@ def gradcam_grid(
             truth = labels[i]
             colour = "black" if truth is None else ("tab:green" if predicted == truth else "tab:red")
             text = f"pred {classes[predicted]} ({ex.probabilities[i, predicted]:.0%})"
-            ax.set_title(f"{name}\n{text}" if i == 0 else text, fontsize=8, color=colour)
+            ax.set_title(plain(f"{name}\n{text}" if i == 0 else text), fontsize=8, color=colour)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel("true ?" if truth is None else f"true {classes[truth]}", fontsize=9)
+                ax.set_ylabel(plain("true ?" if truth is None else f"true {classes[truth]}"), fontsize=9)
     # Colorbar room is a fraction of the grid's height; about 0.5 inch whatever the rows.
     fig.colorbar(shown, ax=axes, location="bottom", shrink=0.8, aspect=40, fraction=0.5 / height, pad=0.1 / height,
                  label="GradCAM (each map scaled to max 1)")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain(title))
     return fig
 
 
@@ -149,9 +149,11 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+            readable = image_extensions()
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in readable
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
-                raise DataError(f"image folder {str(p)!r} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+                raise DataError(f"image folder {str(p)!r} holds no image file Pillow opens (such as .jpg, .png, .gif)")
             files.extend(found)
         elif p.is_file():
             files.append(p)

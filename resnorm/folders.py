@@ -14,48 +14,33 @@ import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from resnorm import home
 from resnorm.bundle import SPLITS, DataBundle, Split, bundle_from_arrays, check_classes, check_fits, split_arrays
-from resnorm.errors import DataError, warn
-
-
-def load_folder(root: Path, image_size: int) -> DataBundle:
-    """The folder's bundle: from the decoded cache when it holds this folder as it is, else decoded."""
-    if not root.is_dir():
-        raise DataError(
-            f"data {str(root)!r} is not a folder; give 'digits', 'synthetic' or an image folder "
-            "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
-        )
-    root = root.resolve()
-    cached = home.decoded_dir() / f"{root.name}-{image_size}px-{_folder_key(root, image_size)}.pt"
-    data = _load_cached(cached, root)
-    if data is None:
-        data = _decode_folder(root, image_size)
-        _save_cached(cached, data)
-    if data.duplicates:
-        warn(f"{data.name}: {len(data.duplicates)} image(s) are byte-identical across train/val/test, "
-             f"so the scores overstate: {'; '.join(data.duplicates[:3])}")
-    return data
+from resnorm.errors import DataError, one_line, warn
 
 
 def read_image(path: str | Path, image_size: int, channels: int = 3) -> tuple[torch.Tensor, str]:
-    """One image file as uint8 (channels, image_size, image_size), and the SHA-256 of its bytes.
+    """One image file as uint8 (channels, image_size, image_size), as a viewer shows it, and the
+    SHA-256 of its bytes.
 
-    Grayscale, palette and RGBA files become RGB (or L for one channel), 16-bit ones scaled; the
-    short side is resized to image_size and the centre cropped square, as torchvision's Resize +
-    CenterCrop do."""
+    The EXIF orientation is applied (a phone photo stored sideways comes out upright); the first
+    frame of an animation is read; grayscale, palette, CMYK and RGBA files become RGB (or L for one
+    channel), 16-bit ones scaled, float ones read in [0, 1] (or [0, 255]). The short side is resized
+    to image_size and the centre cropped square, as torchvision's Resize + CenterCrop do."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
         with Image.open(io.BytesIO(raw)) as img:  # read once: the bytes are hashed too
-            img = ImageOps.fit(_to_mode(img, "L" if channels == 1 else "RGB"), (image_size, image_size),
+            upright = ImageOps.exif_transpose(img)
+            img = ImageOps.fit(_to_8bit(upright, "L" if channels == 1 else "RGB"), (image_size, image_size),
                                Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
     except Image.DecompressionBombError as e:
@@ -73,27 +58,96 @@ def decode_image(path: str | Path, image_size: int, channels: int = 3) -> torch.
     return read_image(path, image_size, channels)[0]
 
 
-def _to_mode(img: Image.Image, mode: str) -> Image.Image:
-    """``mode`` (RGB or L), 8 bits a channel. 16- and 32-bit grayscale (PNG's I;16 and I) is scaled
-    from 0..65535, not clipped: Pillow's own convert would saturate nearly every pixel to white."""
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
+    """``mode`` (RGB or L), 8 bits a channel, every mode Pillow opens converted by what its values mean.
+
+    16- and 32-bit integer grayscale (PNG's I;16 and I) is scaled from 0..65535, not clipped (Pillow's
+    own convert would saturate nearly every pixel to white); 32-bit float (mode F, as scientific TIFFs
+    hold) is read as [0, 1], or as [0, 255] when its values reach past 1, and refused by name when they
+    fit neither (Pillow's convert would clip [0, 1] to black)."""
+    if img.mode == "F":
         wide = np.asarray(img, dtype=np.float64)
+        low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+            raise ValueError(f"a 32-bit float image with values from {low:g} to {high:g}; float images are read in "
+                             "[0, 1] (or [0, 255]): rescale it or save it as 8 or 16 bits")
+        scale = 255.0 if high <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "I" or img.mode.startswith("I;16"):
+        wide = np.asarray(img, dtype=np.float64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise ValueError(f"a 32-bit integer image with values from {wide.min():g} to {wide.max():g}; integer "
+                             "images are read as 16 bits (0 to 65535)")
         img = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), "L")
     return img.convert(mode)
-def _list_class_tree(root: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """(classes, image paths, labels) of a tree of class folders."""
-    # Imported here, not at the top: torchvision's import costs about 2 s a process (it loads
-    # torch._dynamo), and only image folders need it; digits and synthetic runs start without it.
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+
+# Formats Pillow knows by name but cannot decode by itself: EPS and PostScript need Ghostscript,
+# MPEG has no decoder; its stub plugins (HDF5, GRIB, BUFR, WMF) need handlers of their own.
+UNDECODED = frozenset({".eps", ".ps", ".mpg", ".mpeg"})
+
+
+def image_extensions() -> frozenset[str]:
+    """The file extensions of every format Pillow opens and decodes by itself (``.jpg``, ``.png``,
+    ``.gif``, ``.tif``, ``.webp``, ``.bmp``, ...)."""
+    Image.init()
+
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN[fmt][0] if fmt in Image.OPEN else None
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if decodes(fmt) and ext not in UNDECODED)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a tree of class folders holds: its classes, its image files (as listed, links kept) with
+    their labels, and the files it skips because Pillow does not open them by their extension."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    skipped: tuple[str, ...] = ()
+
+
+def _visible(name: str) -> bool:
+    """Hidden names (``.Trash-1000``, ``.ipynb_checkpoints``, macOS's ``._photo.jpg``) are not the user's data."""
+    return not name.startswith(".")
+
+
+def list_class_tree(root: Path) -> Listing:
+    """Every visible sub-folder of ``root`` is a class; every visible file below it (at any depth,
+    linked folders followed, each folder once) whose extension Pillow opens is an image of it."""
     try:
-        classes, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:
-        raise DataError(f"{root}: {e}") from None
-    for path in [*classes, *(p for p, _ in samples)]:
-        _check_name(path, root)
-    return classes, [p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64)
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
+    except OSError as e:
+        raise DataError(f"{root}: {e.strerror or e}") from None
+    if not classes:
+        raise DataError(f"{root}: Couldn't find any class folder in {root} (hidden folders are not classes)")
+    readable = image_extensions()
+    paths, labels, skipped, empty = [], [], [], []
+    for label, name in enumerate(classes):
+        _check_name(name, root)
+        found = 0
+        seen = set()
+        for folder, dirs, files in os.walk(root / name, followlinks=True):
+            seen.add(os.path.realpath(folder))
+            dirs[:] = sorted(d for d in dirs if _visible(d) and os.path.realpath(os.path.join(folder, d)) not in seen)
+            for file in sorted(f for f in files if _visible(f)):
+                path = os.path.join(folder, file)
+                if os.path.splitext(file)[1].lower() not in readable:
+                    skipped.append(os.path.relpath(path, root))
+                    continue
+                _check_name(os.path.relpath(path, root), root)
+                paths.append(path)
+                labels.append(label)
+                found += 1
+        if not found:
+            empty.append(name)
+    if empty:
+        raise DataError(f"{root}: found no valid file for the classes {', '.join(empty)}: no image Pillow opens "
+                        f"(any of {len(readable)} extensions such as .jpg, .png, .gif, .tif, .webp)")
+    return Listing(classes, paths, np.array(labels, dtype=np.int64), tuple(skipped))
 
 
 def _check_name(path: str, root: Path) -> None:
@@ -108,19 +162,19 @@ def _check_name(path: str, root: Path) -> None:
         raise DataError(f"{full} is a link to {os.readlink(full)}, which does not exist; remove the link or restore its target")
 
 
-def _own_files(listings: dict[str, tuple[list[str], list[str], np.ndarray]]) -> dict[str, tuple]:
+def _own_files(listings: dict[str, Listing]) -> dict[str, Listing]:
     """Each image file once, whatever links the folder holds: where several listed paths lead to one
     file, it stays where the file itself is listed (not through a link), else at its first path."""
     owner: dict[str, tuple[str, str]] = {}
-    for split, (_, paths, _) in listings.items():
-        for p in paths:
+    for split, listing in listings.items():
+        for p in listing.paths:
             real = os.path.realpath(p)
             if real not in owner or (p == real and owner[real][1] != real):
                 owner[real] = (split, p)
     kept = {}
-    for split, (classes, paths, labels) in listings.items():
-        keep = [i for i, p in enumerate(paths) if owner[os.path.realpath(p)] == (split, p)]
-        kept[split] = (classes, [paths[i] for i in keep], labels[keep])
+    for split, listing in listings.items():
+        keep = [i for i, p in enumerate(listing.paths) if owner[os.path.realpath(p)] == (split, p)]
+        kept[split] = replace(listing, paths=[listing.paths[i] for i in keep], labels=listing.labels[keep])
     return kept
 
 
@@ -139,12 +193,14 @@ def _cross_split_duplicates(root: Path, digests: dict[str, list[tuple[str, str]]
 def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
     """Decode every image of a class tree, in parallel (PIL releases the GIL while decoding), into
     one preallocated uint8 tensor: (classes, images, labels)."""
-    return _decode_listing(_list_class_tree(root), image_size, desc)
+    listing = list_class_tree(root)
+    images, _ = _decode_listing(listing, image_size, desc)
+    return listing.classes, images, listing.labels
 
 
-def _decode_listing(listing, image_size: int, desc: str, digests: list[str] | None = None):
-    """(classes, images, labels); each file's SHA-256 is appended to ``digests`` when given."""
-    classes, paths, labels = listing
+def _decode_listing(listing: Listing, image_size: int, desc: str) -> tuple[torch.Tensor, list[str]]:
+    """(images, the SHA-256 of each file)."""
+    paths = listing.paths
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     hashes = [""] * len(paths)
 
@@ -155,84 +211,112 @@ def _decode_listing(listing, image_size: int, desc: str, digests: list[str] | No
     with ThreadPoolExecutor(workers) as pool:
         for _ in tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
             pass
-    if digests is not None:
-        digests.extend(hashes)
-    return classes, images, labels
+    return images, hashes
 
 
-# The decoded images of a folder are kept on disk, keyed by every file's path, size and mtime and
-# by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
-CACHE_FORMAT = 2  # 2: each file once whatever links, 16-bit scaled, cross-split duplicates kept
+# The decoded images of a folder are kept on disk, keyed by every file the listing reads (its
+# path as listed, the path of the file itself behind any link, size and modification time), by
+# the classes and by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
+CACHE_FORMAT = 3  # 3: EXIF orientation applied, float images scaled, hidden folders left out, links in the key
 
 
-def _folder_key(root: Path, image_size: int) -> str:
+def _listings(root: Path) -> dict[str, Listing]:
+    """The folder's listings: per split (train/, val/, test/), or one (key "") for a single class tree."""
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and len(present) != len(SPLITS):
+        missing = sorted(set(SPLITS) - set(present))
+        raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
+    listings = {s: list_class_tree(root / s) for s in SPLITS} if present else {"": list_class_tree(root)}
+    return _own_files(listings)
+
+
+def _cache_key(root: Path, image_size: int, listings: dict[str, Listing]) -> str:
     h = hashlib.sha256(f"{CACHE_FORMAT}:{root}:{image_size}".encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            st = os.stat(path) if os.path.exists(path) else os.lstat(path)  # a dangling link is refused later, by name
-            h.update(f"{os.path.relpath(path, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    for split, listing in listings.items():
+        h.update(f"{split}:{'/'.join(listing.classes)}\n".encode("utf-8", "surrogateescape"))
+        for path, label in zip(listing.paths, listing.labels):
+            st = os.stat(path)
+            line = f"{os.path.relpath(path, root)}:{os.path.realpath(path)}:{label}:{st.st_size}:{st.st_mtime_ns}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
+def load_folder(root: Path, image_size: int) -> DataBundle:
+    """The folder's bundle: from the decoded cache when it holds this folder as it is now, else decoded."""
+    if not root.is_dir():
+        raise DataError(
+            f"data {str(root)!r} is not a folder; give 'digits', 'synthetic' or an image folder "
+            "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
+        )
+    root = root.resolve()
+    listings = _listings(root)
+    skipped = [p for listing in listings.values() for p in listing.skipped]
+    if skipped:
+        warn(f"{root}: {len(skipped)} file(s) left out, not images Pillow opens by their extension: "
+             f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}")
+    cached = home.decoded_dir() / f"{root.name}-{image_size}px-{_cache_key(root, image_size, listings)}.pt"
+    data = _load_cached(cached, root)
+    if data is None:
+        data = _decode_folder(root, image_size, listings)
+        _save_cached(cached, data)
+    if data.duplicates:
+        warn(f"{data.name}: {len(data.duplicates)} image(s) are byte-identical across train/val/test, "
+             f"so the scores overstate: {'; '.join(data.duplicates[:3])}")
+    return data
+
+
 def _load_cached(path: Path, root: Path) -> DataBundle | None:
+    """The cached bundle, if the file is there and holds what it says (its splits' digests agree)."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, weights_only=True, mmap=True)
         splits = {s: Split(state[s]["images"], state[s]["labels"]) for s in SPLITS}
-        return DataBundle(str(root), str(root), tuple(state["classes"]), **splits,
+        data = DataBundle(str(root), str(root), tuple(state["classes"]), **splits,
                           duplicates=tuple(state.get("duplicates", ())))
+        if all(data.digest(s) == state["digests"][s] for s in SPLITS):
+            return data
     except Exception:  # noqa: BLE001 - a damaged cache is decoded again and rewritten
-        return None
+        pass
+    return None
 
 
 def _save_cached(path: Path, data: DataBundle) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"classes": list(data.classes), "duplicates": list(data.duplicates)}
+    state = {"classes": list(data.classes), "duplicates": list(data.duplicates),
+             "digests": {s: data.digest(s) for s in SPLITS}}
     state.update({s: {"images": data.split(s).images, "labels": data.split(s).labels} for s in SPLITS})
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tmp)
         os.replace(tmp, path)  # whole or absent, also with several runs writing it at once
-    except OSError as e:  # a full or read-only disk costs the next run a decode, nothing more
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a folder it cannot write as a RuntimeError
         tmp.unlink(missing_ok=True)
-        warn(f"could not keep the decoded images in {path}: {e}")
+        warn(f"could not keep the decoded images in {path} (the next run decodes them again): {one_line(e)[:300]}")
 
 
-def _decode_folder(root: Path, image_size: int) -> DataBundle:
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if present and len(present) != len(SPLITS):
-        missing = sorted(set(SPLITS) - set(present))
-        raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
-    listings = {s: _list_class_tree(root / s) for s in SPLITS} if present else {"": _list_class_tree(root)}
-    listings = _own_files(listings)
-    check_fits(root, sum(len(paths) for _, paths, _ in listings.values()), image_size)
-    if not present:
+def _decode_folder(root: Path, image_size: int, listings: dict[str, Listing]) -> DataBundle:
+    check_fits(root, sum(len(listing.paths) for listing in listings.values()), image_size)
+    if "" in listings:
         return _decode_tree(root, listings[""], image_size)
-    splits, classes, digests = {}, None, {}
+    classes = listings["train"].classes
     for s in SPLITS:
-        hashes: list[str] = []
-        names, images, labels = _decode_listing(listings[s], image_size, f"decoding {s}", hashes)
-        digests[s] = list(zip(listings[s][1], hashes))
-        if classes is None:
-            classes = names
-        elif names != classes:
-            raise DataError(
-                f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has {', '.join(names)}"
-            )
-        splits[s] = Split(images, torch.as_tensor(labels))
+        if listings[s].classes != classes:
+            raise DataError(f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has "
+                            f"{', '.join(listings[s].classes)}")
     check_classes(str(root), classes)
+    splits, digests = {}, {}
+    for s in SPLITS:
+        images, hashes = _decode_listing(listings[s], image_size, f"decoding {s}")
+        digests[s] = list(zip(listings[s].paths, hashes))
+        splits[s] = Split(images, torch.as_tensor(listings[s].labels))
     return DataBundle(str(root), str(root), tuple(classes), **splits, duplicates=_cross_split_duplicates(root, digests))
 
 
-def _decode_tree(root: Path, listing, image_size: int) -> DataBundle:
+def _decode_tree(root: Path, listing: Listing, image_size: int) -> DataBundle:
     """A single class tree, decoded and split here 70/15/15."""
-    hashes: list[str] = []
-    classes, images, labels = _decode_listing(listing, image_size, f"decoding {root.name}", hashes)
-    parts = split_arrays(str(root), classes, images, labels)
-    paths = listing[1]
-    digests = {s: [(paths[i], hashes[i]) for i in parts[s]] for s in SPLITS}
-    return bundle_from_arrays(str(root), str(root), classes, images, labels, parts,
+    parts = split_arrays(str(root), listing.classes, listing.labels)
+    images, hashes = _decode_listing(listing, image_size, f"decoding {root.name}")
+    digests = {s: [(listing.paths[i], hashes[i]) for i in parts[s]] for s in SPLITS}
+    return bundle_from_arrays(str(root), str(root), listing.classes, images, listing.labels, parts,
                               duplicates=_cross_split_duplicates(root, digests))

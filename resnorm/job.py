@@ -10,16 +10,18 @@ by ``resnorm.cli.guard`` around either caller.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from resnorm import names
+from resnorm.cli import HeldSignals
 from resnorm.config import Launch, TrainConfig, resolve_device
 from resnorm.data import load_data
 from resnorm.engine import train as fit
 from resnorm.fast import resolve_speed
-from resnorm.runlog import resumable_config, training_run
+from resnorm.runlog import resumable, sync_timeout, training_run
 from resnorm.tracking import check_tracking_server
 
 
@@ -39,16 +41,25 @@ class JobResult:
 
 def train_job(cfg: TrainConfig | None, launch: Launch, run_id: str | None = None) -> JobResult:
     """Train ``cfg`` (None: the configuration of the run ``launch.resume`` continues) into a run:
-    ``run_id`` when one was made for this job (by ``mlflow run`` or a sweep), else a new one."""
-    torch.set_num_threads(launch.torch_threads())
+    ``run_id`` when one was made for this job (by ``mlflow run`` or a sweep), else a new one.
+
+    A resumed run keeps the threads it trained with and must find the data it trained on."""
+    sync_timeout()  # a malformed RESNORM_SYNC_TIMEOUT is refused now, not after the training
     check_tracking_server()  # before any work: a wrong URI should cost seconds, not a data load
-    cfg = resumable_config(launch.resume) if launch.resume else cfg
+    resumed = resumable(launch.resume) if launch.resume else None
+    if resumed is not None:
+        cfg = resumed.config
+        launch = dataclasses.replace(launch, threads=resumed.threads or launch.threads)
+    torch.set_num_threads(launch.torch_threads())
     device = resolve_device(launch.device)
     speed = resolve_speed(launch.mode, device, cfg.batch_size, launch.compile_mode)
     data = load_data(cfg.data, cfg.image_size)
-    with training_run(cfg, data, launch, device, run_id) as run:
+    if resumed is not None:
+        resumed.check_data(data)
+    with HeldSignals() as held, training_run(cfg, data, launch, device, run_id) as run:
         result = fit(cfg, data, device, speed, on_epoch=run, snapshot_path=run.snapshot)
+        held.start()  # from here a signal waits until the run has FINISHED with its model
         version = run.log_result(cfg, data, result)
     test_accuracy = result.final_metrics()[names.final_metric("test", "accuracy")]
-    return JobResult(run.run_id, cfg.run_name(), result.best_epoch, test_accuracy, names.registered_model(cfg.norm),
-                     version)
+    return JobResult(run.run_id, run.client.get_run(run.run_id).info.run_name, result.best_epoch, test_accuracy,
+                     names.registered_model(cfg.norm), version)

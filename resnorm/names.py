@@ -44,6 +44,11 @@ TAG_SWEEP = "resnorm.sweep"  # "true" on a sweep's parent run
 TAG_DUPLICATES = "resnorm.duplicates"  # images byte-identical across train/val/test: "n: a = b; ..."
 TAG_RESUMED = "resnorm.resumed_run"  # on the run `mlflow run -P resume=...` made: the run it continued
 
+# On the experiments resnorm logs to: MLflow 3's UI then opens them on their training runs, not on
+# its GenAI pages (the value is one of the UI's experiment kinds).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
 # Params beside the training configuration's own fields (TrainConfig.as_params).
 PARAM_NUM_CLASSES = "num_classes"
 PARAM_THREADS = "threads"  # as asked: 0 = every CPU the process may use (a launch setting, see config.Launch)
@@ -77,15 +82,22 @@ TAG_ANALYSIS_OF = "resnorm.analysis_of"  # on an analysis run: the sweep's paren
 TAG_ANALYSIS = "resnorm.analysis"  # on a sweep's parent: its latest analysis run id
 
 
-def analysis_metric(table: str, row: str, stat: str) -> str:
-    """Key of a headline figure of an analysis run, e.g. ``table3/bn/test_accuracy_mean``.
+MAX_KEY_LENGTH = 250  # MLflow's limit on a metric key
 
-    Characters MLflow does not allow in a key (anything but letters, digits, ``_-. /``) become ``_``.
-    """
+
+def analysis_metric(table: str, index: int, row: str, stat: str) -> str:
+    """Key of a headline figure of an analysis run, e.g. ``table3/02 bn/test_accuracy_mean``: the
+    row's position makes it unique (two labels may clean to one); the label is cut to fit MLflow's
+    250 characters. Characters MLflow does not allow in a key (anything but letters, digits,
+    ``_-. /``) become ``_``."""
     clean = "".join(c if c.isalnum() or c in "_-. " else "_" for c in row)
-    return f"{table}/{clean}/{stat}"
+    room = MAX_KEY_LENGTH - len(f"{table}/{index:02d} /{stat}")
+    return f"{table}/{index:02d} {clean[:max(0, room)]}/{stat}"
+
 
 # The per-epoch resume snapshot, kept in the run's artifact store while the run is unfinished, so
 # that any machine reaching the tracking server can resume it (resnorm.snapshots).
 SNAPSHOT_ARTIFACT_DIR = "snapshot"
+SWEEP_PLAN = "sweep.json"  # a sweep parent's artifact: every planned configuration and seed, and its re-run command
+TAG_CONFIG = "resnorm.config"  # on a sweep's child: its configuration by the settings that vary ("norm=bn")
 TAG_TRIAL = "resnorm.trial"  # on a Ray sweep's child: the Tune trial that trains it (a retried trial finds its run)

@@ -11,7 +11,9 @@ from its snapshot; RUNNING only when the server went away, with the resume comma
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from dataclasses import dataclass
 import random
 import threading
 import time
@@ -35,12 +37,25 @@ from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
 from resnorm.tracking import (FAILED, FINISHED, KILLED, check_own_run, check_resumable_run, check_tracking_server,
-                              give_up_quickly,
+                              give_up_quickly, mark_model_training,
                               log_new_params, promote_if_better, record_failure, use_default_experiment)
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
-SYNC_TIMEOUT_SECONDS = float(os.environ.get("RESNORM_SYNC_TIMEOUT", "300"))  # wait for the server at the end
+SYSTEM_METRICS_SECONDS = 2
+SYNC_TIMEOUT = "RESNORM_SYNC_TIMEOUT"  # seconds the end of a run waits for the tracking server (300)
+
+
+def sync_timeout() -> float:
+    """``RESNORM_SYNC_TIMEOUT`` in seconds (default 300); a value that is not a number of seconds is refused."""
+    text = os.environ.get(SYNC_TIMEOUT, "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
+    return seconds
 
 
 def resume_command(run_id: str) -> str:
@@ -70,7 +85,7 @@ class RunLogger:
             self.client.update_run(self.run_id, name=cfg.run_name())
         self.client.set_tag(self.run_id, names.TAG_DEVICE, str(device))
         self.client.set_tag(self.run_id, names.TAG_VERSIONS, f"torch {torch.__version__}, mlflow {mlflow.__version__}")
-        self.client.set_tag(self.run_id, names.TAG_SPLIT_SIZES, " ".join(f"{s}={len(data.split(s))}" for s in SPLITS))
+        self.client.set_tag(self.run_id, names.TAG_SPLIT_SIZES, split_sizes(data))
 
     def log_dataset(self, data: DataBundle) -> None:
         """Record each split as a metadata-only MLflow dataset input (source, digest, context)."""
@@ -123,8 +138,10 @@ class RunLogger:
         self.uploader.close()
         self.outbox.close()
 
-    def sync(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
-        """Wait (bounded) until every epoch has reached the server; say how to finish if it has not."""
+    def sync(self, timeout: float | None = None) -> None:
+        """Wait (bounded: ``RESNORM_SYNC_TIMEOUT``) until every epoch has reached the server; say how
+        to finish if it has not."""
+        timeout = sync_timeout() if timeout is None else timeout
         if self.outbox.pending or self.held:
             print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending + len(self.held)}"
                   f" queued metrics ({self.outbox.last_error or self.uploader.last_error or 'sending'})", flush=True)
@@ -192,12 +209,41 @@ class RunLogger:
         return version
 
 
-def resumable_config(run_id: str) -> TrainConfig:
-    """The configuration of an interrupted run, read from its snapshot: the one in the run's
-    artifact store, or this machine's copy when that holds more epochs. The run must exist in this
-    store, not deleted, not FINISHED."""
+@dataclass(frozen=True)
+class Resumed:
+    """What continuing an interrupted run takes from it: its configuration (from its snapshot), the
+    threads it trained with (on the CPU the thread count changes the sums) and the data it trained on."""
+
+    run_id: str
+    config: TrainConfig
+    threads: int | None  # the run's torch_threads; None for a run that did not log it
+    digests: dict[str, str]  # split -> the digest of the dataset input the run logged
+    split_sizes: str  # the run's resnorm.split_sizes tag ("" when absent)
+
+    def check_data(self, data: DataBundle) -> None:
+        """Refuse, naming what changed, data other than the run's: its epochs so far trained on that data."""
+        changed = [f"{s} digest {self.digests[s]} (now {data.digest(s)})" for s in SPLITS
+                   if s in self.digests and self.digests[s] != data.digest(s)]
+        sizes = split_sizes(data)
+        if self.split_sizes and self.split_sizes != sizes:
+            changed.append(f"split sizes {self.split_sizes} (now {sizes})")
+        if changed:
+            raise ConfigError(f"resume {self.run_id!r}: {self.config.data} is not the data the run trained on: "
+                              f"{'; '.join(changed)}; resume it with that data, or start a new run")
+
+
+def split_sizes(data: DataBundle) -> str:
+    """Images per split, as the run's ``resnorm.split_sizes`` tag holds them: ``train=1257 val=270 test=270``."""
+    return " ".join(f"{s}={len(data.split(s))}" for s in SPLITS)
+
+
+def resumable(run_id: str) -> Resumed:
+    """The interrupted run ``run_id``: its configuration, read from its snapshot (the one in the
+    run's artifact store, or this machine's copy when that holds more epochs), its threads and its
+    data. The run must exist in this store, not deleted, not FINISHED."""
     client = MlflowClient()
-    if check_resumable_run(run_id).info.status == FINISHED:
+    run = check_resumable_run(run_id)
+    if run.info.status == FINISHED:
         raise ConfigError(f"resume {run_id!r}: the run has FINISHED; there is nothing to resume")
     path = snapshots.fetch(client, run_id)
     if path is None:
@@ -205,7 +251,16 @@ def resumable_config(run_id: str) -> TrainConfig:
             f"resume {run_id!r}: no snapshot, neither in the run's artifacts nor at {snapshots.path_for(run_id)}; "
             "the run ended before its first epoch did, so start it again"
         )
-    return TrainConfig.from_params(snapshots.load(path)["config"])
+    config = TrainConfig.from_params(snapshots.load(path)["config"])
+    threads = run.data.params.get(names.PARAM_TORCH_THREADS)
+    contexts = {context: split for split, context in DATASET_CONTEXTS.items()}
+    digests = {}
+    for d in run.inputs.dataset_inputs if run.inputs else ():
+        context = next((t.value for t in d.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
+        if context in contexts:
+            digests[contexts[context]] = d.dataset.digest
+    return Resumed(run_id, config, int(threads) if threads and threads.isdigit() else None, digests,
+                   run.data.tags.get(names.TAG_SPLIT_SIZES, ""))
 
 
 def _open(cfg: TrainConfig, resume: str, pointer: str | None):
@@ -224,7 +279,14 @@ def _open(cfg: TrainConfig, resume: str, pointer: str | None):
         # A run made for this job exists: a run_name here would rename it, and a sweep's child would
         # lose its `-s{seed}`; log_config names a run that has no name of ours yet.
         named = None if resume or pointer else cfg.run_name()
-        return mlflow.start_run(run_id=resume or pointer or None, run_name=named), held
+        # MLflow's system metrics (CPU, memory, and the GPU with nvidia-ml-py): cost beside accuracy.
+        # Sampled every SYSTEM_METRICS_SECONDS unless the user says otherwise: MLflow's 10 s would
+        # record nothing for a run shorter than that, and a quick sweep's children are.
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_SECONDS))
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not three INFO lines a run
+        run = mlflow.start_run(run_id=resume or pointer or None, run_name=named, log_system_metrics=True)
+        mark_model_training(MlflowClient(), run.info.experiment_id)
+        return run, held
     except BaseException:
         if held is not None:
             held.close()

@@ -155,15 +155,30 @@ def epochs_in(path: Path) -> int:
 
 def fetch(client: MlflowClient, run_id: str) -> Path | None:
     """The run's snapshot on this machine, brought from its artifact store when the local copy is
-    missing or holds fewer epochs (a cache left by an earlier attempt); None when neither exists."""
+    missing, damaged or holds fewer epochs (a cache left by an earlier attempt); a damaged copy on
+    either side is passed over, with a warning, when the other is good (a ``kill -9`` during an
+    upload can leave one). None when neither exists."""
     local = path_for(run_id)
     if stored(client, run_id):
         local.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=local.parent) as tmp:
             got = Path(client.download_artifacts(run_id, artifact_path(), tmp))
-            if not local.exists() or epochs_in(got) > epochs_in(local):
+            mine = _epochs_or_none(local) if local.exists() else None
+            theirs = _epochs_or_none(got)
+            if theirs is None and mine is not None:
+                warn(f"the stored snapshot of run {run_id} is damaged; resuming from {local} ({mine} epochs)")
+            if theirs is not None and (mine is None or theirs > mine):
+                if local.exists() and mine is None:
+                    warn(f"the snapshot {local} is damaged; resuming from the run's stored one ({theirs} epochs)")
                 os.replace(got, local)
     return local if local.exists() else None
+
+
+def _epochs_or_none(path: Path) -> int | None:
+    try:
+        return epochs_in(path)
+    except ConfigError:
+        return None
 
 
 def forget(client: MlflowClient, run_id: str) -> None:

@@ -6,6 +6,7 @@ failing a run with its reason, params that `mlflow run` may have logged first, a
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import traceback
 
@@ -96,8 +97,20 @@ def _check_access(uri: str, timeout: float) -> None:
         pass  # check_tracking_server has just seen it answer; a blip here is for MLflow's retries
 
 
+# MLflow's own rule for a run id (mlflow.utils.validation): checked here so that a malformed one is
+# one line naming it, not MLflow's raw error.
+RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
+
+
+def check_run_id(run_id: str, what: str) -> None:
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"{what} {run_id!r} is not a run id (letters, digits, _ and -, such as "
+                          "0123456789abcdef0123456789abcdef)")
+
+
 def check_resumable_run(run_id: str) -> Run:
     """The run to resume, which must exist, not deleted, in this store."""
+    check_run_id(run_id, "resume")
     uri = mlflow.get_tracking_uri()
     try:
         run = MlflowClient().get_run(run_id)
@@ -161,12 +174,19 @@ def check_own_sweep_run(run_id: str) -> None:
 
 
 def _existing_run(run_id: str, what: str) -> Run:
+    check_run_id(run_id, what)
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise ConfigError(f"{what}={run_id} names no run in the tracking store {mlflow.get_tracking_uri()!r}") from None
+
+
+def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as model training, unless it says what it is already."""
+    if names.TAG_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, names.TAG_EXPERIMENT_KIND, names.MODEL_TRAINING)
 
 
 def give_up_quickly() -> None:

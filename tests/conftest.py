@@ -5,9 +5,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image
+
+from resnorm.cli import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +70,6 @@ def tracking_store(folder: Path) -> Iterator[str]:
     """A real, empty MLflow SQLite store in ``folder``, which is also the working directory (and
     holds RESNORM_HOME) while it is active. The ``mlflow_env`` fixture for one test; module-scoped
     fixtures use it directly to train once for many tests."""
-    import mlflow
-
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
@@ -185,3 +187,70 @@ def stop_group(proc) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# The catalogue's helpers: an entry point run in this process, as its script's main() runs it, on
+# one store per test module.
+def command(entry: str):
+    """The click command of ``entrypoints/{entry}.py`` (the scripts are run by path, not imported as a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"entry_{entry}", ROOT / "entrypoints" / f"{entry}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, entry)
+
+
+def nothing_left_behind(uri: str) -> None:
+    client = MlflowClient(uri)
+    running = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+               if r.info.status == "RUNNING"]
+    assert not running, "a rejected command left a run RUNNING"
+    assert not client.search_registered_models(), "a rejected command wrote to the registry"
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One real SQLite store for the module's cases; creating its tables is the slow part."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def store(shared_store, tmp_path, monkeypatch):
+    """``mlflow_env`` on the module's store; afterwards whatever a failed case left is cleared, so
+    that the next case is judged on its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(shared_store)
+    mlflow.set_experiment(experiment_id="0")  # forget an experiment cached by the previous case
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    yield shared_store
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    client = MlflowClient(shared_store)
+    for e in client.search_experiments():
+        for r in client.search_runs([e.experiment_id]):
+            if r.info.status == "RUNNING":
+                client.set_terminated(r.info.run_id, "KILLED")
+    for m in client.search_registered_models():
+        client.delete_registered_model(m.name)
+
+
+def one_line(entry: str, args: list[str], capsys, *fragments: str) -> str:
+    """Run an entry point in this process; it must exit non-zero with one error line holding the fragments."""
+    with pytest.raises(SystemExit) as exit_:
+        run_command(command(entry), args)
+    assert exit_.value.code not in (0, None)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+

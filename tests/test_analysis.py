@@ -81,11 +81,14 @@ def test_a_failed_seed_is_named_and_its_row_is_not_ranked_as_complete():
         run("ln1", status="FAILED", error="loss became nan at epoch 2", norm="ln", seed=1),
         run("ln2x", status="RUNNING", norm="ln", seed=2),
     )
-    table = sweep_table(build_groups(runs, planned, "auto"), None)
+    groups = build_groups(runs, planned, "auto")
+    table = sweep_table(groups, None)
     rows = {r.label: r for r in table.rows}
     assert [r.group.seeds_text() for r in table.rows] == ["3/3", "3/3", "1/3"]
-    assert rows["norm=ln"].letters == "" and not rows["norm=ln"].group.complete
-    assert rows["norm=bn"].letters == "a" and rows["norm=gn"].letters == "b"
+    assert not rows["norm=ln"].group.complete
+    assert not table.tested and all(r.letters == "" for r in table.rows), "no letters across a whole sweep"
+    study = {r.label: r for r in build_table(TABLE3, groups, None).rows}  # the study's Table 3 tests its rows
+    assert study["ln"].letters == "" and study["bn"].letters == "a" and study["gn"].letters == "b"
     # The incomplete row is ranked last although its one seed is the best.
     assert [r.label for r in ordered(table)] == ["norm=bn", "norm=gn", "norm=ln"]
     lines = present.unfinished(table)
@@ -152,6 +155,8 @@ def test_the_sweep_is_found_where_it_is_and_re_planned_from_its_params(mlflow_en
     assert find_sweep(client, experiment="other").info.run_id == later.info.run_id
     with pytest.raises(NoSweep, match="there is no experiment 'resnorm'"):
         find_sweep(client, experiment="resnorm")
-    configs, mode = sweep_plan(in_default)
+    planned = sweep_plan(client, in_default)
+    configs, mode = planned.configs, planned.mode
+    assert planned.source == "re-planned from the sweep's params"
     assert mode == "plain" and [(c.norm, c.seed, c.epochs, c.lr) for c in configs] == [
         ("bn", 0, 1, 0.1), ("bn", 1, 1, 0.1), ("gn", 0, 1, 0.1), ("gn", 1, 1, 0.1)]

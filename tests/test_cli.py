@@ -1,44 +1,41 @@
-"""The `train` entry point as a user meets it: `mlflow run` and the script, as subprocesses."""
+"""The `train` entry point as a user meets it: every norm through the command in this process (the
+function its script's main() runs), and `mlflow run . -e train` once as a real process (the
+MLproject's contract: the run it makes is the run that trains)."""
 
 import subprocess
 
-import mlflow
 import mlflow.pytorch
 import pytest
 import torch
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
 from resnorm.data import load_data
 from resnorm.norms import NORM_NAMES
-from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
+from tests.conftest import ROOT, command, one_line, run_command, subprocess_env
 
-TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
-
-
-def run(args, uri, cwd, timeout=600):
-    return subprocess.run(args, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
+SMALL = ["--epochs", "2", "--image-size", "8", "--n", "1"]  # the shallowest ResNet (6n+2 = 8) on 8 px digits
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("norm", NORM_NAMES)
-def test_mlflow_run_trains_every_norm_into_a_complete_run(norm, mlflow_env, tmp_path):
-    # Small images and the shallowest ResNet (6n+2 = 8): every norm's whole path, in seconds.
-    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", f"norm={norm}", "-P", "epochs=2", "-P", "image_size=8",
-           "-P", "n=1", "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
-    proc = run(cmd, mlflow_env, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(names.EXPERIMENT)
-    (r,) = client.search_runs([exp.experiment_id])
+def only_run(client):
+    (r,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
+    return r
+
+
+def check_complete_run(client, r, norm):
+    """A finished training run: its name, params, tags, every epoch once, figures, weights, and the
+    registered champion, which scores the digits test split as the run logged."""
     assert r.info.status == "FINISHED"
     assert r.info.run_name == f"{norm}-sgd-lr0.1-aug-bs32"
     assert r.data.params["norm"] == norm and r.data.params["depth"] == "8" and r.data.params["num_classes"] == "10"
-    assert r.data.tags["mlflow.project.entryPoint"] == "train"
     for key in names.EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2], key
     assert r.data.metrics[names.BEST_EPOCH] in (1, 2)
-    # The registered champion, loaded here, scores the digits test split as the run logged.
+    logged = {f.path for f in client.list_artifacts(r.info.run_id)}
+    assert {"curves.png", "confusion_matrix_test.png", "classification_report_test.json", "classes.json",
+            "weights"} <= logged, logged
+    assert len(client.get_run(r.info.run_id).outputs.model_outputs) == 1  # the model, an MLflow 3 LoggedModel
     model = mlflow.pytorch.load_model(f"models:/{names.registered_model(norm)}@{names.CHAMPION}")
     test = load_data("digits", 8).test
     with torch.no_grad():
@@ -46,35 +43,57 @@ def test_mlflow_run_trains_every_norm_into_a_complete_run(norm, mlflow_env, tmp_
     assert accuracy == pytest.approx(r.data.metrics[names.final_metric("test", "accuracy")])
 
 
-# Bad options and bad data: tests/test_bad_input.py catalogues them.
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_train_makes_every_norm_a_complete_run(norm, mlflow_env, capsys):
+    run_command(command("train"), ["--norm", norm, *SMALL])
+    client = MlflowClient()
+    r = only_run(client)
+    check_complete_run(client, r, norm)
+    assert f"run {r.info.run_id} ({norm}-sgd-lr0.1-aug-bs32): best epoch" in capsys.readouterr().out
+    assert client.get_experiment(r.info.experiment_id).tags[names.TAG_EXPERIMENT_KIND] == names.MODEL_TRAINING
 
 
 @pytest.mark.slow
-def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, tmp_path):
-    proc = run(TRAIN + ["--norm", "nn", "--lr", "1e10", "--epochs", "2", "--image-size", "8"], mlflow_env, tmp_path)
-    line = assert_one_line(proc, "the training loss became", "epoch 1", "lower the learning rate")
+def test_mlflow_run_trains_into_the_run_it_made(mlflow_env, tmp_path):
+    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", "norm=gn", "-P", "epochs=2", "-P", "image_size=8",
+           "-P", "n=1", "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
-    (r,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
+    r = only_run(client)
+    assert r.data.tags["mlflow.project.entryPoint"] == "train"
+    check_complete_run(client, r, "gn")
+
+
+# Bad options and bad data: tests/test_bad_input.py catalogues them.
+
+
+def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, capsys):
+    line = one_line("train", ["--norm", "nn", "--lr", "1e10", *SMALL], capsys, "the training loss became",
+                    "epoch 1", "lower the learning rate")
+    client = MlflowClient()
+    r = only_run(client)
     assert r.info.status == "FAILED"
     assert "error: " + r.data.tags[names.TAG_ERROR] == line
     assert not client.search_registered_models()
 
 
-@pytest.mark.slow
-def test_mlflow_run_with_a_bad_value_leaves_a_failed_run_that_says_why(mlflow_env, tmp_path):
-    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", "data=/no/such/folder", "--env-manager", "local"]
-    proc = run(cmd, mlflow_env, tmp_path)
-    assert proc.returncode != 0
-    assert "error: data '/no/such/folder' is not a folder" in proc.stderr
-    (r,) = MlflowClient().search_runs(["0"])
+def test_a_bad_value_fails_the_run_mlflow_run_made_and_says_why(mlflow_env, monkeypatch, capsys):
+    """`mlflow run` makes the run (tagged with its entry point) and hands its id to the script in
+    MLFLOW_RUN_ID; a value the script refuses ends that run FAILED with the reason."""
+    client = MlflowClient()
+    made = client.create_run("0", tags={"mlflow.project.entryPoint": "train"}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", made)
+    one_line("train", ["--data", "/no/such/folder"], capsys, "data '/no/such/folder' is not a folder")
+    r = client.get_run(made)
     assert r.info.status == "FAILED"
     assert r.data.tags[names.TAG_ERROR].startswith("data '/no/such/folder' is not a folder")
 
 
-@pytest.mark.slow
-def test_help_lists_every_option_with_its_default(tmp_path):
-    proc = subprocess.run(TRAIN + ["--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0
+def test_help_lists_every_option_with_its_default():
+    result = CliRunner().invoke(command("train"), ["--help"])
+    assert result.exit_code == 0
     for option in ("--norm", "--lr", "--weight-decay", "--batch-size", "--augment", "--data", "--device"):
-        assert option in proc.stdout
-    assert proc.stdout.count("[default:") >= 15
+        assert option in result.output
+    assert result.output.count("[default:") >= 15

@@ -1,5 +1,6 @@
 """GradCAM: that it points at the evidence, the logged weights it needs, the grid, and the `gradcam`
-entry point against a real MLflow store (as a subprocess, as a user runs it)."""
+entry point against a real MLflow store: in this process through the command its script runs, and
+once through `mlflow run . -e gradcam` (the MLproject's declared defaults) as a real process."""
 
 import json
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import mlflow
 import pytest
 import torch
+from click.testing import CliRunner
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -21,11 +23,10 @@ from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, grad
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
 from resnorm.weights import champion_uris, load_trained, log_weights, resolve
-from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env, tracking_store
+from tests.conftest import ROOT, command, run_command, subprocess_env, tracking_store
 
 from tests.trained import CPU, train_and_register
 
-GRADCAM = [PYTHON, str(ROOT / "entrypoints" / "gradcam.py")]
 COLOURS = ("red", "green", "blue")
 
 
@@ -160,15 +161,13 @@ def test_lookups_that_fail_name_the_value(store):
 
 
 @pytest.mark.slow
-def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path):
+def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path, capsys):
     output = tmp_path / "grid.png"
-    proc = subprocess.run(GRADCAM + ["--samples", "3", "--output", str(output)], cwd=tmp_path,
-                          env=subprocess_env(store["uri"]), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_command(command("gradcam"), ["--samples", "3", "--output", str(output)])
     client = MlflowClient()
     exp = client.get_experiment_by_name(names.EXPERIMENT)
     (run,) = client.search_runs([exp.experiment_id], f"attributes.run_name = '{RUN_NAME}'", order_by=["start_time DESC"], max_results=1)
-    assert run.info.run_id in proc.stdout and run.info.status == "FINISHED"
+    assert run.info.run_id in capsys.readouterr().out and run.info.status == "FINISHED"
     with Image.open(client.download_artifacts(run.info.run_id, GRID_ARTIFACT, str(tmp_path))) as grid:
         assert grid.format == "PNG" and grid.height > grid.width  # 3 rows of 2 columns
     with Image.open(output) as local:
@@ -188,7 +187,7 @@ def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, tmp_path):
+def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, tmp_path, capsys):
     test = store["data"].test
     files = []
     for k in range(4):  # real PNG files, larger than the model's input: they are resized to it
@@ -197,10 +196,9 @@ def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, 
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(test.images[k, 0].numpy()).resize((32, 32), Image.Resampling.NEAREST).save(path)
         files.append((path, label if k < 3 else None))
-    proc = subprocess.run(GRADCAM + ["--models", "models:/resnorm-gn@champion", "--images", str(tmp_path / "images")],
-                          cwd=tmp_path, env=subprocess_env(store["uri"]), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = proc.stdout.split()[1].rstrip(":")
+    capsys.readouterr()
+    run_command(command("gradcam"), ["--models", "models:/resnorm-gn@champion", "--images", str(tmp_path / "images")])
+    run_id = capsys.readouterr().out.split()[1].rstrip(":")
     summary = json.load(open(MlflowClient().download_artifacts(run_id, GRID_SUMMARY, str(tmp_path))))
     expected = {str(p): label for p, label in files}
     assert {i["source"]: i["label"] for i in summary["images"]} == expected
@@ -239,32 +237,24 @@ def bad_inputs(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path):
+def test_bad_input_ends_in_one_line_naming_the_value(store, tmp_path, capsys):
     client = MlflowClient()
     before = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
-    cases = bad_inputs(store, tmp_path)
-    started = [subprocess.Popen(GRADCAM + args, cwd=tmp_path, env=subprocess_env(store["uri"]), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for args, _ in cases]  # at once: each is mostly imports
-    for proc, (args, fragments) in zip(started, cases):
-        out, err = proc.communicate(timeout=300)
-        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        assert_one_line(done, *fragments)
-        assert done.returncode == 1, args
+    for args, fragments in bad_inputs(store, tmp_path):
+        with pytest.raises(SystemExit) as exit_:
+            run_command(command("gradcam"), args)
+        assert exit_.value.code == 1, args
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and all(f in errors[0] for f in fragments), (args, errors)
     after = len(client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id]))
     assert after == before, "no gradcam run for a rejected command"
 
 
-@pytest.mark.slow
-def test_without_any_champion_gradcam_says_so(mlflow_env, tmp_path):
-    proc = subprocess.run(GRADCAM, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True, timeout=300)
-    assert_one_line(proc, "no registered resnorm-{norm} model has a 'champion' alias")
-    assert proc.returncode == 1
+# Without any champion: the catalogue's case (tests/test_bad_input.py, "gradcam").
 
 
-@pytest.mark.slow
-def test_help_states_every_default(tmp_path):
-    proc = subprocess.run(GRADCAM + ["--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert proc.returncode == 0
+def test_help_states_every_default():
+    result = CliRunner().invoke(command("gradcam"), ["--help"])
+    assert result.exit_code == 0
     for option in ("--models", "--images", "--samples", "--output"):
-        assert option in proc.stdout
-    assert proc.stdout.count("[default:") == 4
+        assert option in result.output

@@ -3,20 +3,18 @@ this machine, and the MLflow UI in headless Chromium."""
 
 import csv
 import os
+import re
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
 from resnorm.norms import NORM_NAMES
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, MlflowServer, command, one_line, run_command, subprocess_env, tracking_store
 
-pytestmark = pytest.mark.slow
 
 QUICK = ["-P", "epochs=1", "-P", "image_size=8"]  # the demo, shrunk to seconds per child
 
@@ -52,6 +50,7 @@ def quick_sweep(tmp_path_factory):
     return folder, uri, client, parent
 
 
+@pytest.mark.slow
 def test_quick_sweep_nests_one_ordinary_training_run_per_norm(quick_sweep):
     _, _, client, parent = quick_sweep
     assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep-quick"
@@ -69,6 +68,7 @@ def test_quick_sweep_nests_one_ordinary_training_run_per_norm(quick_sweep):
         assert names.final_metric("test", "macro_f1") in r.data.metrics
 
 
+@pytest.mark.slow
 def test_analyze_rebuilds_table_3_from_the_recorded_metrics(quick_sweep):
     folder, uri, client, parent = quick_sweep
     proc = mlflow_run("analyze", ["-P", f"out={folder / 'report'}"], uri, folder)
@@ -112,6 +112,7 @@ def test_analyze_rebuilds_table_3_from_the_recorded_metrics(quick_sweep):
     assert {"report/report.md", "report/report.html", "report/tables", "report/figures"} <= logged
 
 
+@pytest.mark.slow
 def test_rerunning_into_the_parent_runs_only_what_did_not_finish(quick_sweep):
     folder, uri, client, parent = quick_sweep
     kids = children_of(client, parent.info.run_id, "FINISHED")
@@ -147,6 +148,7 @@ def comparable(client, run):
     }
 
 
+@pytest.mark.slow
 def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
     _, uri, client, parent = quick_sweep
     proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--epochs", "1", "--image-size", "8", "--n", "1",
@@ -165,102 +167,118 @@ def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
 # Bad sweep parameters: tests/test_bad_input.py catalogues them.
 
 
-def test_analyze_without_a_sweep_says_so(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = script("analyze", [], uri, tmp_path, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "error: no experiment has a sweep; run one first (mlflow run . -e sweep)" in proc.stderr
-    proc = script("analyze", ["--experiment", "resnorm"], uri, tmp_path, timeout=120)
-    assert "error: there is no experiment 'resnorm'; run a sweep first" in proc.stderr
-    proc = script("analyze", ["--sweep-run-id", "0123456789abcdef"], uri, tmp_path, timeout=120)
-    assert "error: run '0123456789abcdef' does not exist" in proc.stderr
+@pytest.mark.usefixtures("mlflow_env")
+def test_analyze_without_a_sweep_says_so(capsys):
+    one_line("analyze", [], capsys, "no experiment has a sweep; run one first (mlflow run . -e sweep)")
+    one_line("analyze", ["--experiment", "resnorm"], capsys, "there is no experiment 'resnorm'; run a sweep first")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_ui(quick_sweep, tmp_path):
-    """A real `mlflow server` on loopback over the quick sweep's store."""
-    _, uri, _, _ = quick_sweep
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=subprocess_env(uri), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+@pytest.fixture(scope="module")
+def seeded_sweep(tmp_path_factory):
+    """Two configurations x two seeds (1 epoch, 8 px) and its report, in a store of their own."""
+    folder = tmp_path_factory.mktemp("seeded")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--seeds", "2", "--epochs", "1",
+                            "--image-size", "8", "--n", "1"], uri, folder)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+                                   f"tags.`{names.TAG_SWEEP}` = 'true'")
+    with tracking_store(folder):
+        run_command(command("analyze"), ["--sweep-run-id", parent.info.run_id, "--out", str(folder / "report")])
+    (analysis,) = client.search_runs([parent.info.experiment_id], f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'")
+    return uri, client, parent, analysis.info.run_id
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+# The runs table is an AG Grid that renders every row twice (pinned name column, scrolled columns):
+# read the pinned half only.
+ROWS = '.ag-pinned-left-cols-container [role="row"][row-id]'
+# In visual order: a group's header row has a "Pin group" toggle, its title in a span's title
+# attribute and its run count in a status badge; a run row holds a link to the run.
+READ_ROWS = """(sel) => [...document.querySelectorAll(sel)]
+  .sort((a, b) => +a.getAttribute('aria-rowindex') - +b.getAttribute('aria-rowindex'))
+  .map(r => {
+    const name = r.querySelector('[role="gridcell"][col-id="attributes.`Run Name`"]');
+    const pin = r.querySelector('label.is-pin-toggle');
+    const titled = name && name.querySelector('span[title]');
+    const link = name && name.querySelector('a[href*="/runs/"]');
+    return {group: pin && /Pin group/.test(pin.textContent) ? (titled ? titled.getAttribute('title') : 'other') : null,
+            run: link ? link.innerText.trim() : null};
+  })"""
 
 
+def groups_shown(page) -> dict[str, list[str]]:
+    groups, current = {}, None
+    for row in page.evaluate(READ_ROWS, ROWS):
+        if row["group"] is not None:
+            current = groups.setdefault(row["group"], [])
+        elif row["run"] and current is not None:
+            current.append(row["run"])
+    return groups
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
     reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",
 )
-def test_the_mlflow_ui_lists_the_children_under_the_sweep_and_previews_the_report(quick_sweep, mlflow_ui, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_the_mlflow_ui_nests_children_groups_seeds_by_configuration_and_previews_the_report(seeded_sweep, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
 
-    _, _, client, parent = quick_sweep
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs", wait_until="load")
-            page.get_by_text("sweep-quick", exact=True).wait_for(timeout=60_000)
-            child = page.get_by_text("bn-sgd-lr0.1-aug-bs32", exact=True)
-            assert child.count() == 0  # folded under the parent
-            row = page.locator("[role=row]", has_text="sweep-quick").last
-            row.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand
-            child.wait_for(timeout=30_000)
-            for norm in NORM_NAMES:
-                # At least once: a child that failed and ran again (the resume test) is listed twice.
-                assert page.get_by_text(f"{norm}-sgd-lr0.1-aug-bs32", exact=True).count() >= 1, norm
-            # The report in the artifact preview (a sandboxed iframe on a blob: URL): every figure loads.
-            analysis_id = analysis_run(client, parent, tmp_path)
-            page.goto(f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{analysis_id}"
-                      "/artifacts/report/report.html", wait_until="load")
-            frame = None
-            for _ in range(120):
-                frame = next((f for f in page.frames if f.url.startswith("blob:")), None)
-                if frame is not None and frame.evaluate("document.images.length") > 0:
-                    break
-                page.wait_for_timeout(500)
-            assert frame is not None, "the report was not previewed"
-            frame.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
-            sizes = frame.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
-            assert len(sizes) >= 5 and all(w > 0 for w in sizes), sizes  # GradCAM, Figures 1, 3-6
-            assert frame.get_by_text("Provenance", exact=True).count() == 1
-        finally:
-            browser.close()
-
-
-def analysis_run(client, parent, folder):
-    """The sweep's latest analysis run (the analyze test made one); analyse it here if none."""
-    exp = client.get_experiment_by_name(names.EXPERIMENT)
-    query = f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'"
-    runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"])
-    if not runs:
-        proc = script("analyze", ["--sweep-run-id", parent.info.run_id, "--out", str(folder / "report")],
-                      client.tracking_uri, folder)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs = client.search_runs([exp.experiment_id], query)
-    return runs[0].info.run_id
+    uri, client, parent, analysis_id = seeded_sweep
+    exp = parent.info.experiment_id
+    server = MlflowServer(uri, tmp_path).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                # The README's link to the training runs (MLflow 3 otherwise opens on its GenAI pages).
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(f"{server.url}/#/experiments/{exp}?workflowType=machine_learning", wait_until="load")
+                page.wait_for_url(re.compile(r"/experiments/\d+/runs"))
+                # The children fold under their sweep.
+                page.get_by_text("sweep-custom", exact=True).wait_for()
+                child = page.get_by_text("bn-sgd-lr0.1-aug-bs32-s0", exact=True)
+                assert child.count() == 0
+                row = page.locator("[role=row]", has_text="sweep-custom").last
+                row.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand
+                child.wait_for(timeout=30_000)
+                # Group by the configuration tag: one group per configuration, its seeds inside.
+                page.get_by_role("button", name=re.compile(r"^Group by")).click()
+                menu = page.get_by_role("menu")
+                menu.get_by_placeholder("Search").fill(names.TAG_CONFIG)
+                menu.get_by_role("menuitemcheckbox", name=names.TAG_CONFIG, exact=True).click()
+                expect(page.get_by_role("button", name=re.compile(r"^Group by"))).to_have_text(
+                    f"Group by: {names.TAG_CONFIG}")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    groups = groups_shown(page)
+                    if all(len(groups.get(g, [])) == 2 for g in ("norm=bn", "norm=gn")):
+                        break
+                    page.wait_for_timeout(500)
+                assert sorted(groups.get("norm=bn", [])) == ["bn-sgd-lr0.1-aug-bs32-s0", "bn-sgd-lr0.1-aug-bs32-s1"]
+                assert sorted(groups.get("norm=gn", [])) == ["gn-sgd-lr0.1-aug-bs32-s0", "gn-sgd-lr0.1-aug-bs32-s1"]
+                assert set(groups) <= {"norm=bn", "norm=gn", "other"}, groups  # the sweep and its analysis: ungrouped
+                # The report in the artifact preview (a sandboxed iframe on a blob: URL): every figure loads.
+                page.goto(f"{server.url}/#/experiments/{exp}/runs/{analysis_id}/artifacts/report/report.html",
+                          wait_until="load")
+                frame = None
+                for _ in range(120):
+                    frame = next((f for f in page.frames if f.url.startswith("blob:")), None)
+                    if frame is not None and frame.evaluate("document.images.length") > 0:
+                        break
+                    page.wait_for_timeout(500)
+                assert frame is not None, "the report was not previewed"
+                frame.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
+                sizes = frame.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+                assert len(sizes) >= 4 and all(w > 0 for w in sizes), sizes  # GradCAM, Figures 3-4, 5 or 6
+                assert frame.get_by_text("Provenance", exact=True).count() == 1
+                assert frame.get_by_text("The study's claims", exact=True).count() == 1
+            finally:
+                browser.close()
+    finally:
+        server.kill()

@@ -28,8 +28,9 @@ from resnorm.tracking import FAILED, RUNNING
 @dataclass(frozen=True)
 class Child:
     config: TrainConfig
-    name: str
+    name: str  # its run's name (planner.child_name)
     launch: Launch  # the train entry point's device, mode, resume (an interrupted run of this child), threads
+    label: str = ""  # its configuration by the settings that vary in the sweep (the resnorm.config tag)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child, extr
         mlflow_tags.MLFLOW_SOURCE_TYPE: "PROJECT",
         mlflow_tags.MLFLOW_SOURCE_NAME: ctx.project_dir,
         mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT: "train",
+        names.TAG_CONFIG: child.label,
     }
     commit = get_git_commit(ctx.project_dir)
     if commit:

@@ -8,10 +8,11 @@ or the cartesian product of a grid), each repeated with ``seeds`` seeds.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from resnorm.config import TrainConfig, parse_value
+from resnorm.config import FIELD_TYPES, TrainConfig, parse_value
 from resnorm.errors import ConfigError
 from resnorm.norms import NORM_NAMES
 
@@ -89,6 +90,37 @@ def plan(
     return configs
 
 
-def child_name(cfg: TrainConfig, seeds: int) -> str:
-    """The run name of a sweep child: the train run name, plus ``-s{seed}`` when seeds vary."""
-    return f"{cfg.run_name()}-s{cfg.seed}" if seeds > 1 else cfg.run_name()
+# The settings a run name (TrainConfig.run_name) spells out; the seed is a sweep child's own suffix.
+NAMED = ("norm", "optimizer", "lr", "augment", "batch_size")
+SUFFIX = {"weight_decay": "wd", "momentum": "m", "epochs": "e", "n": "n", "image_size": "px", "groups": "g"}
+
+
+def varying(configs: Sequence[TrainConfig]) -> list[str]:
+    """The settings (but the seed) whose values differ among ``configs``, in TrainConfig's order."""
+    return [f for f in FIELD_TYPES if f != "seed" and len({getattr(c, f) for c in configs}) > 1]
+
+
+def config_label(cfg: TrainConfig, fields: Sequence[str]) -> str:
+    """A configuration by the settings that vary in its sweep, ``norm=bn, batch_size=8``: the label of
+    its row in the report and its runs' ``resnorm.config`` tag (the MLflow UI groups seeds by it)."""
+    return ", ".join(f"{f}={getattr(cfg, f)}" for f in fields or ["norm"])
+
+
+def child_name(cfg: TrainConfig, seeds: int, fields: Sequence[str] = ()) -> str:
+    """The run name of a sweep child: the train run name, then each setting of ``fields`` (those that
+    vary in the sweep) that the name does not spell and that differs from train's default, then
+    ``-s{seed}`` when seeds vary. Two configurations of one sweep never share a name: they differ in
+    a named setting, or in one of ``fields``, where at most one of them holds the default."""
+    default, extra = TrainConfig(), []
+    for f in fields:
+        value = getattr(cfg, f)
+        if f in NAMED or value == getattr(default, f):
+            continue
+        if f == "scheduler":
+            extra.append(value)  # "step"
+        elif f == "data":
+            extra.append(os.path.basename(value.rstrip("/")) or value)
+        else:
+            extra.append(f"{SUFFIX.get(f, f)}{value:g}" if isinstance(value, float) else f"{SUFFIX.get(f, f)}{value}")
+    name = "-".join([cfg.run_name(), *extra])
+    return f"{name}-s{cfg.seed}" if seeds > 1 else name

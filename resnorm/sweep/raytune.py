@@ -63,7 +63,7 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     ctx = SweepContext(**{**spec["ctx"], "project_dir": str(PROJECT_ROOT)})
     fields = spec["child"]
-    child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]))
+    child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]), fields["label"])
     client = MlflowClient()
     trial_id = tune.get_context().get_trial_id()
     run_id = child.launch.resume or trial_run(client, ctx, trial_id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+import shlex
+from dataclasses import asdict, dataclass, replace
 
 import mlflow
 import torch
@@ -17,8 +18,8 @@ from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
 from resnorm.sweep.child import Child, SweepContext, sweep_children
 from resnorm.sweep.pool import run_local
 from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
-from resnorm.sweep.planner import child_name, plan
-from resnorm.tracking import (FINISHED, KILLED, check_own_sweep_run, check_tracking_server, log_new_params, unquote_param,
+from resnorm.sweep.planner import child_name, config_label, plan, varying
+from resnorm.tracking import (FINISHED, KILLED, check_own_sweep_run, mark_model_training, check_tracking_server, log_new_params, unquote_param,
                               use_default_experiment)
 
 
@@ -120,9 +121,12 @@ def run_sweep(spec: SweepSpec) -> None:
         try:
             _open_parent(client, run_id, spec, parallel)
             ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, str(PROJECT_ROOT))
+            mark_model_training(client, parent.info.experiment_id)
             # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
             per_child = RAY_CPUS_PER_TRIAL if spec.executor == "ray" else machine.share(parallel)
-            children = _to_run(client, ctx, spec, configs, per_child)
+            planned = planned_children(spec, configs, per_child)
+            client.log_dict(run_id, plan_record(spec, planned, run_id, parallel), names.SWEEP_PLAN)
+            children = _to_run(client, ctx, spec, planned)
             if spec.executor == "ray":
                 statuses = run_ray(ctx, children, spec.ray_address, gpus, max(1, parallel // max(1, gpus)),
                                    spec.storage_path)
@@ -152,16 +156,34 @@ def _open_parent(client: MlflowClient, run_id: str, spec: SweepSpec, parallel: i
     client.update_run(run_id, name=f"sweep-{spec.preset}")
 
 
-def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, configs: list[TrainConfig],
-            threads_each: int) -> list[Child]:
-    """The planned configurations that have not finished, each resuming its interrupted run if it has one."""
+def planned_children(spec: SweepSpec, configs: list[TrainConfig], threads_each: int) -> list[Child]:
+    """Every planned configuration as a child: its run name and label (by the settings that vary in
+    the sweep), its launch."""
+    fields = varying(configs)
+    return [Child(c, child_name(c, spec.seeds, fields), replace(spec.launch, threads=threads_each),
+                  config_label(c, fields)) for c in configs]
+
+
+def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: int) -> dict:
+    """``sweep.json``: what the sweep plans (every configuration and seed, its name and label) and the
+    command that re-runs it into its parent. ``analyze`` reports against it."""
+    params = " ".join(f"-P {k}={shlex.quote(v)}" for k, v in spec.params(parallel).items() if v)
+    return {
+        "preset": spec.preset, "grid": spec.grid, "seeds": spec.seeds, "mode": spec.launch.mode,
+        "parameters": spec.params(parallel),
+        "configurations": [{"name": c.name, "label": c.label, "config": asdict(c.config)} for c in children],
+        "command": f"mlflow run {PROJECT_ROOT} -e sweep {params} --env-manager local --run-id {run_id}",
+    }
+
+
+def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, planned: list[Child]) -> list[Child]:
+    """The planned children that have not finished, each resuming its interrupted run if it has one."""
     done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
     interrupted = interrupted_children(client, ctx.experiment_id, ctx.parent_run_id)
-    children = [Child(c, child_name(c, spec.seeds), replace(spec.launch, resume=interrupted.get(c, ""),
-                                                            threads=threads_each))
-                for c in configs if c not in done]
-    print(f"sweep {spec.preset} (run {ctx.parent_run_id}): {len(configs)} configurations, "
-          f"{len(configs) - len(children)} already finished, {len(children)} to run "
+    children = [replace(c, launch=replace(c.launch, resume=interrupted.get(c.config, "")))
+                for c in planned if c.config not in done]
+    print(f"sweep {spec.preset} (run {ctx.parent_run_id}): {len(planned)} configurations, "
+          f"{len(planned) - len(children)} already finished, {len(children)} to run "
           f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot)", flush=True)
     return children
 

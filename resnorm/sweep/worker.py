@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 from resnorm.machine import prefer_passive_wait
@@ -28,7 +27,7 @@ prefer_passive_wait()  # before torch loads OpenMP (the pool sets it in the envi
 
 import torch  # noqa: E402
 
-from resnorm.cli import guard  # noqa: E402
+from resnorm.cli import guard, stop_with_parent  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
 
@@ -48,21 +47,9 @@ def serve(requests, replies) -> None:
         torch.compiler.reset()  # a compiled child's graphs are of its model only; let them go
 
 
-def _die_with(sweep_pid: int) -> None:
-    """SIGTERM to this process when the sweep that started it dies (Linux; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1  # from <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != sweep_pid:  # it died before the line above took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def main() -> None:
     reply_fd, sweep_pid = int(sys.argv[1]), int(sys.argv[2])
-    _die_with(sweep_pid)
+    stop_with_parent(sweep_pid)
     with os.fdopen(reply_fd, "w") as replies:
         serve(sys.stdin, replies)
 
