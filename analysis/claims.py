@@ -16,8 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis import stats
-from analysis.evidence import (ADAM, AUG_OFF, AUG_ON, BATCH, COSINE, INCONCLUSIVE, NOT_TESTABLE, SGD, SLOW_SGD, STEP,
-                               Skip, accuracies, overfitting_gap, samples)
+from analysis.evidence import (
+    ADAM,
+    AUG_OFF,
+    AUG_ON,
+    BATCH,
+    COSINE,
+    INCONCLUSIVE,
+    NOT_TESTABLE,
+    SGD,
+    SLOW_SGD,
+    STEP,
+    Skip,
+    accuracies,
+    overfitting_gap,
+    samples,
+)
 from analysis.groups import Group
 from analysis.stats import NAN_CI, Estimate, contrast, improvement_interval, probability_of_improvement, tost, welch
 from analysis.tables import Row
@@ -104,8 +118,15 @@ def _points_ci(e: Estimate) -> tuple[float, float]:
     return e.ci[0] * 100, e.ci[1] * 100
 
 
-def _difference(cid: int, test: str, groups: list[Group], rows: tuple[Row, Row], what: str, alpha: float,
-                metric: Callable[[Group], np.ndarray] = accuracies) -> Claim:
+def _difference(
+    cid: int,
+    test: str,
+    groups: list[Group],
+    rows: tuple[Row, Row],
+    what: str,
+    alpha: float,
+    metric: Callable[[Group], np.ndarray] = accuracies,
+) -> Claim:
     """Claims 1 and 6: Welch on mean(rows[0]) - mean(rows[1]); supported when significantly > 0,
     contradicted when significantly < 0."""
     (a, b), note = samples(groups, rows, metric)
@@ -122,8 +143,9 @@ def _difference(cid: int, test: str, groups: list[Group], rows: tuple[Row, Row],
 
 def claim_augmentation(groups: list[Group], test: str, alpha: float) -> Claim:
     """Claim 1: the train-test gap per seed measures overfitting; augmentation should shrink it."""
-    return _difference(1, test, groups, (AUG_OFF, AUG_ON), "train-test gap, augmentation off minus on", alpha,
-                       overfitting_gap)
+    return _difference(
+        1, test, groups, (AUG_OFF, AUG_ON), "train-test gap, augmentation off minus on", alpha, overfitting_gap
+    )
 
 
 def claim_schedule(groups: list[Group], test: str, alpha: float) -> Claim:
@@ -152,8 +174,10 @@ def claim_optimiser(groups: list[Group], test: str, alpha: float) -> Claim:
             details.append(f"{n}, SGD lr 0.1 vs {alt}: {skipped[key].verdict}: {skipped[key].reason}")
             continue
         d, (na, nb), note = tested[key]
-        details.append(f"{n}, SGD lr 0.1 minus {alt} = {_pts(d.value)} points {_ci(d.ci)}, Holm-adjusted "
-                       f"p = {adjusted[key]:.3g}, seeds {na} vs {nb}: {verdicts[key]}{note}")
+        details.append(
+            f"{n}, SGD lr 0.1 minus {alt} = {_pts(d.value)} points {_ci(d.ci)}, Holm-adjusted "
+            f"p = {adjusted[key]:.3g}, seeds {na} vs {nb}: {verdicts[key]}{note}"
+        )
     total = len(tested) + len(skipped)
     if not tested:
         verdict = NOT_TESTABLE if any(s.verdict == NOT_TESTABLE for s in skipped.values()) else INCONCLUSIVE
@@ -169,13 +193,16 @@ def claim_optimiser(groups: list[Group], test: str, alpha: float) -> Claim:
     d = tested[shown][0]
     others = [f"{counts[v]} {v}" for v in (CONTRADICTED, INCONCLUSIVE) if counts[v]]
     others += [f"{len(skipped)} not tested"] if skipped else []
-    line = (f"{verdict}: supported for {counts[SUPPORTED]} of {total} comparisons"
-            + (f" ({', '.join(others)})" if others else "")
-            + f"; {what}: {shown[0]}, SGD lr 0.1 minus {shown[1]} = {_pts(d.value)} points {_ci(d.ci)}, "
-              f"Holm-adjusted p = {adjusted[shown]:.3g}")
+    line = (
+        f"{verdict}: supported for {counts[SUPPORTED]} of {total} comparisons"
+        + (f" ({', '.join(others)})" if others else "")
+        + f"; {what}: {shown[0]}, SGD lr 0.1 minus {shown[1]} = {_pts(d.value)} points {_ci(d.ci)}, "
+        f"Holm-adjusted p = {adjusted[shown]:.3g}"
+    )
     seeds = _each([n for _, pair, _ in tested.values() for n in pair])
-    return Claim(2, STATEMENTS[2], test, verdict, line, d.value * 100, _points_ci(d), adjusted[shown], seeds,
-                 tuple(details))
+    return Claim(
+        2, STATEMENTS[2], test, verdict, line, d.value * 100, _points_ci(d), adjusted[shown], seeds, tuple(details)
+    )
 
 
 def claim_batch_norm(groups: list[Group], test: str, alpha: float, margin: float) -> Claim:
@@ -188,13 +215,20 @@ def claim_batch_norm(groups: list[Group], test: str, alpha: float, margin: float
     if p < alpha:
         verdict, why = SUPPORTED, f"equivalent: {inner_ci} lies inside {margin_text}"
     elif d.ci[0] > margin or d.ci[1] < -margin:
-        verdict, why = CONTRADICTED, f"{_ci(d.ci)} lies wholly outside {margin_text}: they differ by more than the margin"
+        verdict, why = (
+            CONTRADICTED,
+            f"{_ci(d.ci)} lies wholly outside {margin_text}: they differ by more than the margin",
+        )
     else:
         verdict = INCONCLUSIVE
-        why = (f"{inner_ci} is not inside {margin_text}, so equivalence is not shown (a difference that is not "
-               f"significant is not evidence of equality)")
-    line = (f"{verdict}: test accuracy bn minus torch_bn = {_pts(d.value)} points, {why}; TOST p = {p:.3g}, "
-            f"seeds {_vs((a, b))}{note}")
+        why = (
+            f"{inner_ci} is not inside {margin_text}, so equivalence is not shown (a difference that is not "
+            f"significant is not evidence of equality)"
+        )
+    line = (
+        f"{verdict}: test accuracy bn minus torch_bn = {_pts(d.value)} points, {why}; TOST p = {p:.3g}, "
+        f"seeds {_vs((a, b))}{note}"
+    )
     return Claim(3, STATEMENTS[3], test, verdict, line, d.value * 100, _points_ci(d), p, _vs((a, b)))
 
 
@@ -209,16 +243,27 @@ def claim_ranking(groups: list[Group], test: str, alpha: float) -> Claim:
     scores, note = samples(groups, [SGD[n] for n in NORM_NAMES])
     by_norm = dict(zip(NORM_NAMES, scores))
     order = sorted(NORM_NAMES, key=lambda n: -by_norm[n].mean())  # stable: ties keep the registry's order
-    pairs = [(x, y, probability_of_improvement(by_norm[x], by_norm[y]),
-              improvement_interval(by_norm[x], by_norm[y], 1 - alpha)) for x, y in zip(order, order[1:])]
-    details = tuple(f"{i}. {x} {by_norm[x].mean() * 100:.2f} % over {y} {by_norm[y].mean() * 100:.2f} %: "
-                    f"{_improvement_text(poi, ci, x, y, alpha)}, seeds {len(by_norm[x])} vs {len(by_norm[y])}"
-                    for i, (x, y, poi, ci) in enumerate(pairs, 1))
+    pairs = [
+        (
+            x,
+            y,
+            probability_of_improvement(by_norm[x], by_norm[y]),
+            improvement_interval(by_norm[x], by_norm[y], 1 - alpha),
+        )
+        for x, y in zip(order, order[1:])
+    ]
+    details = tuple(
+        f"{i}. {x} {by_norm[x].mean() * 100:.2f} % over {y} {by_norm[y].mean() * 100:.2f} %: "
+        f"{_improvement_text(poi, ci, x, y, alpha)}, seeds {len(by_norm[x])} vs {len(by_norm[y])}"
+        for i, (x, y, poi, ci) in enumerate(pairs, 1)
+    )
     x, y, poi, ci = min(pairs, key=lambda q: -math.inf if math.isnan(q[3][0]) else q[3][0])
     verdict = SUPPORTED if all(c[0] > 0.5 for _, _, _, c in pairs) else INCONCLUSIVE  # NaN > 0.5 is False
     seeds = _each([len(s) for s in scores])
-    line = (f"{verdict}: ranking {' > '.join(order)}; least certain adjacent pair: "
-            f"{_improvement_text(poi, ci, x, y, alpha)}, seeds {seeds}{note}")
+    line = (
+        f"{verdict}: ranking {' > '.join(order)}; least certain adjacent pair: "
+        f"{_improvement_text(poi, ci, x, y, alpha)}, seeds {seeds}{note}"
+    )
     return Claim(4, STATEMENTS[4], test, verdict, line, poi, ci, math.nan, seeds, details, PROBABILITY)
 
 
@@ -235,11 +280,15 @@ def claim_batch_size(groups: list[Group], test: str, alpha: float) -> Claim:
         verdict = CONTRADICTED
     else:
         verdict = INCONCLUSIVE
-    simple = tuple(f"{n} batch 8 minus 128 = {_pts(e.value)} points {_ci(e.ci)}, Welch p = {e.p:.3g}"
-                   for n, e in (("bn", bn), ("gn", gn)))
+    simple = tuple(
+        f"{n} batch 8 minus 128 = {_pts(e.value)} points {_ci(e.ci)}, Welch p = {e.p:.3g}"
+        for n, e in (("bn", bn), ("gn", gn))
+    )
     seeds = "/".join(str(len(s)) for s in scores)
-    line = (f"{verdict}: interaction = {_pts(inter.value)} points {_ci(inter.ci)}, df {inter.df:.1f}; "
-            f"{'; '.join(simple)}; seeds {seeds} (bn 8/bn 128/gn 8/gn 128){note}")
+    line = (
+        f"{verdict}: interaction = {_pts(inter.value)} points {_ci(inter.ci)}, df {inter.df:.1f}; "
+        f"{'; '.join(simple)}; seeds {seeds} (bn 8/bn 128/gn 8/gn 128){note}"
+    )
     return Claim(5, STATEMENTS[5], test, verdict, line, inter.value * 100, _points_ci(inter), inter.p, seeds, simple)
 
 
@@ -267,5 +316,3 @@ def check_claims(groups: list[Group], margin: float = MARGIN, alpha: float = sta
             where = " in this sweep" if skip.verdict == NOT_TESTABLE else ""
             out.append(Claim(cid, STATEMENTS[cid], test[cid], skip.verdict, f"{skip.verdict}{where}: {skip.reason}"))
     return out
-
-

@@ -27,8 +27,11 @@ def _row(label: str, vary: str = "", **where) -> Row:
 def name(row: Row) -> str:
     """Run-name form, plus the study settings a run name leaves out (weight decay, schedule) where they differ."""
     setting, default = row.selector(), TrainConfig()
-    extra = [f"{k}={setting[k]:g}" if isinstance(setting[k], float) else f"{k}={setting[k]}"
-             for k in ("weight_decay", "scheduler") if setting[k] != getattr(default, k)]
+    extra = [
+        f"{k}={setting[k]:g}" if isinstance(setting[k], float) else f"{k}={setting[k]}"
+        for k in ("weight_decay", "scheduler")
+        if setting[k] != getattr(default, k)
+    ]
     return ", ".join([row.describe(), *extra])
 
 
@@ -59,8 +62,11 @@ def find(groups: list[Group], rows: Sequence[Row]) -> list[Group]:
             missing.append(f"{name(row)} ({row.label})")
         elif len(match) > 1:
             fields = differing(match)
-            several.append(f"{len(match)} configurations match {name(row)} ("
-                           + " / ".join(describe(g, fields) for g in match) + ")")
+            several.append(
+                f"{len(match)} configurations match {name(row)} ("
+                + " / ".join(describe(g, fields) for g in match)
+                + ")"
+            )
         else:
             found.append(match[0])
     if missing:
@@ -84,8 +90,9 @@ def overfitting_gap(group: Group) -> np.ndarray:
     return (frame[TRAIN_ACCURACY].astype(float) - frame[ACCURACY].astype(float)).dropna().to_numpy()
 
 
-def samples(groups: list[Group], rows: Sequence[Row],
-             metric: Callable[[Group], np.ndarray] = accuracies) -> tuple[list[np.ndarray], str]:
+def samples(
+    groups: list[Group], rows: Sequence[Row], metric: Callable[[Group], np.ndarray] = accuracies
+) -> tuple[list[np.ndarray], str]:
     """One sample per row, and a note naming rows with seeds that did not finish; Skip when a
     row is missing, ambiguous, or has fewer than MIN_SEEDS finished seeds."""
     found = find(groups, rows)

@@ -15,8 +15,10 @@ from resnorm import names
 from resnorm.plots import plain
 
 LABELS = {
-    names.TRAIN_LOSS: "train loss (log scale)", names.VAL_LOSS: "val loss (log scale)",
-    names.TRAIN_ACCURACY: "train accuracy %", names.VAL_ACCURACY: "val accuracy %",
+    names.TRAIN_LOSS: "train loss (log scale)",
+    names.VAL_LOSS: "val loss (log scale)",
+    names.TRAIN_ACCURACY: "train accuracy %",
+    names.VAL_ACCURACY: "val accuracy %",
 }
 LOSSES = (names.TRAIN_LOSS, names.VAL_LOSS)
 ACC_LOSS = (names.TRAIN_ACCURACY, names.VAL_ACCURACY, *LOSSES)
@@ -38,18 +40,36 @@ def _lr(s: dict) -> str:
 
 
 FIGURES = (
-    FigureSpec("figure1", "Figure 1: torch_bn with SGD", ACC_LOSS,
-               study_rows([p for p in points(norm="torch_bn", optimizer="sgd", augment=True, batch_size=32,
-                                          scheduler="cosine")], _lr)),
-    FigureSpec("figure2", "Figure 2: torch_bn with Adam", ACC_LOSS,
-               study_rows(points(norm="torch_bn", optimizer="adam"), _lr)),
-    FigureSpec("figure3", "Figure 3: torch_bn vs the hand-written bn", LOSSES,
-               study_rows([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], lambda s: s["norm"])),
+    FigureSpec(
+        "figure1",
+        "Figure 1: torch_bn with SGD",
+        ACC_LOSS,
+        study_rows(
+            [p for p in points(norm="torch_bn", optimizer="sgd", augment=True, batch_size=32, scheduler="cosine")], _lr
+        ),
+    ),
+    FigureSpec(
+        "figure2", "Figure 2: torch_bn with Adam", ACC_LOSS, study_rows(points(norm="torch_bn", optimizer="adam"), _lr)
+    ),
+    FigureSpec(
+        "figure3",
+        "Figure 3: torch_bn vs the hand-written bn",
+        LOSSES,
+        study_rows([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], lambda s: s["norm"]),
+    ),
     FigureSpec("figure4", "Figure 4: every norm, SGD lr 0.1", LOSSES, study_rows(points("norm"), lambda s: s["norm"])),
-    FigureSpec("figure5", "Figure 5: bn by batch size", (names.VAL_ACCURACY, *LOSSES),
-               study_rows(points("batch_size", norm="bn"), lambda s: f"batch {s['batch_size']}")),
-    FigureSpec("figure6", "Figure 6: gn by batch size", (names.VAL_ACCURACY, *LOSSES),
-               study_rows(points("batch_size", norm="gn"), lambda s: f"batch {s['batch_size']}")),
+    FigureSpec(
+        "figure5",
+        "Figure 5: bn by batch size",
+        (names.VAL_ACCURACY, *LOSSES),
+        study_rows(points("batch_size", norm="bn"), lambda s: f"batch {s['batch_size']}"),
+    ),
+    FigureSpec(
+        "figure6",
+        "Figure 6: gn by batch size",
+        (names.VAL_ACCURACY, *LOSSES),
+        study_rows(points("batch_size", norm="gn"), lambda s: f"batch {s['batch_size']}"),
+    ),
 )
 
 
@@ -77,8 +97,14 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
         run_ids = list(group.finished["run_id"])
         mean, std = mean_curve(histories, run_ids, key)
         text = plain(f"{label} (n={len(run_ids)})")
-        ax.plot(mean.index, mean.values * scale, label=text, linestyle=STYLES[i % len(STYLES)],
-                marker=MARKERS[i % len(MARKERS)], markersize=4)
+        ax.plot(
+            mean.index,
+            mean.values * scale,
+            label=text,
+            linestyle=STYLES[i % len(STYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+        )
         if len(run_ids) > 1:
             ax.fill_between(mean.index, (mean - std).values * scale, (mean + std).values * scale, alpha=0.15)
     if key in LOSSES:
@@ -108,8 +134,20 @@ def build_figure(spec: FigureSpec, groups: list[Group], histories: Histories) ->
         _panel(ax, key, found, histories)
     handles, labels = axes[0].get_legend_handles_labels()
     many = any(len(g.finished) > 1 for _, g in found)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small",
-               title=BAND if many else None, title_fontsize="small")
-    fig.suptitle(plain(f"{spec.title}: {', '.join(label for label, _ in found)}" if len(found) > 1 else
-                       f"{spec.title}: {found[0][0]} only"))
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(len(labels), 4),
+        fontsize="small",
+        title=BAND if many else None,
+        title_fontsize="small",
+    )
+    fig.suptitle(
+        plain(
+            f"{spec.title}: {', '.join(label for label, _ in found)}"
+            if len(found) > 1
+            else f"{spec.title}: {found[0][0]} only"
+        )
+    )
     return fig, missing

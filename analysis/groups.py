@@ -7,12 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import pandas as pd
-from mlflow.entities import RunStatus
 
 from analysis.runs import without_seed
 from resnorm.config import TrainConfig
-
-FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+from resnorm.tracking import FINISHED
 
 
 @dataclass
@@ -54,8 +52,14 @@ def build_group(config: TrainConfig, mode: str, planned: tuple[int, ...], runs: 
         if done is not None:
             finished.append(done)
         elif latest is not None:
-            problems.append({"seed": seed, "status": latest["status"], "run_id": latest["run_id"],
-                             "error": latest["error"] or "no resnorm.error tag"})
+            problems.append(
+                {
+                    "seed": seed,
+                    "status": latest["status"],
+                    "run_id": latest["run_id"],
+                    "error": latest["error"] or "no resnorm.error tag",
+                }
+            )
         else:
             problems.append({"seed": seed, "status": "MISSING", "run_id": "", "error": "no run was started"})
     frame = pd.DataFrame(finished).reset_index(drop=True) if finished else runs.iloc[0:0]
@@ -71,7 +75,7 @@ def build_groups(runs: pd.DataFrame, planned: list[TrainConfig], mode: str) -> l
         seeds.setdefault((cfg, run_mode), [])
     groups = []
     for (cfg, run_mode), planned_seeds in seeds.items():
-        mine = runs[runs["config"].map(lambda c: c == cfg) & (runs["mode"] == run_mode)] if len(runs) else runs
+        mine = runs[runs["config"].map(cfg.__eq__) & (runs["mode"] == run_mode)] if len(runs) else runs
         groups.append(build_group(cfg, run_mode, tuple(planned_seeds), mine))
     return groups
 

@@ -46,5 +46,7 @@ def log(client: MlflowClient, report: Report, files: list[Path], out: Path) -> s
             client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
         for path in files:
             folder = path.parent.relative_to(out)
-            client.log_artifact(run_id, str(path), REPORT_ARTIFACTS if str(folder) == "." else f"{REPORT_ARTIFACTS}/{folder}")
+            client.log_artifact(
+                run_id, str(path), REPORT_ARTIFACTS if str(folder) == "." else f"{REPORT_ARTIFACTS}/{folder}"
+            )
     return run_id

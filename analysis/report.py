@@ -58,8 +58,18 @@ def build(client: MlflowClient, parent: Run, margin: float = 0.01) -> Report:
     for spec in FIGURES:
         figures[spec.id], missing[spec.id] = build_figure(spec, groups, histories)
     claims = check_claims(groups, margin=margin)
-    return Report(parent, planned, runs, groups, tables, figures, missing, claims, margin,
-                  provenance(client, parent, planned, runs, groups))
+    return Report(
+        parent,
+        planned,
+        runs,
+        groups,
+        tables,
+        figures,
+        missing,
+        claims,
+        margin,
+        provenance(client, parent, planned, runs, groups),
+    )
 
 
 def _values(groups: list[Group], name: str) -> str:
@@ -86,8 +96,9 @@ def _unplanned(groups: list[Group]) -> str:
     return f"; {len(outside)} configurations ran but are not in the sweep's plan"
 
 
-def provenance(client: MlflowClient, parent: Run, planned: Plan, runs: pd.DataFrame,
-               groups: list[Group]) -> list[tuple[str, str]]:
+def provenance(
+    client: MlflowClient, parent: Run, planned: Plan, runs: pd.DataFrame, groups: list[Group]
+) -> list[tuple[str, str]]:
     """What produced the report, as (label, value) lines."""
     done = runs[runs["status"] == FINISHED]
     error = parent.data.tags.get(names.TAG_ERROR, "")
@@ -98,20 +109,36 @@ def provenance(client: MlflowClient, parent: Run, planned: Plan, runs: pd.DataFr
         return ", ".join(sorted({v for v in done[column] if v})) or "not recorded"
 
     return [
-        ("sweep", f"{parent.info.run_name} (run {parent.info.run_id}, preset "
-                  f"{parent.data.tags.get(names.TAG_PRESET, '?')}), status {parent.info.status}"
-                  + (f": {error}" if error else "")),
+        (
+            "sweep",
+            f"{parent.info.run_name} (run {parent.info.run_id}, preset "
+            f"{parent.data.tags.get(names.TAG_PRESET, '?')}), status {parent.info.status}"
+            + (f": {error}" if error else ""),
+        ),
         ("plan", planned.source),
-        ("runs", f"{finished} of {planned_seeds} planned seeds finished, over {len(groups)} configurations"
-                 + _unplanned(groups)),
+        (
+            "runs",
+            f"{finished} of {planned_seeds} planned seeds finished, over {len(groups)} configurations"
+            + _unplanned(groups),
+        ),
         ("data", f"{_values(groups, 'data')}; datasets {_datasets(client, done)}"),
         ("split sizes", tags("splits")),
         ("image size", _values(groups, "image_size")),
         ("depth", ", ".join(f"{depth(int(n))} (n={n})" for n in _values(groups, "n").split(", ") if n != "–")),
         ("epochs", _values(groups, "epochs")),
         ("batch size", _values(groups, "batch_size")),
-        ("optimiser", "; ".join(sorted({f"{g.config.optimizer} lr {g.config.lr:g}, weight decay "
-                                        f"{g.config.weight_decay:g}, momentum {g.config.momentum:g}" for g in groups}))),
+        (
+            "optimiser",
+            "; ".join(
+                sorted(
+                    {
+                        f"{g.config.optimizer} lr {g.config.lr:g}, weight decay "
+                        f"{g.config.weight_decay:g}, momentum {g.config.momentum:g}"
+                        for g in groups
+                    }
+                )
+            ),
+        ),
         ("schedule", _values(groups, "scheduler")),
         ("augmentation", _values(groups, "augment")),
         ("seeds", ", ".join(map(str, seeds)) or "–"),

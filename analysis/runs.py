@@ -20,8 +20,8 @@ from resnorm.bundle import SPLITS
 from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ResnormError
 from resnorm.sweep import child_name, plan
-from resnorm.sweep.planner import varying
 from resnorm.sweep.child import sweep_children
+from resnorm.sweep.planner import varying
 from resnorm.tracking import unquote_param
 
 FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
@@ -37,8 +37,9 @@ class NoSweep(ResnormError):
 def _latest_sweep(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
     if not experiment_ids:
         return None
-    runs = client.search_runs(experiment_ids, f"tags.`{names.TAG_SWEEP}` = 'true'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        experiment_ids, f"tags.`{names.TAG_SWEEP}` = 'true'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -136,19 +137,44 @@ def children(client: MlflowClient, parent: Run, planned: Plan) -> pd.DataFrame:
     start_time, error/device tags, typed config fields, mode, ``config`` (without the seed) and
     the final metrics. A run that failed before it logged its params is known by its name (the
     sweep names each child before it starts); a run that is neither is left out."""
-    columns = ["run_id", "run_name", "status", "start_time", "error", "device", "speed", "versions", "splits",
-               *FIELD_TYPES, *LAUNCH_FIELDS, "config", *FINAL_METRICS, names.BEST_EPOCH]
-    tags = {"error": names.TAG_ERROR, "device": names.TAG_DEVICE, "speed": names.TAG_SPEED,
-            "versions": names.TAG_VERSIONS, "splits": names.TAG_SPLIT_SIZES}
+    columns = [
+        "run_id",
+        "run_name",
+        "status",
+        "start_time",
+        "error",
+        "device",
+        "speed",
+        "versions",
+        "splits",
+        *FIELD_TYPES,
+        *LAUNCH_FIELDS,
+        "config",
+        *FINAL_METRICS,
+        names.BEST_EPOCH,
+    ]
+    tags = {
+        "error": names.TAG_ERROR,
+        "device": names.TAG_DEVICE,
+        "speed": names.TAG_SPEED,
+        "versions": names.TAG_VERSIONS,
+        "splits": names.TAG_SPLIT_SIZES,
+    }
     records = []
     for r in sweep_children(client, parent.info.experiment_id, parent.info.run_id):
         params = r.data.params
         cfg = _config_of(params) if "norm" in params else planned.names.get(r.info.run_name)
         if cfg is None:
             continue
-        record = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-                  "start_time": r.info.start_time, "mode": params.get("mode", planned.mode),
-                  "config": without_seed(cfg), **dataclasses.asdict(cfg)}
+        record = {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "mode": params.get("mode", planned.mode),
+            "config": without_seed(cfg),
+            **dataclasses.asdict(cfg),
+        }
         record.update({column: r.data.tags.get(tag, "") for column, tag in tags.items()})
         record.update({key: r.data.metrics.get(key, float("nan")) for key in (*FINAL_METRICS, names.BEST_EPOCH)})
         records.append(record)

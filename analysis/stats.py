@@ -19,8 +19,8 @@ BOOTSTRAP_RESAMPLES = 9999
 NAN_CI = (math.nan, math.nan)
 METHOD_TEXT = (
     "Spread: sample standard deviation over seeds (n = finished seeds). 95 % CI: Student's t over "
-    "seeds (shown cut at 0 and 100); with one seed, the Clopper-Pearson binomial interval of the test split. Rows sharing a "
-    "letter cannot be told apart: two-sided Welch t-tests on test accuracy between every pair of "
+    "seeds (shown cut at 0 and 100); with one seed, the Clopper-Pearson binomial interval of the test split. "
+    "Rows sharing a letter cannot be told apart: two-sided Welch t-tests on test accuracy between every pair of "
     "complete rows with at least 2 seeds, Holm's step-down correction per table, alpha 0.05."
 )
 
@@ -87,7 +87,9 @@ def _maximal_cliques(nodes: list[str], linked: set[frozenset]) -> list[set[str]]
     return found
 
 
-def letters(means: Mapping[str, float], adjusted: Mapping[tuple[str, str], float], alpha: float = ALPHA) -> dict[str, str]:
+def letters(
+    means: Mapping[str, float], adjusted: Mapping[tuple[str, str], float], alpha: float = ALPHA
+) -> dict[str, str]:
     """Compact letter display: rows that share a letter are not significantly different.
 
     Each letter is a maximal group of rows with no significant difference between any two; the
@@ -162,17 +164,25 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
     return float(_improvement(np.asarray(x), np.asarray(y)))
 
 
-def improvement_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL,
-                         seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+def improvement_interval(
+    x: Sequence[float], y: Sequence[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the probability of improvement, x and y resampled
     independently (each needs 2 or more values); NaNs when the bootstrap forms no interval."""
     generator = np.random.default_rng(seed)
     # scipy 1.15 renamed random_state to rng; scipy itself reaches us through scikit-learn, unpinned.
     key = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
     try:
-        result = stats.bootstrap((np.asarray(x, float), np.asarray(y, float)), _improvement, vectorized=True,
-                               paired=False, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
-                               method="percentile", **{key: generator})
+        result = stats.bootstrap(
+            (np.asarray(x, float), np.asarray(y, float)),
+            _improvement,
+            vectorized=True,
+            paired=False,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            confidence_level=level,
+            method="percentile",
+            **{key: generator},
+        )
     except ValueError:
         return NAN_CI
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)

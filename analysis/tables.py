@@ -20,8 +20,11 @@ from resnorm.sweep import PRESET_SPECS
 STUDY_AXES = ("norm", "optimizer", "lr", "weight_decay", "augment", "batch_size", "scheduler")
 STUDY_POINTS = PRESET_SPECS["study"][1]
 ACCURACY = names.final_metric("test", "accuracy")
-SHOWN = {ACCURACY: "test acc. %", names.final_metric("val", "accuracy"): "val acc. %",
-         names.final_metric("test", "macro_f1"): "test macro-F1 %"}
+SHOWN = {
+    ACCURACY: "test acc. %",
+    names.final_metric("val", "accuracy"): "val acc. %",
+    names.final_metric("test", "macro_f1"): "test macro-F1 %",
+}
 
 
 def study_setting(point: dict) -> dict:
@@ -72,16 +75,28 @@ def _by_norm(s: dict) -> str:
 
 
 TABLES = (
-    TableSpec("table1", "Table 1: torch_bn, augmentation off vs on",
-              study_rows(points("augment", norm="torch_bn"), lambda s: f"augmentation {'on' if s['augment'] else 'off'}")),
-    TableSpec("table2", "Table 2: torch.nn.BatchNorm2d vs the hand-written batch norm (sanity check)",
-              study_rows([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], _by_norm)),
-    TableSpec("table3", "Table 3: every norm at the study's default optimiser (SGD lr 0.1, augmentation on)",
-              study_rows(points("norm"), _by_norm)),
+    TableSpec(
+        "table1",
+        "Table 1: torch_bn, augmentation off vs on",
+        study_rows(points("augment", norm="torch_bn"), lambda s: f"augmentation {'on' if s['augment'] else 'off'}"),
+    ),
+    TableSpec(
+        "table2",
+        "Table 2: torch.nn.BatchNorm2d vs the hand-written batch norm (sanity check)",
+        study_rows([p for p in points("norm") if p["norm"] in ("torch_bn", "bn")], _by_norm),
+    ),
+    TableSpec(
+        "table3",
+        "Table 3: every norm at the study's default optimiser (SGD lr 0.1, augmentation on)",
+        study_rows(points("norm"), _by_norm),
+    ),
     TableSpec("table4", "Table 4: every norm with Adam lr 1e-4", study_rows(points(optimizer="adam"), _by_norm)),
     TableSpec("table5", "Table 5: every norm with SGD lr 1e-4", study_rows(points(optimizer="sgd", lr=1e-4), _by_norm)),
-    TableSpec("table6", "Table 6: torch_bn, cosine vs step schedule",
-              study_rows(points("scheduler", norm="torch_bn"), lambda s: f"{s['scheduler']} schedule")),
+    TableSpec(
+        "table6",
+        "Table 6: torch_bn, cosine vs step schedule",
+        study_rows(points("scheduler", norm="torch_bn"), lambda s: f"{s['scheduler']} schedule"),
+    ),
 )
 MAIN_TABLE = "table3"
 ALL_TABLE = "sweep"  # every configuration of the sweep, labelled by what varies in it
@@ -217,6 +232,7 @@ def shared_settings(groups: list[Group]) -> dict:
 
 def ordered(table: Table) -> list[TableRow]:
     """The ranking: complete rows by mean test accuracy (best first), then incomplete rows."""
+
     def key(r: TableRow):
         return (not r.group.complete, -r.mean.get(ACCURACY, -1.0))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,12 @@ HOW_TO_READ = (
     "mode. Rows are ranked by mean test accuracy. " + METHOD_TEXT + " Cost: median seconds per epoch and "
     "images per second over every epoch of every seed, median seconds up to the kept epoch."
 )
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
-         " .wide{overflow-x:auto} table{border-collapse:collapse;font-size:90%}"
-         " td,th{padding:2px 8px;text-align:right;white-space:nowrap;border-bottom:1px solid #ddd}"
-         " img{max-width:100%;height:auto} .note{color:#444}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+    " .wide{overflow-x:auto} table{border-collapse:collapse;font-size:90%}"
+    " td,th{padding:2px 8px;text-align:right;white-space:nowrap;border-bottom:1px solid #ddd}"
+    " img{max-width:100%;height:auto} .note{color:#444}"
+)
 
 
 def _png(fig: Figure) -> bytes:
@@ -59,15 +60,18 @@ def _table_parts(table: Table) -> tuple[str, list[str]]:
     if table.missing:
         notes.append("Not in this sweep (no run): " + "; ".join(table.missing) + ".")
     if table.spec.id == ALL_TABLE:
-        notes.append("No letter groups in this table: across every configuration of a sweep they compare "
-                     "hundreds of pairs and say little; Tables 1-6 and the claims test what the study compares.")
+        notes.append(
+            "No letter groups in this table: across every configuration of a sweep they compare "
+            "hundreds of pairs and say little; Tables 1-6 and the claims test what the study compares."
+        )
     elif table.rows and not table.tested:
         notes.append("No significance test: fewer than two complete rows with at least 2 finished seeds.")
     return present.caption(table), notes
 
 
-def write_table(out: Path, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str],
-                files: list[Path]) -> None:
+def write_table(
+    out: Path, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str], files: list[Path]
+) -> None:
     caption, notes = _table_parts(table)
     md += [f"## {table.spec.title}", "", f"*{caption}*", ""]
     page += [f"<h2>{html.escape(table.spec.title)}</h2>", f"<p class='note'>{html.escape(caption)}</p>"]
@@ -95,10 +99,14 @@ def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> N
     tex += [r"\section*{The study's claims}", r"\begin{itemize}"]
     for c in report.claims:
         md += [f"- **{c.id}. {c.statement}**: {c.line}", *[f"  - {d}" for d in c.details]]
-        page.append(f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(c.line)}"
-                    + ("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul>" if c.details else "")
-                    + "</li>")
-        tex.append(rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(c.line)}")
+        page.append(
+            f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(c.line)}"
+            + ("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul>" if c.details else "")
+            + "</li>"
+        )
+        tex.append(
+            rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(c.line)}"
+        )
     md += ["", f"*How each claim is tested.* {method}", ""]
     page += ["</ul>", f"<p class='note'>How each claim is tested. {html.escape(method)}</p>"]
     tex += [r"\end{itemize}", present.latex_escape(f"How each claim is tested. {method}"), ""]
@@ -106,9 +114,17 @@ def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> N
 
 def _figures(report: Report, gradcam: Gradcam, out: Path, md: list[str], page: list[str], files: list[Path]) -> None:
     items = [("gradcam", "GradCAM of the champions", gradcam.figure, [gradcam.note])]
-    items += [(s.id, s.title, report.figures[s.id],
-               [f"Missing (no finished run): {'; '.join(report.figure_missing[s.id])}."]
-               if report.figure_missing[s.id] else []) for s in FIGURES]
+    items += [
+        (
+            s.id,
+            s.title,
+            report.figures[s.id],
+            [f"Missing (no finished run): {'; '.join(report.figure_missing[s.id])}."]
+            if report.figure_missing[s.id]
+            else [],
+        )
+        for s in FIGURES
+    ]
     for fid, title, fig, notes in items:
         md += [f"## {title}", ""]
         page.append(f"<h2>{html.escape(title)}</h2>")
@@ -130,11 +146,25 @@ def write(report: Report, gradcam: Gradcam, out: Path) -> list[Path]:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     parent = report.parent
     title = f"resnorm study: sweep {parent.info.run_name} ({parent.info.run_id}), {parent.info.status}"
-    md = [f"# {title}", "", "## Provenance", "", *[f"- **{k}**: {v}" for k, v in report.provenance], "",
-          "## How to read the tables", "", HOW_TO_READ, ""]
-    page = [f"<h1>{html.escape(title)}</h1>", "<h2>Provenance</h2><ul>",
-            *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in report.provenance],
-            "</ul><h2>How to read the tables</h2>", f"<p>{html.escape(HOW_TO_READ)}</p>"]
+    md = [
+        f"# {title}",
+        "",
+        "## Provenance",
+        "",
+        *[f"- **{k}**: {v}" for k, v in report.provenance],
+        "",
+        "## How to read the tables",
+        "",
+        HOW_TO_READ,
+        "",
+    ]
+    page = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Provenance</h2><ul>",
+        *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in report.provenance],
+        "</ul><h2>How to read the tables</h2>",
+        f"<p>{html.escape(HOW_TO_READ)}</p>",
+    ]
     tex: list[str] = []
     files: list[Path] = []
     _claims(report, md, page, tex)
@@ -144,8 +174,10 @@ def write(report: Report, gradcam: Gradcam, out: Path) -> list[Path]:
     _figures(report, gradcam, out, md, page, files)
     documents = {
         "report.md": "\n".join(md),
-        "report.html": (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                        f"<style>{STYLE}</style></head><body>{''.join(page)}</body></html>\n"),
+        "report.html": (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(page)}</body></html>\n"
+        ),
         "report.tex": latex_document(title, report, tex),
     }
     for name, text in documents.items():
@@ -158,18 +190,34 @@ def latex_document(title: str, report: Report, tables: list[str]) -> str:
     """A standalone document with the provenance and every table: ``pdflatex report.tex``."""
     esc = present.latex_escape
     items = [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in report.provenance]
-    return "\n".join([
-        r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
-        r"\usepackage[margin=2cm]{geometry}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
-        r"\begin{document}", rf"\section*{{{esc(title)}}}", r"\begin{itemize}", *items, r"\end{itemize}",
-        esc(HOW_TO_READ.replace("`", "")), "", *tables, r"\end{document}", "",
-    ])
+    return "\n".join(
+        [
+            r"\documentclass[10pt]{article}",
+            r"\usepackage[T1]{fontenc}",
+            r"\usepackage[utf8]{inputenc}",
+            r"\usepackage[margin=2cm]{geometry}",
+            r"\usepackage{booktabs}",
+            r"\usepackage{graphicx}",
+            r"\begin{document}",
+            rf"\section*{{{esc(title)}}}",
+            r"\begin{itemize}",
+            *items,
+            r"\end{itemize}",
+            esc(HOW_TO_READ.replace("`", "")),
+            "",
+            *tables,
+            r"\end{document}",
+            "",
+        ]
+    )
 
 
 def summary(report: Report) -> str:
-    """The main table (or, when the sweep has none of its rows, every configuration) and the claims' verdicts, as text."""
+    """The main table (or, when the sweep has none of its rows, every configuration) and the claims'
+    verdicts, as text."""
     table = report.tables[MAIN_TABLE] if report.tables[MAIN_TABLE].rows else report.tables[ALL_TABLE]
     caption, notes = _table_parts(table)
     claims = [f"{c.id}. {c.statement}: {c.line}" for c in report.claims]
-    return "\n".join([caption, "", present.to_markdown(present.display(table)), *notes, "", "The study's claims:",
-                      *claims])
+    return "\n".join(
+        [caption, "", present.to_markdown(present.display(table)), *notes, "", "The study's claims:", *claims]
+    )

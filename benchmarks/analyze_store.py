@@ -44,7 +44,9 @@ def main(runs: int, steps: int) -> None:
 
         client = MlflowClient()
         exp = client.create_experiment(names.EXPERIMENT)
-        parent = client.create_run(exp, run_name="sweep-study", tags={names.TAG_SWEEP: "true", names.TAG_PRESET: "study"})
+        parent = client.create_run(
+            exp, run_name="sweep-study", tags={names.TAG_SWEEP: "true", names.TAG_PRESET: "study"}
+        )
         seeds = -(-runs // 27)
         configs = plan("study", seeds=seeds)[:runs]
         # What the sweep logs: analyze re-plans from it (seeds beyond N show as missing).
@@ -55,8 +57,13 @@ def main(runs: int, steps: int) -> None:
             run = client.create_run(exp, run_name=cfg.run_name(), tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id})
             now = int(time.time() * 1000)
             curve = [Metric(k, float(rng.random()), now, e) for e in range(1, steps + 1) for k in names.EPOCH_METRICS]
-            final = [Metric(k, float(rng.random()), now, 0) for k in
-                     [names.BEST_EPOCH, *(names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES)]]
+            final = [
+                Metric(k, float(rng.random()), now, 0)
+                for k in [
+                    names.BEST_EPOCH,
+                    *(names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES),
+                ]
+            ]
             params = [Param(k, v) for k, v in cfg.as_params().items()]
             metrics = curve + final
             for i in range(0, len(metrics), 1000):

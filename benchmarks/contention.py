@@ -32,8 +32,8 @@ def _worker(job: dict) -> None:
     """Time one epoch in this process (its OMP_WAIT_POLICY came with its environment)."""
     import torch
 
-    from resnorm.config import Launch, TrainConfig
     from resnorm.bundle import Split
+    from resnorm.config import Launch, TrainConfig
     from resnorm.data import load_data
     from resnorm.engine import evaluate, prepare, train_one_epoch
 
@@ -42,7 +42,9 @@ def _worker(job: dict) -> None:
     cfg = TrainConfig(norm=job["norm"], image_size=job["image_size"], n=job["n"], batch_size=job["batch_size"])
     t = prepare(cfg, load_data("digits", cfg.image_size), torch.device("cpu"))
     full = t.data
-    t.data = dataclasses.replace(full, train=Split(full.train.images[: cfg.batch_size * 5], full.train.labels[: cfg.batch_size * 5]))
+    t.data = dataclasses.replace(
+        full, train=Split(full.train.images[: cfg.batch_size * 5], full.train.labels[: cfg.batch_size * 5])
+    )
     train_one_epoch(t)  # warm-up: allocator, kernels
     t.data = full
     start = time.perf_counter()
@@ -55,8 +57,13 @@ def epoch_seconds(job: dict, wait: str, competitor: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_WAIT_POLICY": wait.upper()}
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if competitor else None
     try:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)], env=env,
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     finally:
         if busy is not None:
             busy.kill()
@@ -95,11 +102,18 @@ def main(threads, wait, image_size, n, batch_size, norm, worker) -> None:
             job = {"threads": asked, "image_size": image_size, "n": n, "batch_size": batch_size, "norm": norm}
             alone = epoch_seconds(job, policy, competitor=False)
             beside = epoch_seconds(job, policy, competitor=True)
-            row = {"threads": alone["threads"], "wait": policy, "alone_s": round(alone["seconds"], 2),
-                   "beside_s": round(beside["seconds"], 2), "ratio": round(beside["seconds"] / alone["seconds"], 2)}
+            row = {
+                "threads": alone["threads"],
+                "wait": policy,
+                "alone_s": round(alone["seconds"], 2),
+                "beside_s": round(beside["seconds"], 2),
+                "ratio": round(beside["seconds"] / alone["seconds"], 2),
+            }
             rows.append(row)
-            click.echo(f"threads {row['threads']} ({policy} wait): alone {row['alone_s']} s, beside a busy process "
-                       f"{row['beside_s']} s ({row['ratio']}x)")
+            click.echo(
+                f"threads {row['threads']} ({policy} wait): alone {row['alone_s']} s, beside a busy process "
+                f"{row['beside_s']} s ({row['ratio']}x)"
+            )
     click.echo(json.dumps({"cpus": len(os.sched_getaffinity(0)), "load_before": round(load, 2), "rows": rows}))
 
 

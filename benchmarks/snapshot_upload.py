@@ -32,9 +32,21 @@ def _start_server(folder: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1",
-           "--port", str(port), "--artifacts-destination", str(folder / "artifacts")]
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'server.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -55,8 +67,8 @@ def main(uploads: int, n: int, classes: int, norm: str) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
+    from benchmarks.throughput import random_bundle
     from resnorm import snapshots
-    from resnorm.bench import random_bundle
     from resnorm.config import TrainConfig
     from resnorm.engine import train
 
@@ -80,9 +92,11 @@ def main(uploads: int, n: int, classes: int, norm: str) -> None:
             proc.wait()
     seconds = [s for s, _ in uploader.uploads]
     size = uploader.uploads[-1][1]
-    click.echo(f"ResNet-{6 * n + 2}, {classes} classes: snapshot {size} bytes ({size / 2**20:.2f} MiB); "
-               f"upload median {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s over {len(seconds)} "
-               f"(load {os.getloadavg()[0]:.2f})")
+    click.echo(
+        f"ResNet-{6 * n + 2}, {classes} classes: snapshot {size} bytes ({size / 2**20:.2f} MiB); "
+        f"upload median {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s over {len(seconds)} "
+        f"(load {os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

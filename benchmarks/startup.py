@@ -45,6 +45,7 @@ IMPORTS = [  # (label, modules), in the order a training process loads them
 
 # --- the child: one process, one tiny training, every phase timed ---------------------------------
 
+
 class Phases:
     """Seconds per phase, summed over calls."""
 
@@ -122,13 +123,16 @@ def child(spawned: float) -> None:
     inside = ("tracking check", "data", "after training (all of the above from sync on)")
     training_run = total - sum(seconds[k] for k in inside)
     seconds["run close and the rest"] = training_run - sum(
-        v for k, v in seconds.items() if k.startswith(("run start", "model build", "the epoch", "epoch bookkeeping",
-                                                        "final evaluation")))
+        v
+        for k, v in seconds.items()
+        if k.startswith(("run start", "model build", "the epoch", "epoch bookkeeping", "final evaluation"))
+    )
     seconds["the whole job"] = total
     print("PHASES " + json.dumps({"seconds": seconds, "run_id": result.run_id}), flush=True)
 
 
 # --- the parent: everything side by side in one run -------------------------------------------------
+
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
@@ -151,18 +155,29 @@ def sweep_figures(args: list[str], cwd: Path, env: dict[str, str]) -> dict:
 
     wall, proc = timed([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *args], cwd, env)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                f"tags.`{names.TAG_SWEEP}` = 'true'", order_by=["attributes.start_time DESC"])[0]
-    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                              max_results=1000)
+    parent = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`{names.TAG_SWEEP}` = 'true'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    kids = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000
+    )
     parallel = int(parent.data.params["parallel"])
     epochs, fixed = 0.0, []
     for kid in kids:
         own = sum(m.value for m in client.get_metric_history(kid.info.run_id, names.EPOCH_SECONDS))
         epochs += own
         fixed.append((kid.info.end_time - kid.info.start_time) / 1000 - own)
-    return {"wall": wall, "children": len(kids), "parallel": parallel, "epochs": epochs,
-            "ideal": epochs / parallel, "fixed_median": statistics.median(fixed), "fixed_max": max(fixed)}
+    return {
+        "wall": wall,
+        "children": len(kids),
+        "parallel": parallel,
+        "epochs": epochs,
+        "ideal": epochs / parallel,
+        "fixed_median": statistics.median(fixed),
+        "fixed_max": max(fixed),
+    }
 
 
 def row(label: str, seconds: float, note: str = "") -> str:
@@ -170,35 +185,57 @@ def row(label: str, seconds: float, note: str = "") -> str:
 
 
 @click.command()
+@click.option(
+    "--phases/--no-phases",
+    default=True,
+    help="The phases of one training (needs resnorm.job: a tree from before it can be measured without).",
+)
 @click.option("--sweep/--no-sweep", default=True, help="Also run the quick preset (7 children, 15 epochs).")
 @click.option("--study", is_flag=True, help="Also run the study preset at digits scale with 3 seeds (81 children).")
 @click.option("--repeats", default=3, help="Runs of `import torch` and `train --help` (the median is shown).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
 @click.option("--child", "spawned", type=float, default=None, hidden=True)
-def main(sweep: bool, study: bool, repeats: int, json_path: str | None, spawned: float | None) -> None:
+def main(phases: bool, sweep: bool, study: bool, repeats: int, json_path: str | None, spawned: float | None) -> None:
     if spawned is not None:
         return child(spawned)
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
         folder = Path(tmp)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "PYTHONPATH": str(ROOT),
-               "RESNORM_HOME": str(folder / "home"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+            "PYTHONPATH": str(ROOT),
+            "RESNORM_HOME": str(folder / "home"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             env.pop(var, None)
         train = [sys.executable, str(ROOT / "entrypoints" / "train.py")]
-        # A first training creates the store's tables, so no measured process pays for that.
-        timed(train + TINY, folder, env)
-        figures: dict = {"floor": median_of(repeats, [sys.executable, "-c", "import torch"], folder, env),
-                         "help": median_of(repeats, train + ["--help"], folder, env)}
-        spawned_at = time.time()
-        _, proc = timed([sys.executable, __file__, "--child", repr(spawned_at)], folder, env)
-        figures["phases"] = json.loads(proc.stdout.split("PHASES ", 1)[1].splitlines()[0])["seconds"]
+        # Create the store's tables first, so no measured process pays for that.
+        timed(
+            [
+                sys.executable,
+                "-c",
+                "import os; from mlflow.tracking import MlflowClient; "
+                "MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments()",
+            ],
+            folder,
+            env,
+        )
+        figures: dict = {
+            "floor": median_of(repeats, [sys.executable, "-c", "import torch"], folder, env),
+            "help": median_of(repeats, train + ["--help"], folder, env),
+        }
+        if phases:
+            _, proc = timed([sys.executable, __file__, "--child", repr(time.time())], folder, env)
+            figures["phases"] = json.loads(proc.stdout.split("PHASES ", 1)[1].splitlines()[0])["seconds"]
         wall, proc = timed(train + TINY + ["--threads", "1"], folder, env)
         figures["train"] = {"wall": wall}
         if sweep:
             figures["quick"] = sweep_figures([], folder, env)
         if study:
-            figures["study"] = sweep_figures(["--preset", "study", "--seeds", "3", "--image-size", "8", "--n", "1",
-                                              "--epochs", "15"], folder, env)
+            figures["study"] = sweep_figures(
+                ["--preset", "study", "--seeds", "3", "--image-size", "8", "--n", "1", "--epochs", "15"], folder, env
+            )
     print_table(figures)
     if json_path:
         Path(json_path).write_text(json.dumps(figures, indent=2))
@@ -206,21 +243,37 @@ def main(sweep: bool, study: bool, repeats: int, json_path: str | None, spawned:
 
 def print_table(f: dict) -> None:
     floor = f["floor"]
-    lines = ["| phase of one tiny training (one process) | seconds | |", "|---|---|---|"]
-    lines += [row(label, seconds) for label, seconds in f["phases"].items()]
-    lines += ["", "| measured side by side | seconds | ratio |", "|---|---|---|",
-              row('python -c "import torch" (the floor)', floor, "1.00x"),
-              row("train --help", f["help"], f"{f['help'] / floor:.2f}x the floor"),
-              row("a whole `train` process (1 epoch, 8 px, ResNet-8)", f["train"]["wall"],
-                  f"{f['train']['wall'] / floor:.2f}x the floor")]
+    lines = []
+    if "phases" in f:
+        lines += ["| phase of one tiny training (one process) | seconds | |", "|---|---|---|"]
+        lines += [row(label, seconds) for label, seconds in f["phases"].items()] + [""]
+    lines += [
+        "| measured side by side | seconds | ratio |",
+        "|---|---|---|",
+        row('python -c "import torch" (the floor)', floor, "1.00x"),
+        row("train --help", f["help"], f"{f['help'] / floor:.2f}x the floor"),
+        row(
+            "a whole `train` process (1 epoch, 8 px, ResNet-8)",
+            f["train"]["wall"],
+            f"{f['train']['wall'] / floor:.2f}x the floor",
+        ),
+    ]
     for name in ("quick", "study"):
         if name in f:
             s = f[name]
-            lines += [row(f"{name} sweep, wall ({s['children']} children, parallel {s['parallel']})", s["wall"],
-                          f"{s['wall'] / s['ideal']:.2f}x its epochs' time"),
-                      row(f"{name} sweep, its epochs / parallel (no fixed cost)", s["ideal"], ""),
-                      row(f"{name} sweep, a child's fixed cost (median; max {s['fixed_max']:.1f})", s["fixed_median"],
-                          "child run's wall time minus its epochs")]
+            lines += [
+                row(
+                    f"{name} sweep, wall ({s['children']} children, parallel {s['parallel']})",
+                    s["wall"],
+                    f"{s['wall'] / s['ideal']:.2f}x its epochs' time",
+                ),
+                row(f"{name} sweep, its epochs / parallel (no fixed cost)", s["ideal"], ""),
+                row(
+                    f"{name} sweep, a child's fixed cost (median; max {s['fixed_max']:.1f})",
+                    s["fixed_median"],
+                    "child run's wall time minus its epochs",
+                ),
+            ]
     click.echo("\n".join(lines))
 
 

@@ -20,15 +20,27 @@ from resnorm import cli  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--experiment", type=str, default="",
-              help="Experiment whose latest sweep is analysed (empty: the latest sweep of the experiment this "
-              "runs in under `mlflow run`, else of any experiment).")
+@click.option(
+    "--experiment",
+    type=str,
+    default="",
+    help="Experiment whose latest sweep is analysed (empty: the latest sweep of the experiment this "
+    "runs in under `mlflow run`, else of any experiment).",
+)
 @click.option("--sweep-run-id", type=str, default="", help="A sweep's parent run id (empty: the latest sweep).")
-@click.option("--out", type=click.Path(file_okay=False), default="report",
-              help="Folder for report.md, report.html, report.tex, tables/ and figures/ (only the files written "
-              "there are logged).")
-@click.option("--equivalence-margin", type=click.FloatRange(0, 100, min_open=True, max_open=True), default=1.0,
-              help="Claim 3 (the hand-written bn matches torch's): the equivalence margin, in accuracy points.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="report",
+    help="Folder for report.md, report.html, report.tex, tables/ and figures/ (only the files written "
+    "there are logged).",
+)
+@click.option(
+    "--equivalence-margin",
+    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    default=1.0,
+    help="Claim 3 (the hand-written bn matches torch's): the equivalence margin, in accuracy points.",
+)
 def analyze(experiment: str, sweep_run_id: str, out: str, equivalence_margin: float) -> None:
     """Tables 1-6, Figures 1-6 and the study's claims of a sweep, as Markdown, CSV, LaTeX and HTML, logged to MLflow."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a report prints its table, not bars
@@ -52,8 +64,10 @@ def analyze(experiment: str, sweep_run_id: str, out: str, equivalence_margin: fl
     files = write(report, gradcam, Path(out))
     run_id = log(client, report, files, Path(out))
     click.echo(summary(report))
-    click.echo(f"\nreport: {os.path.abspath(out)}/report.html ({report.finished} of {report.planned} planned runs of "
-               f"sweep {report.sweep_run_id} finished); logged to run {run_id} under report/")
+    click.echo(
+        f"\nreport: {os.path.abspath(out)}/report.html ({report.finished} of {report.planned} planned runs of "
+        f"sweep {report.sweep_run_id} finished); logged to run {run_id} under report/"
+    )
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Explain models with GradCAM: one grid of heat maps, logged to MLflow (the `gradcam` entry point).
 
-    mlflow run . -e gradcam --env-manager local --experiment-name resnorm
-    python entrypoints/gradcam.py --models models:/resnorm-bn@champion,models:/resnorm-gn@champion --output grid.png
+mlflow run . -e gradcam --env-manager local --experiment-name resnorm
+python entrypoints/gradcam.py --models models:/resnorm-bn@champion,models:/resnorm-gn@champion --output grid.png
 """
 
 from __future__ import annotations
@@ -25,16 +25,29 @@ def _split(value: str) -> list[str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--models", type=str, default="",
-              help="Comma-separated model URIs (models:/name@alias, models:/name/version, runs:/id) or run ids; "
-                   "empty: the champion of every resnorm-{norm} that has one.")
-@click.option("--images", type=str, default="",
-              help="Comma-separated image files or folders (resized to the models' input; a folder named after a "
-                   "class gives the true label); empty: a fixed sample of the models' test images.")
-@click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES,
-              help="Test images in the default sample: one per class in turn.")
-@click.option("--output", type=str, default="",
-              help="Also write the grid to this PNG file; empty: only log it to MLflow.")
+@click.option(
+    "--models",
+    type=str,
+    default="",
+    help="Comma-separated model URIs (models:/name@alias, models:/name/version, runs:/id) or run ids; "
+    "empty: the champion of every resnorm-{norm} that has one.",
+)
+@click.option(
+    "--images",
+    type=str,
+    default="",
+    help="Comma-separated image files or folders (resized to the models' input; a folder named after a "
+    "class gives the true label); empty: a fixed sample of the models' test images.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SAMPLES,
+    help="Test images in the default sample: one per class in turn.",
+)
+@click.option(
+    "--output", type=str, default="", help="Also write the grid to this PNG file; empty: only log it to MLflow."
+)
 def gradcam(models: str, images: str, samples: int, output: str) -> None:
     """GradCAM of each model's prediction at its last residual stage: rows are images, columns are
     models. The grid is logged as gradcam.png (with gradcam.json) to a run named 'gradcam'."""

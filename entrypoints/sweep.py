@@ -25,41 +25,71 @@ from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # n
 from resnorm.sweep import PRESETS  # noqa: E402
 from resnorm.sweep.runner import EXECUTORS, SweepSpec, run_sweep  # noqa: E402
 
+
 def training_options(command):
     """One text option per training parameter; empty means the preset's (or train's) default."""
     defaults = TrainConfig()
     for field in reversed(list(FIELD_TYPES)):
         default = getattr(defaults, field)
+        shown = str(default).lower() if isinstance(default, bool) else default
         command = click.option(
-            f"--{field.replace('_', '-')}", field, type=str, default="",
-            help=f"Training {field} for every child (empty: the preset's value, else {str(default).lower() if isinstance(default, bool) else default}).",
+            f"--{field.replace('_', '-')}",
+            field,
+            type=str,
+            default="",
+            help=f"Training {field} for every child (empty: the preset's value, else {shown}).",
         )(command)
     return command
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--preset", type=click.Choice(PRESETS), default="quick",
-              help="quick: every norm, SGD 0.1, 15 epochs on the digits at 8x8 px, ResNet-8; study: the study's 27 configurations; "
-              "custom: the grid.")
-@click.option("--grid", type=str, default="", help="For preset custom: 'name=v1,v2;name=v1,...' over training parameters.")
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="quick",
+    help="quick: every norm, SGD 0.1, 15 epochs on the digits at 8x8 px, ResNet-8; study: the study's 27 "
+    "configurations; custom: the grid.",
+)
+@click.option(
+    "--grid", type=str, default="", help="For preset custom: 'name=v1,v2;name=v1,...' over training parameters."
+)
 @click.option("--seeds", type=int, default=1, help="Repeat every configuration with this many seeds.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="local",
-              help="local: subprocesses on this machine; ray: Ray Tune trials.")
-@click.option("--parallel", type=int, default=0,
-              help="Children at once (0: one per GPU, or 2 without GPUs, each with half the cores); more than the GPUs share them, "
-              "parallel / GPUs trainings on each (local and ray).")
-@click.option("--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine).")
-@click.option("--storage-path", type=str, default="",
-              help="ray: where Tune keeps its state; on several machines a folder every node reaches (shared "
-              "file system) or a URI such as s3://bucket/path (empty: a temporary folder here).")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="local",
+    help="local: subprocesses on this machine; ray: Ray Tune trials.",
+)
+@click.option(
+    "--parallel",
+    type=int,
+    default=0,
+    help="Children at once (0: one per GPU, or 2 without GPUs, each with half the cores); more than the GPUs share "
+    "them, parallel / GPUs trainings on each (local and ray).",
+)
+@click.option(
+    "--ray-address", type=str, default="", help="ray: the cluster's address (empty: start Ray on this machine)."
+)
+@click.option(
+    "--storage-path",
+    type=str,
+    default="",
+    help="ray: where Tune keeps its state; on several machines a folder every node reaches (shared "
+    "file system) or a URI such as s3://bucket/path (empty: a temporary folder here).",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="Device of every child.")
-@click.option("--mode", type=click.Choice(MODES), default="auto",
-              help="Training path of every child: plain, fast, or auto (fast on CUDA).")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="auto",
+    help="Training path of every child: plain, fast, or auto (fast on CUDA).",
+)
 @training_options
 def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, device, mode, **training) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
-    spec = SweepSpec(preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode),
-                     storage_path)
+    spec = SweepSpec(
+        preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode), storage_path
+    )
     run_sweep(spec)
 
 

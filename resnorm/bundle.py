@@ -87,7 +87,9 @@ def stratified_split(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def check_classes(where: str, classes) -> None:
     if len(classes) < 2:
-        raise DataError(f"{where} has {len(classes)} class folder(s) ({', '.join(classes)}); a classifier needs at least 2")
+        raise DataError(
+            f"{where} has {len(classes)} class folder(s) ({', '.join(classes)}); a classifier needs at least 2"
+        )
 
 
 def split_arrays(name: str, classes, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,8 +101,15 @@ def split_arrays(name: str, classes, labels: np.ndarray) -> dict[str, np.ndarray
         raise DataError(f"{name}: too few images per class to split it 70/15/15 ({e})") from None
 
 
-def bundle_from_arrays(name: str, source: str, classes, images: torch.Tensor, labels: np.ndarray,
-                       parts: dict[str, np.ndarray] | None = None, duplicates: tuple[str, ...] = ()) -> DataBundle:
+def bundle_from_arrays(
+    name: str,
+    source: str,
+    classes,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    parts: dict[str, np.ndarray] | None = None,
+    duplicates: tuple[str, ...] = (),
+) -> DataBundle:
     """Split an undivided source (``parts``: its split indices, made here when not given)."""
     parts = split_arrays(name, classes, labels) if parts is None else parts
     targets = torch.as_tensor(labels, dtype=torch.long)

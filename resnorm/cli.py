@@ -116,12 +116,14 @@ class HeldSignals:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         if self.caught and kind is None:
-            raise Interrupted(f"stopped by {self.caught[0]}, which came while the run was logging its model: the run "
-                              "finished first")
+            raise Interrupted(
+                f"stopped by {self.caught[0]}, which came while the run was logging its model: the run finished first"
+            )
 
 
-def _fail(message: str, code: int, run_id: str | None, error: BaseException | None = None,
-          interrupted: bool = False) -> int:
+def _fail(
+    message: str, code: int, run_id: str | None, error: BaseException | None = None, interrupted: bool = False
+) -> int:
     line = one_line(message)
     if os.environ.get("RESNORM_DEBUG") == "1" and error is not None:
         traceback.print_exception(error, file=sys.stderr)

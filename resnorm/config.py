@@ -38,6 +38,7 @@ def _at_least(field: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{field} must be at least {low}, got {value}")
 
+
 # Bounds of values that pass the checks above and then fail deep inside torch or MLflow.
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 FLOAT32_MAX = 3.4028234663852886e38  # torch's optimisers hold lr and weight decay as float32

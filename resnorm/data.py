@@ -67,7 +67,9 @@ def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, s
         y0, x0 = (c // 2 % 2) * half, (c % 2) * half
         x[rows, c % 3, y0 : y0 + half, x0 : x0 + half] += 0.5
     images = (x * 255).round().to(torch.uint8)
-    return bundle_from_arrays("synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy())
+    return bundle_from_arrays(
+        "synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy()
+    )
 
 
 def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,7 +80,9 @@ def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[tor
     return dy, dx, flip
 
 
-def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+def crop_flip(
+    images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
     """Crop every image of a (N, C, H, W) batch at (dy, dx) of its zero-padded self and flip the
     flagged ones: one gather, on the images' device."""
     n, c, h, w = images.shape

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from resnorm import metrics, names, snapshots
-from resnorm.config import TrainConfig
 from resnorm.bundle import SPLITS, DataBundle, Split
+from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError, TrainingDiverged
 from resnorm.fast import PLAIN, Runner, Speed
 from resnorm.model import ResNet
@@ -140,13 +140,16 @@ class Training:
 def prepare(cfg: TrainConfig, data: DataBundle, device: torch.device, speed: Speed = PLAIN) -> Training:
     """The model (seeded), its runner, optimizer and schedule, and the data placed for ``speed``."""
     if cfg.batch_size > len(data.train):
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller one"
+        )
     torch.manual_seed(cfg.seed)
     runner = Runner(build_model(cfg, data), device, speed)
     optimizer = build_optimizer(cfg, runner.model, fused=runner.fused_optimizer())
     placed, where = runner.place(data)
-    return Training(cfg, placed, runner, optimizer, build_scheduler(cfg, optimizer),
-                    torch.Generator().manual_seed(cfg.seed), where)
+    return Training(
+        cfg, placed, runner, optimizer, build_scheduler(cfg, optimizer), torch.Generator().manual_seed(cfg.seed), where
+    )
 
 
 @torch.no_grad()
@@ -174,7 +177,9 @@ def train_one_epoch(t: Training, progress: bool = False) -> tuple[float, float, 
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     stream = t.runner.batches(t.data.train, t.cfg.batch_size, t.generator, t.cfg.augment_padding)
-    for x, y in tqdm(stream, total=len(t.data.train) // t.cfg.batch_size, unit="step", leave=False, disable=not progress):
+    for x, y in tqdm(
+        stream, total=len(t.data.train) // t.cfg.batch_size, unit="step", leave=False, disable=not progress
+    ):
         logits, loss = t.runner.step(t.optimizer, x, y)
         clip_gates()
         loss_sum += loss.detach() * len(y)
@@ -190,13 +195,25 @@ def run_epoch(t: Training, epoch: int, progress: bool = False) -> EpochStats:
     train_loss, train_acc, seen = train_one_epoch(t, progress)
     train_seconds = time.perf_counter() - start
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch} "
-                               f"(lr={t.cfg.lr:g}, norm={t.cfg.norm}); lower the learning rate")
+        raise TrainingDiverged(
+            f"the training loss became {train_loss} in epoch {epoch} "
+            f"(lr={t.cfg.lr:g}, norm={t.cfg.norm}); lower the learning rate"
+        )
     t.scheduler.step()
     val = evaluate(t.runner, t.data.val, t.cfg.batch_size)
     val_scores = val.scores()
-    stats = EpochStats(epoch, train_loss, train_acc, val.loss, val_scores["accuracy"], val_scores["macro_f1"], lr,
-                       time.perf_counter() - start, seen / train_seconds, int(time.time() * 1000))
+    stats = EpochStats(
+        epoch,
+        train_loss,
+        train_acc,
+        val.loss,
+        val_scores["accuracy"],
+        val_scores["macro_f1"],
+        lr,
+        time.perf_counter() - start,
+        seen / train_seconds,
+        int(time.time() * 1000),
+    )
     t.history.append(stats)
     if stats.val_accuracy > t.best_acc:
         t.best_acc, t.best_epoch = stats.val_accuracy, epoch
@@ -209,8 +226,16 @@ def finish(t: Training) -> TrainResult:
     t.model.load_state_dict(t.best_state)
     evaluations = {s: evaluate(t.runner, t.data.split(s), t.cfg.batch_size) for s in SPLITS}
     model = t.model.to(memory_format=torch.contiguous_format).eval()
-    return TrainResult(model, t.best_epoch, t.history, evaluations, t.runner.speed, t.runner.compile_seconds,
-                       t.runner.fallback, t.overhead)
+    return TrainResult(
+        model,
+        t.best_epoch,
+        t.history,
+        evaluations,
+        t.runner.speed,
+        t.runner.compile_seconds,
+        t.runner.fallback,
+        t.overhead,
+    )
 
 
 def train(
@@ -237,8 +262,12 @@ def train(
     for stats in t.history if on_epoch else ():
         on_epoch(stats)
     # tqdm's disable=None turns the bar off when not writing to a terminal; one line per epoch then.
-    bar = tqdm(range(len(t.history) + 1, cfg.epochs + 1), desc=cfg.run_name(), unit="epoch",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        range(len(t.history) + 1, cfg.epochs + 1),
+        desc=cfg.run_name(),
+        unit="epoch",
+        disable=None if progress is None else not progress,
+    )
     for epoch in bar:
         stats = run_epoch(t, epoch, not bar.disable)
         aside = time.perf_counter()
@@ -255,5 +284,7 @@ def train(
 
 
 def epoch_line(s: EpochStats, epochs: int) -> str:
-    return (f"epoch {s.epoch}/{epochs} train_loss {s.train_loss:.4f} train_acc {s.train_accuracy:.4f} "
-            f"val_loss {s.val_loss:.4f} val_acc {s.val_accuracy:.4f} ({s.epoch_seconds:.1f}s)")
+    return (
+        f"epoch {s.epoch}/{epochs} train_loss {s.train_loss:.4f} train_acc {s.train_accuracy:.4f} "
+        f"val_loss {s.val_loss:.4f} val_acc {s.val_accuracy:.4f} ({s.epoch_seconds:.1f}s)"
+    )

@@ -25,9 +25,9 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from resnorm.data import load_data
-from resnorm.folders import decode_image, image_extensions
-from resnorm.plots import plain
 from resnorm.errors import DataError, ModelError
+from resnorm.images import decode_image, image_extensions
+from resnorm.plots import plain
 from resnorm.tracking import use_default_experiment
 from resnorm.weights import TrainedModel, champion_uris, load_module, load_trained  # noqa: F401 (load_module: API)
 
@@ -53,7 +53,9 @@ def check_images(model: nn.Module, images: torch.Tensor, name: str = "the model"
         raise ModelError(f"images must be a (N, C, H, W) batch, got shape {tuple(images.shape)}")
     channels = getattr(model, "in_channels", None)
     if channels is not None and images.shape[1] != channels:
-        raise ModelError(f"{name} takes {channels}-channel images, got {images.shape[1]} channels (shape {tuple(images.shape)})")
+        raise ModelError(
+            f"{name} takes {channels}-channel images, got {images.shape[1]} channels (shape {tuple(images.shape)})"
+        )
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, layer: nn.Module | None = None) -> Explanation:
@@ -127,8 +129,16 @@ def gradcam_grid(
             if j == 0:
                 ax.set_ylabel(plain("true ?" if truth is None else f"true {classes[truth]}"), fontsize=9)
     # Colorbar room is a fraction of the grid's height; about 0.5 inch whatever the rows.
-    fig.colorbar(shown, ax=axes, location="bottom", shrink=0.8, aspect=40, fraction=0.5 / height, pad=0.1 / height,
-                 label="GradCAM (each map scaled to max 1)")
+    fig.colorbar(
+        shown,
+        ax=axes,
+        location="bottom",
+        shrink=0.8,
+        aspect=40,
+        fraction=0.5 / height,
+        pad=0.1 / height,
+        label="GradCAM (each map scaled to max 1)",
+    )
     if title:
         fig.suptitle(plain(title))
     return fig
@@ -150,8 +160,13 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             readable = image_extensions()
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in readable
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in readable
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
             if not found:
                 raise DataError(f"image folder {str(p)!r} holds no image file Pillow opens (such as .jpg, .png, .gif)")
             files.extend(found)
@@ -204,13 +219,17 @@ class GradcamResult:
         return {"models": models, "images": images}
 
 
-def explain(model_uris: Sequence[str] = (), images: Sequence[str] = (), samples: int = DEFAULT_SAMPLES) -> GradcamResult:
+def explain(
+    model_uris: Sequence[str] = (), images: Sequence[str] = (), samples: int = DEFAULT_SAMPLES
+) -> GradcamResult:
     """The GradCAM grid of ``model_uris`` (default: every norm's champion) on image files or
     folders (default: ``samples`` test images of the first model's data)."""
     uris = list(dict.fromkeys(model_uris)) or champion_uris()
     if not uris:
-        raise ModelError("no registered resnorm-{norm} model has a 'champion' alias in this tracking store; "
-                         "train one first, or give model URIs")
+        raise ModelError(
+            "no registered resnorm-{norm} model has a 'champion' alias in this tracking store; "
+            "train one first, or give model URIs"
+        )
     trained = [load_trained(u) for u in uris]
     first = trained[0]
     for c in trained[1:]:
@@ -220,16 +239,19 @@ def explain(model_uris: Sequence[str] = (), images: Sequence[str] = (), samples:
                 "one grid shows the same images to every model: give models trained at one image size and channels"
             )
         if c.classes != first.classes:
-            raise ModelError(f"model {c.uri!r} predicts classes ({', '.join(c.classes)}) unlike {first.uri!r} "
-                             f"({', '.join(first.classes)}); give models trained on the same data")
+            raise ModelError(
+                f"model {c.uri!r} predicts classes ({', '.join(c.classes)}) unlike {first.uri!r} "
+                f"({', '.join(first.classes)}); give models trained on the same data"
+            )
     if images:
         batch, labels, sources = read_images(images, first.image_size, first.in_channels, first.classes)
     else:
         try:
             data = load_data(first.data, first.image_size)
         except DataError as e:
-            raise DataError(f"cannot load the test images of {first.uri!r} (data {first.data!r}): {e}; "
-                            "give image files instead") from None
+            raise DataError(
+                f"cannot load the test images of {first.uri!r} (data {first.data!r}): {e}; give image files instead"
+            ) from None
         chosen = sample_test_indices(data.test.labels, samples)
         batch, labels = data.test.images[chosen], data.test.labels[chosen].tolist()
         sources = [f"{first.data} test[{k}]" for k in chosen]

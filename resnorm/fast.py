@@ -10,12 +10,20 @@ unless ``fast`` is asked for, which the tests do to check that both paths learn 
 then owns everything that differs between the paths for one model: its placement, its images,
 its batches, its forward (compiled, with the fallback to eager) and its training step. The engine
 only calls the runner.
+
+Measured (2026-11-30): nothing of this path has been measured on a GPU yet. The choices above
+(bf16 + channels_last, reduce-overhead up to batch 64, images held on the device) follow the
+reference figures in ../shared/gpu/README.md (an H200, ResNet-14 at 256 px: plain fp32 eager 785
+img/s, bf16 + channels_last 2,772, torch.compile 4,492 at batch 32; batch 8 with CUDA graphs 3,018
+against 1,305 eager), which were taken outside this repository. The check that would measure this
+code is ``bash benchmarks/gpu_check.sh`` (``bench`` over every norm at batch 8/32/128 and 256 px,
+its output to go to ``benchmarks/results/``); no session has had a GPU to run it. On the CPU,
+``python entrypoints/bench.py --device cpu`` measures both paths side by side.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import time
 from collections.abc import Iterator
@@ -26,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnorm import home
-from resnorm.config import MODES
 from resnorm.bundle import SPLITS, DataBundle, Split
+from resnorm.config import MODES
 from resnorm.data import batches
 from resnorm.errors import ConfigError, one_line, warn
 
@@ -60,8 +68,11 @@ class Speed:
     def describe(self) -> str:
         if not self.fast:
             return "plain (float32, NCHW, eager)"
-        parts = ["bf16 autocast" if self.autocast else "float32", "channels_last" if self.channels_last else "NCHW",
-                 f"torch.compile({self.compile_mode})" if self.compile_mode else "eager"]
+        parts = [
+            "bf16 autocast" if self.autocast else "float32",
+            "channels_last" if self.channels_last else "NCHW",
+            f"torch.compile({self.compile_mode})" if self.compile_mode else "eager",
+        ]
         return "fast (" + ", ".join(parts) + ")"
 
 
@@ -157,8 +168,9 @@ class Runner:
         """The data as this path reads it, and where its images are."""
         return place_images(data, self.device) if self.speed.fast else (data, "host")
 
-    def batches(self, split: Split, batch_size: int, generator: torch.Generator | None = None,
-                padding: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, split: Split, batch_size: int, generator: torch.Generator | None = None, padding: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return batches(split, batch_size, self.device, generator, padding, self.speed.memory_format)
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
@@ -190,7 +202,9 @@ class Runner:
         self.compile_seconds += time.perf_counter() - start
         return out
 
-    def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and update of one batch: (logits, loss). The first compiled backward
         falls back to eager like the forward does, redoing the batch."""
         optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,6 @@ and images byte-identical across splits are named. The decoded bundle is kept un
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,84 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from resnorm import home
 from resnorm.bundle import SPLITS, DataBundle, Split, bundle_from_arrays, check_classes, check_fits, split_arrays
 from resnorm.errors import DataError, one_line, warn
-
-
-def read_image(path: str | Path, image_size: int, channels: int = 3) -> tuple[torch.Tensor, str]:
-    """One image file as uint8 (channels, image_size, image_size), as a viewer shows it, and the
-    SHA-256 of its bytes.
-
-    The EXIF orientation is applied (a phone photo stored sideways comes out upright); the first
-    frame of an animation is read; grayscale, palette, CMYK and RGBA files become RGB (or L for one
-    channel), 16-bit ones scaled, float ones read in [0, 1] (or [0, 255]). The short side is resized
-    to image_size and the centre cropped square, as torchvision's Resize + CenterCrop do."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        with Image.open(io.BytesIO(raw)) as img:  # read once: the bytes are hashed too
-            upright = ImageOps.exif_transpose(img)
-            img = ImageOps.fit(_to_8bit(upright, "L" if channels == 1 else "RGB"), (image_size, image_size),
-                               Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError as e:
-        raise DataError(f"cannot read image {path}: {e} Shrink the file or remove it from the folder") from None
-    except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path}: cannot identify image file {str(path)!r}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    pixels = torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
-    return pixels, hashlib.sha256(raw).hexdigest()
-
-
-def decode_image(path: str | Path, image_size: int, channels: int = 3) -> torch.Tensor:
-    """``read_image``'s pixels alone."""
-    return read_image(path, image_size, channels)[0]
-
-
-def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
-    """``mode`` (RGB or L), 8 bits a channel, every mode Pillow opens converted by what its values mean.
-
-    16- and 32-bit integer grayscale (PNG's I;16 and I) is scaled from 0..65535, not clipped (Pillow's
-    own convert would saturate nearly every pixel to white); 32-bit float (mode F, as scientific TIFFs
-    hold) is read as [0, 1], or as [0, 255] when its values reach past 1, and refused by name when they
-    fit neither (Pillow's convert would clip [0, 1] to black)."""
-    if img.mode == "F":
-        wide = np.asarray(img, dtype=np.float64)
-        low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
-        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
-            raise ValueError(f"a 32-bit float image with values from {low:g} to {high:g}; float images are read in "
-                             "[0, 1] (or [0, 255]): rescale it or save it as 8 or 16 bits")
-        scale = 255.0 if high <= 1.0 else 1.0
-        img = Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "I" or img.mode.startswith("I;16"):
-        wide = np.asarray(img, dtype=np.float64)
-        if wide.size and (wide.min() < 0 or wide.max() > 65535):
-            raise ValueError(f"a 32-bit integer image with values from {wide.min():g} to {wide.max():g}; integer "
-                             "images are read as 16 bits (0 to 65535)")
-        img = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), "L")
-    return img.convert(mode)
-
-
-# Formats Pillow knows by name but cannot decode by itself: EPS and PostScript need Ghostscript,
-# MPEG has no decoder; its stub plugins (HDF5, GRIB, BUFR, WMF) need handlers of their own.
-UNDECODED = frozenset({".eps", ".ps", ".mpg", ".mpeg"})
-
-
-def image_extensions() -> frozenset[str]:
-    """The file extensions of every format Pillow opens and decodes by itself (``.jpg``, ``.png``,
-    ``.gif``, ``.tif``, ``.webp``, ``.bmp``, ...)."""
-    Image.init()
-
-    def decodes(fmt: str) -> bool:
-        factory = Image.OPEN[fmt][0] if fmt in Image.OPEN else None
-        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
-
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if decodes(fmt) and ext not in UNDECODED)
+from resnorm.images import image_extensions, read_image
 
 
 @dataclass(frozen=True)
@@ -145,8 +72,10 @@ def list_class_tree(root: Path) -> Listing:
         if not found:
             empty.append(name)
     if empty:
-        raise DataError(f"{root}: found no valid file for the classes {', '.join(empty)}: no image Pillow opens "
-                        f"(any of {len(readable)} extensions such as .jpg, .png, .gif, .tif, .webp)")
+        raise DataError(
+            f"{root}: found no valid file for the classes {', '.join(empty)}: no image Pillow opens "
+            f"(any of {len(readable)} extensions such as .jpg, .png, .gif, .tif, .webp)"
+        )
     return Listing(classes, paths, np.array(labels, dtype=np.int64), tuple(skipped))
 
 
@@ -156,10 +85,14 @@ def _check_name(path: str, root: Path) -> None:
         path.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise DataError(f"{root}: the name {shown} is not valid UTF-8; rename it (MLflow and the reports need UTF-8)") from None
+        raise DataError(
+            f"{root}: the name {shown} is not valid UTF-8; rename it (MLflow and the reports need UTF-8)"
+        ) from None
     full = os.path.join(root, path)
     if os.path.islink(full) and not os.path.exists(full):
-        raise DataError(f"{full} is a link to {os.readlink(full)}, which does not exist; remove the link or restore its target")
+        raise DataError(
+            f"{full} is a link to {os.readlink(full)}, which does not exist; remove the link or restore its target"
+        )
 
 
 def _own_files(listings: dict[str, Listing]) -> dict[str, Listing]:
@@ -179,7 +112,7 @@ def _own_files(listings: dict[str, Listing]) -> dict[str, Listing]:
 
 
 def _cross_split_duplicates(root: Path, digests: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
-    """"a = b" for every image whose bytes appear in another split too ({split: [(path, sha256)]})."""
+    """ "a = b" for every image whose bytes appear in another split too ({split: [(path, sha256)]})."""
     first: dict[str, tuple[str, str]] = {}
     found = []
     for split, items in digests.items():
@@ -225,7 +158,9 @@ def _listings(root: Path) -> dict[str, Listing]:
     present = [s for s in SPLITS if (root / s).is_dir()]
     if present and len(present) != len(SPLITS):
         missing = sorted(set(SPLITS) - set(present))
-        raise DataError(f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/")
+        raise DataError(
+            f"{root} has {', '.join(present)}/ but no {', '.join(missing)}/; give all of train/, val/, test/"
+        )
     listings = {s: list_class_tree(root / s) for s in SPLITS} if present else {"": list_class_tree(root)}
     return _own_files(listings)
 
@@ -252,16 +187,20 @@ def load_folder(root: Path, image_size: int) -> DataBundle:
     listings = _listings(root)
     skipped = [p for listing in listings.values() for p in listing.skipped]
     if skipped:
-        warn(f"{root}: {len(skipped)} file(s) left out, not images Pillow opens by their extension: "
-             f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}")
+        warn(
+            f"{root}: {len(skipped)} file(s) left out, not images Pillow opens by their extension: "
+            f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}"
+        )
     cached = home.decoded_dir() / f"{root.name}-{image_size}px-{_cache_key(root, image_size, listings)}.pt"
     data = _load_cached(cached, root)
     if data is None:
         data = _decode_folder(root, image_size, listings)
         _save_cached(cached, data)
     if data.duplicates:
-        warn(f"{data.name}: {len(data.duplicates)} image(s) are byte-identical across train/val/test, "
-             f"so the scores overstate: {'; '.join(data.duplicates[:3])}")
+        warn(
+            f"{data.name}: {len(data.duplicates)} image(s) are byte-identical across train/val/test, "
+            f"so the scores overstate: {'; '.join(data.duplicates[:3])}"
+        )
     return data
 
 
@@ -272,8 +211,9 @@ def _load_cached(path: Path, root: Path) -> DataBundle | None:
     try:
         state = torch.load(path, weights_only=True, mmap=True)
         splits = {s: Split(state[s]["images"], state[s]["labels"]) for s in SPLITS}
-        data = DataBundle(str(root), str(root), tuple(state["classes"]), **splits,
-                          duplicates=tuple(state.get("duplicates", ())))
+        data = DataBundle(
+            str(root), str(root), tuple(state["classes"]), **splits, duplicates=tuple(state.get("duplicates", ()))
+        )
         if all(data.digest(s) == state["digests"][s] for s in SPLITS):
             return data
     except Exception:  # noqa: BLE001 - a damaged cache is decoded again and rewritten
@@ -282,8 +222,11 @@ def _load_cached(path: Path, root: Path) -> DataBundle | None:
 
 
 def _save_cached(path: Path, data: DataBundle) -> None:
-    state = {"classes": list(data.classes), "duplicates": list(data.duplicates),
-             "digests": {s: data.digest(s) for s in SPLITS}}
+    state = {
+        "classes": list(data.classes),
+        "duplicates": list(data.duplicates),
+        "digests": {s: data.digest(s) for s in SPLITS},
+    }
     state.update({s: {"images": data.split(s).images, "labels": data.split(s).labels} for s in SPLITS})
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
@@ -302,8 +245,10 @@ def _decode_folder(root: Path, image_size: int, listings: dict[str, Listing]) ->
     classes = listings["train"].classes
     for s in SPLITS:
         if listings[s].classes != classes:
-            raise DataError(f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has "
-                            f"{', '.join(listings[s].classes)}")
+            raise DataError(
+                f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has "
+                f"{', '.join(listings[s].classes)}"
+            )
     check_classes(str(root), classes)
     splits, digests = {}, {}
     for s in SPLITS:
@@ -318,5 +263,12 @@ def _decode_tree(root: Path, listing: Listing, image_size: int) -> DataBundle:
     parts = split_arrays(str(root), listing.classes, listing.labels)
     images, hashes = _decode_listing(listing, image_size, f"decoding {root.name}")
     digests = {s: [(listing.paths[i], hashes[i]) for i in parts[s]] for s in SPLITS}
-    return bundle_from_arrays(str(root), str(root), listing.classes, images, listing.labels, parts,
-                              duplicates=_cross_split_duplicates(root, digests))
+    return bundle_from_arrays(
+        str(root),
+        str(root),
+        listing.classes,
+        images,
+        listing.labels,
+        parts,
+        duplicates=_cross_split_duplicates(root, digests),
+    )

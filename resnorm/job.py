@@ -21,7 +21,8 @@ from resnorm.config import Launch, TrainConfig, resolve_device
 from resnorm.data import load_data
 from resnorm.engine import train as fit
 from resnorm.fast import resolve_speed
-from resnorm.runlog import resumable, sync_timeout, training_run
+from resnorm.resume import resumable
+from resnorm.runlog import sync_timeout, training_run
 from resnorm.tracking import check_tracking_server
 
 
@@ -35,8 +36,10 @@ class JobResult:
     version: int
 
     def summary(self) -> str:
-        return (f"run {self.run_id} ({self.run_name}): best epoch {self.best_epoch}, test accuracy "
-                f"{self.test_accuracy:.4f}, registered {self.model} version {self.version}")
+        return (
+            f"run {self.run_id} ({self.run_name}): best epoch {self.best_epoch}, test accuracy "
+            f"{self.test_accuracy:.4f}, registered {self.model} version {self.version}"
+        )
 
 
 def train_job(cfg: TrainConfig | None, launch: Launch, run_id: str | None = None) -> JobResult:
@@ -61,5 +64,11 @@ def train_job(cfg: TrainConfig | None, launch: Launch, run_id: str | None = None
         held.start()  # from here a signal waits until the run has FINISHED with its model
         version = run.log_result(cfg, data, result)
     test_accuracy = result.final_metrics()[names.final_metric("test", "accuracy")]
-    return JobResult(run.run_id, run.client.get_run(run.run_id).info.run_name, result.best_epoch, test_accuracy,
-                     names.registered_model(cfg.norm), version)
+    return JobResult(
+        run.run_id,
+        run.client.get_run(run.run_id).info.run_name,
+        result.best_epoch,
+        test_accuracy,
+        names.registered_model(cfg.norm),
+        version,
+    )

@@ -7,6 +7,7 @@ import pandas as pd
 
 def table(frame: pd.DataFrame) -> str:
     """The frame with its index as the first column; MultiIndex column labels joined by spaces."""
+
     def label(c) -> str:
         return " ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c)
 

@@ -10,6 +10,7 @@ not tell a curve's last epoch from the kept model.
 from __future__ import annotations
 
 EXPERIMENT = "resnorm"
+BENCH_EXPERIMENT = "resnorm-bench"  # where `bench` logs, unless told otherwise
 
 # Per-epoch metrics, step = epoch (1-based).
 TRAIN_LOSS = "train_loss"
@@ -92,7 +93,7 @@ def analysis_metric(table: str, index: int, row: str, stat: str) -> str:
     ``_-. /``) become ``_``."""
     clean = "".join(c if c.isalnum() or c in "_-. " else "_" for c in row)
     room = MAX_KEY_LENGTH - len(f"{table}/{index:02d} /{stat}")
-    return f"{table}/{index:02d} {clean[:max(0, room)]}/{stat}"
+    return f"{table}/{index:02d} {clean[: max(0, room)]}/{stat}"
 
 
 # The per-epoch resume snapshot, kept in the run's artifact store while the run is unfinished, so

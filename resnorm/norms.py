@@ -76,8 +76,7 @@ class BatchNorm2d(_ChannelAffine):
         count = x.numel() // x.size(1)
         if count < 2:
             raise ValueError(
-                f"batch norm needs more than one value per channel in training, got input of shape "
-                f"{tuple(x.shape)}"
+                f"batch norm needs more than one value per channel in training, got input of shape {tuple(x.shape)}"
             )
         with torch.no_grad():
             unbiased = var.flatten() * (count / (count - 1))
@@ -149,9 +148,7 @@ class GroupNorm2d(_ChannelAffine):
     def __init__(self, num_features: int, groups: int = DEFAULT_GROUPS, eps: float = EPS) -> None:
         super().__init__(num_features, eps)
         if groups < 1 or num_features % groups:
-            raise ValueError(
-                f"groups must be a positive divisor of the channel count {num_features}, got {groups}"
-            )
+            raise ValueError(f"groups must be a positive divisor of the channel count {num_features}, got {groups}")
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[s
     fig = Figure(figsize=(size, size), layout="constrained")
     ax = fig.subplots()
     ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=np.arange(len(classes)), display_labels=[plain(c) for c in classes], ax=ax, colorbar=False,
+        y_true,
+        y_pred,
+        labels=np.arange(len(classes)),
+        display_labels=[plain(c) for c in classes],
+        ax=ax,
+        colorbar=False,
         xticks_rotation="vertical" if len(classes) > 10 else "horizontal",
     )
     if title:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
 import random
 import threading
 import time
@@ -29,18 +28,27 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from resnorm import names, serving, snapshots, weights
-from resnorm.config import Launch, TrainConfig
 from resnorm.bundle import SPLITS, DataBundle
+from resnorm.config import Launch, TrainConfig
 from resnorm.engine import EpochStats, TrainResult
 from resnorm.errors import ConfigError, Interrupted, TrackingUnavailable, one_line
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
-from resnorm.tracking import (FAILED, FINISHED, KILLED, check_own_run, check_resumable_run, check_tracking_server,
-                              give_up_quickly, mark_model_training,
-                              log_new_params, promote_if_better, record_failure, use_default_experiment)
+from resnorm.resume import DATASET_CONTEXTS, split_sizes
+from resnorm.tracking import (
+    FAILED,
+    KILLED,
+    check_own_run,
+    check_tracking_server,
+    give_up_quickly,
+    log_new_params,
+    mark_model_training,
+    promote_if_better,
+    record_failure,
+    use_default_experiment,
+)
 
-DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
 SYSTEM_METRICS_SECONDS = 2
 SYNC_TIMEOUT = "RESNORM_SYNC_TIMEOUT"  # seconds the end of a run waits for the tracking server (300)
@@ -77,8 +85,12 @@ class RunLogger:
         self.uploader = snapshots.Uploader(run_id, self.client, self.snapshot, self._release, mlflow.get_tracking_uri())
 
     def log_config(self, cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> None:
-        params = {**cfg.as_params(), **launch.as_params(), names.PARAM_NUM_CLASSES: str(data.num_classes),
-                  names.PARAM_TORCH_THREADS: str(torch.get_num_threads())}
+        params = {
+            **cfg.as_params(),
+            **launch.as_params(),
+            names.PARAM_NUM_CLASSES: str(data.num_classes),
+            names.PARAM_TORCH_THREADS: str(torch.get_num_threads()),
+        }
         log_new_params(self.client, self.run_id, params)
         # A sweep names its children before they start (``-s{seed}`` when seeds vary): keep that.
         if not self.client.get_run(self.run_id).info.run_name.startswith(cfg.run_name()):
@@ -143,8 +155,11 @@ class RunLogger:
         to finish if it has not."""
         timeout = sync_timeout() if timeout is None else timeout
         if self.outbox.pending or self.held:
-            print(f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending + len(self.held)}"
-                  f" queued metrics ({self.outbox.last_error or self.uploader.last_error or 'sending'})", flush=True)
+            print(
+                f"waiting up to {timeout:g}s for the tracking server to take {self.outbox.pending + len(self.held)}"
+                f" queued metrics ({self.outbox.last_error or self.uploader.last_error or 'sending'})",
+                flush=True,
+            )
         deadline = time.monotonic() + timeout
         if not self.uploader.drain(timeout) or not self.outbox.drain(max(0.0, deadline - time.monotonic())):
             raise TrackingUnavailable(
@@ -169,8 +184,10 @@ class RunLogger:
 
     def log_figures(self, cfg: TrainConfig, data: DataBundle, result: TrainResult) -> None:
         h = result.history
-        series = {"loss": {"train": [s.train_loss for s in h], "val": [s.val_loss for s in h]},
-                  "accuracy": {"train": [s.train_accuracy for s in h], "val": [s.val_accuracy for s in h]}}
+        series = {
+            "loss": {"train": [s.train_loss for s in h], "val": [s.val_loss for s in h]},
+            "accuracy": {"train": [s.train_accuracy for s in h], "val": [s.val_accuracy for s in h]},
+        }
         self.client.log_figure(self.run_id, curves([s.epoch for s in h], series, title=cfg.run_name()), "curves.png")
         test = result.evaluations["test"]
         fig = confusion_matrix(test.labels, test.predictions, data.classes, title=f"{cfg.run_name()} (test)")
@@ -209,67 +226,13 @@ class RunLogger:
         return version
 
 
-@dataclass(frozen=True)
-class Resumed:
-    """What continuing an interrupted run takes from it: its configuration (from its snapshot), the
-    threads it trained with (on the CPU the thread count changes the sums) and the data it trained on."""
-
-    run_id: str
-    config: TrainConfig
-    threads: int | None  # the run's torch_threads; None for a run that did not log it
-    digests: dict[str, str]  # split -> the digest of the dataset input the run logged
-    split_sizes: str  # the run's resnorm.split_sizes tag ("" when absent)
-
-    def check_data(self, data: DataBundle) -> None:
-        """Refuse, naming what changed, data other than the run's: its epochs so far trained on that data."""
-        changed = [f"{s} digest {self.digests[s]} (now {data.digest(s)})" for s in SPLITS
-                   if s in self.digests and self.digests[s] != data.digest(s)]
-        sizes = split_sizes(data)
-        if self.split_sizes and self.split_sizes != sizes:
-            changed.append(f"split sizes {self.split_sizes} (now {sizes})")
-        if changed:
-            raise ConfigError(f"resume {self.run_id!r}: {self.config.data} is not the data the run trained on: "
-                              f"{'; '.join(changed)}; resume it with that data, or start a new run")
-
-
-def split_sizes(data: DataBundle) -> str:
-    """Images per split, as the run's ``resnorm.split_sizes`` tag holds them: ``train=1257 val=270 test=270``."""
-    return " ".join(f"{s}={len(data.split(s))}" for s in SPLITS)
-
-
-def resumable(run_id: str) -> Resumed:
-    """The interrupted run ``run_id``: its configuration, read from its snapshot (the one in the
-    run's artifact store, or this machine's copy when that holds more epochs), its threads and its
-    data. The run must exist in this store, not deleted, not FINISHED."""
-    client = MlflowClient()
-    run = check_resumable_run(run_id)
-    if run.info.status == FINISHED:
-        raise ConfigError(f"resume {run_id!r}: the run has FINISHED; there is nothing to resume")
-    path = snapshots.fetch(client, run_id)
-    if path is None:
-        raise ConfigError(
-            f"resume {run_id!r}: no snapshot, neither in the run's artifacts nor at {snapshots.path_for(run_id)}; "
-            "the run ended before its first epoch did, so start it again"
-        )
-    config = TrainConfig.from_params(snapshots.load(path)["config"])
-    threads = run.data.params.get(names.PARAM_TORCH_THREADS)
-    contexts = {context: split for split, context in DATASET_CONTEXTS.items()}
-    digests = {}
-    for d in run.inputs.dataset_inputs if run.inputs else ():
-        context = next((t.value for t in d.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
-        if context in contexts:
-            digests[contexts[context]] = d.dataset.digest
-    return Resumed(run_id, config, int(threads) if threads and threads.isdigit() else None, digests,
-                   run.data.tags.get(names.TAG_SPLIT_SIZES, ""))
-
-
 def _open(cfg: TrainConfig, resume: str, pointer: str | None):
     """Start (or resume) the run; the resumed run's lock is taken first, so a refusal touches no run.
     ``pointer``: the run made for this job (by ``mlflow run`` or a sweep), checked to be one."""
     held = snapshots.lock(resume) if resume else None
     try:
         if pointer and pointer != resume:
-            check_own_run(pointer, cfg)
+            check_own_run(pointer, None if resume else cfg)  # `mlflow run -P resume=ID` logged the defaults
         if resume and pointer and pointer != resume:
             # `mlflow run -P resume=ID` made a new run before this script started: point it at ID.
             MlflowClient().set_tag(pointer, names.TAG_RESUMED, resume)
@@ -294,8 +257,9 @@ def _open(cfg: TrainConfig, resume: str, pointer: str | None):
 
 
 @contextlib.contextmanager
-def training_run(cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device,
-                 run_id: str | None = None) -> Iterator[RunLogger]:
+def training_run(
+    cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device, run_id: str | None = None
+) -> Iterator[RunLogger]:
     """Open the run, log config and data, yield the logger; end the run with a true status.
 
     An exception ends the run FAILED with its message in the ``resnorm.error`` tag (the traceback

@@ -30,8 +30,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
-from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
 from mlflow.pyfunc import add_to_model
 from mlflow.types.schema import ColSpec, DataType, Map, Schema, TensorSpec
 

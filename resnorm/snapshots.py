@@ -20,7 +20,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import home, names
 from resnorm.errors import ConfigError, ResnormError, RunBusy, warn
-from resnorm.outbox import RETRY_SECONDS, server_answers, wait_until
+from resnorm.outbox import RetryingSender
 
 FILE = "snapshot.pt"
 
@@ -62,8 +61,10 @@ def _save_failed(state: dict[str, Any], folder: Path, error: BaseException) -> s
     need = buffer.getbuffer().nbytes
     free = shutil.disk_usage(folder).free
     if free < need:
-        return (f"cannot write the snapshot to {folder}: it needs {need / 2**20:.1f} MiB but only {free / 2**20:.1f} "
-                f"MiB are free there; free some space or point RESNORM_HOME at a disk with room")
+        return (
+            f"cannot write the snapshot to {folder}: it needs {need / 2**20:.1f} MiB but only {free / 2**20:.1f} "
+            f"MiB are free there; free some space or point RESNORM_HOME at a disk with room"
+        )
     return f"cannot write the snapshot to {folder} ({need / 2**20:.1f} MiB): {' '.join(str(error).split())[:300]}"
 
 
@@ -123,16 +124,20 @@ def lock(run_id: str) -> IO:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
     except OSError as e:
-        raise ResnormError(f"cannot write the run's snapshot folder {path.parent} ({e.strerror or e}); "
-                           "set RESNORM_HOME to a writable folder") from None
+        raise ResnormError(
+            f"cannot write the run's snapshot folder {path.parent} ({e.strerror or e}); "
+            "set RESNORM_HOME to a writable folder"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        raise RunBusy(f"run {run_id} is being trained by another live process ({holder}); "
-                      "wait for it or stop it before resuming", run_id) from None
+        raise RunBusy(
+            f"run {run_id} is being trained by another live process ({holder}); wait for it or stop it before resuming",
+            run_id,
+        ) from None
     handle.truncate(0)
     handle.write(f"pid {os.getpid()}")
     handle.flush()
@@ -191,67 +196,47 @@ def forget(client: MlflowClient, run_id: str) -> None:
         warn(f"could not delete the snapshot of finished run {run_id} from its artifact store: {e}")
 
 
-class Uploader:
-    """Copies a run's snapshot to its artifact store in a background thread, latest first.
+class Uploader(RetryingSender):
+    """Copies a run's snapshot to its artifact store in the background, latest first.
 
-    ``offer(epoch)`` says the local file now holds ``epoch``; the thread takes a hard link of the
+    ``offer(epoch)`` says the local file now holds ``epoch``; the sender takes a hard link of the
     file (a later epoch's atomic replace leaves the link intact), uploads it and calls
     ``on_stored(epoch)``. Epochs offered during an upload are folded into the next one, so a slow
     store gets every K-th epoch rather than a queue, and training never waits. While the tracking
     server does not answer, it retries every few seconds.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient, path: Path, on_stored: Callable[[int], None],
-                 tracking_uri: str = "") -> None:
+    def __init__(
+        self, run_id: str, client: MlflowClient, path: Path, on_stored: Callable[[int], None], tracking_uri: str = ""
+    ) -> None:
         self.run_id, self.client, self.path, self.on_stored = run_id, client, path, on_stored
-        self.tracking_uri = tracking_uri
         self.wanted = self.stored = 0  # epochs: offered, and held by the store
         self.uploads: list[tuple[float, int]] = []  # (seconds, bytes) of each upload
-        self.last_error: str | None = None
-        self._closed = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._upload_forever, name=f"snapshot-{run_id}", daemon=True)
-        self._thread.start()
+        super().__init__(f"snapshot-{run_id}", tracking_uri)
 
     def offer(self, epoch: int) -> None:
-        with self._cond:
+        with self.cond:
             self.wanted = max(self.wanted, epoch)
-            self._cond.notify_all()
+            self.cond.notify_all()
 
-    def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until the store holds every offered epoch."""
-        return wait_until(self._cond, lambda: self.stored >= self.wanted, timeout)
+    def pending_work(self) -> bool:
+        return self.stored < self.wanted
 
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5)  # an upload stuck on a dead server is left to die with the process
+    def send_once(self) -> str | None:
+        """Upload the file as it is now."""
+        with self.cond:
+            epoch = self.wanted
+        why = self._upload()
+        if why is None:
+            self.on_stored(epoch)  # first: once drain() sees the epoch stored, its metrics are on their way
+            with self.cond:
+                self.stored = max(self.stored, epoch)
+        return why
 
-    def _upload_forever(self) -> None:
-        while True:
-            with self._cond:
-                while self.stored >= self.wanted and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                epoch = self.wanted
-            why = self._upload_once()
-            with self._cond:
-                if why is None:
-                    self.stored, self.last_error = max(self.stored, epoch), None
-                    self._cond.notify_all()
-                else:
-                    self.last_error = why
-                    self._cond.wait(RETRY_SECONDS)
-            if why is None:
-                self.on_stored(epoch)
-
-    def _upload_once(self) -> str | None:
-        """Upload the file as it is now; None on success, else why not."""
+    def _upload(self) -> str | None:
         if not self.path.exists():  # a training run without snapshots (the library's default): nothing to keep
             return None
-        why = server_answers(self.tracking_uri, timeout=2.0) if self.tracking_uri else None
+        why = self.probe()
         if why is not None:
             return why
         staging = self.path.parent / "upload"

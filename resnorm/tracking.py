@@ -5,10 +5,13 @@ failing a run with its reason, params that `mlflow run` may have logged first, a
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
 import traceback
+import urllib.error
+import urllib.request
 
 import mlflow
 from mlflow.entities import Param, Run, RunStatus
@@ -19,13 +22,29 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT
 from resnorm import names
 from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ConfigError, TrackingUnavailable, one_line
-from resnorm.outbox import server_answers
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
+
+
+def server_answers(uri: str, timeout: float = 5.0) -> str | None:
+    """None when the tracking URI answers (any HTTP response will do), else why not.
+
+    Only ``http(s)://`` URIs are probed; a local store (``sqlite:///...``) always answers.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:  # it answered (e.g. 401 from an auth server)
+        return None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return str(getattr(reason, "strerror", None) or reason)
+    return None
 
 
 def check_tracking_server(timeout: float = 5.0) -> None:
@@ -37,7 +56,8 @@ def check_tracking_server(timeout: float = 5.0) -> None:
     why = server_answers(uri, timeout)
     if why is not None:
         raise TrackingUnavailable(
-            f"tracking URI {uri!r} does not answer ({why}); start the server or set MLFLOW_TRACKING_URI to one that runs"
+            f"tracking URI {uri!r} does not answer ({why}); start the server or set MLFLOW_TRACKING_URI to one "
+            "that runs"
         )
     check_store(uri, timeout)
 
@@ -66,18 +86,18 @@ def _store_refused(uri: str, scheme: str, error: Exception) -> str:
         hint = " (PostgreSQL is postgresql://, not postgres://)" if scheme == "postgres" else ""
         return f"tracking URI {uri!r}: MLflow has no store for the scheme {scheme!r}{hint}; use one of {STORE_SCHEMES}"
     if "filesystem tracking backend" in text:
-        return (f"tracking URI {uri!r} is a file store, which MLflow 3 refuses; use a database such as "
-                "sqlite:///mlflow.db (`mlflow migrate-filestore` moves old runs over), or set MLFLOW_ALLOW_FILE_STORE=true")
+        return (
+            f"tracking URI {uri!r} is a file store, which MLflow 3 refuses; use a database such as "
+            "sqlite:///mlflow.db (`mlflow migrate-filestore` moves old runs over), or set MLFLOW_ALLOW_FILE_STORE=true"
+        )
     return f"tracking URI {uri!r} cannot be used: {one_line(error)[:300]}"
 
 
 def _check_access(uri: str, timeout: float) -> None:
     """One authenticated request as MLflow's client would make it; 401 becomes one line."""
-    import base64
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    )
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if user is not None:
         token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
@@ -104,8 +124,9 @@ RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 
 def check_run_id(run_id: str, what: str) -> None:
     if not RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"{what} {run_id!r} is not a run id (letters, digits, _ and -, such as "
-                          "0123456789abcdef0123456789abcdef)")
+        raise ConfigError(
+            f"{what} {run_id!r} is not a run id (letters, digits, _ and -, such as 0123456789abcdef0123456789abcdef)"
+        )
 
 
 def check_resumable_run(run_id: str) -> Run:
@@ -132,11 +153,11 @@ def check_resumable_run(run_id: str) -> Run:
 TRAIN_ENTRY_POINTS = ("train", "main")  # the MLproject's names of the train entry point
 
 
-def check_own_run(run_id: str, cfg: TrainConfig) -> None:
+def check_own_run(run_id: str, cfg: TrainConfig | None) -> None:
     """Refuse a run made for this training (``MLFLOW_RUN_ID``) that is not one: FINISHED, made for
     another entry point or by hand (a variable inherited from a parent process, MLflow issue
-    15713), or holding another configuration's params. Training into it would rewrite a finished
-    run, or make one run two configurations."""
+    15713), or holding the params of another configuration than ``cfg`` (None: not compared). Training
+    into it would rewrite a finished run, or make one run two configurations."""
     run = _existing_run(run_id, "MLFLOW_RUN_ID")
     entry = run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT)
     unset = "unset MLFLOW_RUN_ID (it is inherited from the process that started this one) to train into a new run"
@@ -144,17 +165,20 @@ def check_own_run(run_id: str, cfg: TrainConfig) -> None:
         raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, which has FINISHED; {unset}")
     if entry not in TRAIN_ENTRY_POINTS:
         made = f"for the {entry!r} entry point" if entry else "outside `mlflow run` and sweeps"
-        raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, made {made}, not for a training; "
-                          f"{unset}")
+        raise ConfigError(
+            f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, made {made}, not for a training; {unset}"
+        )
     params = {k: unquote_param(v) for k, v in run.data.params.items()}
-    if set(FIELD_TYPES) <= set(params):
+    if cfg is not None and set(FIELD_TYPES) <= set(params):
         try:
             theirs = TrainConfig.from_params(params)
         except ConfigError:
             theirs = None
         if theirs != cfg:
-            raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, whose params describe another "
-                              f"configuration than {cfg.run_name()!r}; {unset}")
+            raise ConfigError(
+                f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r}, whose params describe another "
+                f"configuration than {cfg.run_name()!r}; {unset}"
+            )
 
 
 def check_own_sweep_run(run_id: str) -> None:
@@ -168,9 +192,11 @@ def check_own_sweep_run(run_id: str) -> None:
     if entry == "sweep" and run.info.status == RUNNING and names.TAG_DEVICE not in run.data.tags:
         return
     made = f"for the {entry!r} entry point" if entry else "outside `mlflow run`"
-    raise ConfigError(f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r} ({run.info.status}, made {made}), "
-                      "which is not a sweep; unset MLFLOW_RUN_ID (it is inherited from the process that started this "
-                      "one) to start a new sweep, or name a sweep's parent run to continue it")
+    raise ConfigError(
+        f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r} ({run.info.status}, made {made}), "
+        "which is not a sweep; unset MLFLOW_RUN_ID (it is inherited from the process that started this "
+        "one) to start a new sweep, or name a sweep's parent run to continue it"
+    )
 
 
 def _existing_run(run_id: str, what: str) -> Run:
@@ -257,7 +283,6 @@ def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) ->
         client.log_batch(run_id, params=missing[i : i + MAX_PARAMS_PER_BATCH])
 
 
-
 def champion_val_accuracy(client: MlflowClient, name: str) -> float | None:
     """``best_val_accuracy`` of the run behind ``name@champion``; None when no version holds it."""
     try:
@@ -288,6 +313,7 @@ def promote_if_better(client: MlflowClient, name: str, version: int, val_accurac
 def best_version(client: MlflowClient, name: str) -> int | None:
     """The version with the highest recorded val accuracy (the earliest of equals), or None."""
     key = names.final_metric("val", "accuracy")
-    scored = [(-float(v.tags[key]), int(v.version)) for v in client.search_model_versions(f"name = '{name}'")
-              if key in v.tags]
+    scored = [
+        (-float(v.tags[key]), int(v.version)) for v in client.search_model_versions(f"name = '{name}'") if key in v.tags
+    ]
     return min(scored)[1] if scored else None

@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
-from resnorm.config import TrainConfig
 from resnorm.bundle import DataBundle
+from resnorm.config import TrainConfig
 from resnorm.errors import ModelError
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
@@ -35,8 +35,16 @@ _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 def log_weights(client: MlflowClient, run_id: str, cfg: TrainConfig, data: DataBundle, model: ResNet) -> None:
     """The kept model's state dict and what rebuilds the ResNet around it, as run artifacts."""
-    config = {"n": cfg.n, "num_classes": data.num_classes, "norm": cfg.norm, "in_channels": data.channels,
-              "groups": cfg.groups, "classes": list(data.classes), "image_size": cfg.image_size, "data": cfg.data}
+    config = {
+        "n": cfg.n,
+        "num_classes": data.num_classes,
+        "norm": cfg.norm,
+        "in_channels": data.channels,
+        "groups": cfg.groups,
+        "classes": list(data.classes),
+        "image_size": cfg.image_size,
+        "data": cfg.data,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, os.path.basename(names.WEIGHTS_STATE))
         torch.save(model.state_dict(), path)
@@ -75,7 +83,9 @@ def resolve(uri: str, client: MlflowClient | None = None) -> tuple[str, str | No
             version = registered.aliases.get(m["alias"])
             if version is None:
                 held = ", ".join(sorted(registered.aliases)) or "none"
-                raise ModelError(f"no version of {name!r} holds the alias {m['alias']!r} (in {uri!r}); aliases held: {held}")
+                raise ModelError(
+                    f"no version of {name!r} holds the alias {m['alias']!r} (in {uri!r}); aliases held: {held}"
+                )
         else:
             version = m["version"]
         try:

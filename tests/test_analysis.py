@@ -24,9 +24,21 @@ TABLE3 = next(t for t in TABLES if t.id == MAIN_TABLE)
 def run(run_id, status="FINISHED", accuracy=0.9, error="", **fields):
     """One child run as analysis.runs.children returns it."""
     cfg = TrainConfig(**fields)
-    record = {"run_id": run_id, "run_name": cfg.run_name(), "status": status, "start_time": len(run_id),
-              "error": error, "device": "cpu", "speed": "plain", "versions": "", "splits": "train=1257 val=270 test=270",
-              **dataclasses.asdict(cfg), "mode": "auto", "config": without_seed(cfg), names.BEST_EPOCH: 1.0}
+    record = {
+        "run_id": run_id,
+        "run_name": cfg.run_name(),
+        "status": status,
+        "start_time": len(run_id),
+        "error": error,
+        "device": "cpu",
+        "speed": "plain",
+        "versions": "",
+        "splits": "train=1257 val=270 test=270",
+        **dataclasses.asdict(cfg),
+        "mode": "auto",
+        "config": without_seed(cfg),
+        names.BEST_EPOCH: 1.0,
+    }
     for key in FINAL_METRICS:
         record[key] = accuracy if status == "FINISHED" else math.nan
     return record
@@ -54,14 +66,22 @@ def test_statistics_agree_with_scipy_on_known_inputs():
 
 def test_letters_share_a_letter_only_within_groups_that_cannot_be_told_apart():
     means = {"A": 0.95, "B": 0.93, "C": 0.90, "D": 0.50}
-    adjusted = {("A", "B"): 0.3, ("A", "C"): 0.01, ("B", "C"): 0.2, ("A", "D"): 0.001, ("B", "D"): 0.001,
-                ("C", "D"): 0.001}
+    adjusted = {
+        ("A", "B"): 0.3,
+        ("A", "C"): 0.01,
+        ("B", "C"): 0.2,
+        ("A", "D"): 0.001,
+        ("B", "D"): 0.001,
+        ("C", "D"): 0.001,
+    }
     assert stats.letters(means, adjusted) == {"A": "a", "B": "ab", "C": "b", "D": "c"}
 
 
 def test_runs_that_differ_only_in_epochs_become_two_rows_never_one():
-    runs = frame(*(run(f"e5s{s}", accuracy=0.5 + s / 100, norm="bn", epochs=5, seed=s) for s in range(2)),
-                 *(run(f"e50s{s}", accuracy=0.98 - s / 100, norm="bn", epochs=50, seed=s) for s in range(2)))
+    runs = frame(
+        *(run(f"e5s{s}", accuracy=0.5 + s / 100, norm="bn", epochs=5, seed=s) for s in range(2)),
+        *(run(f"e50s{s}", accuracy=0.98 - s / 100, norm="bn", epochs=50, seed=s) for s in range(2)),
+    )
     table = build_table(TABLE3, build_groups(runs, [], "auto"), None)
     labels = {r.label: r for r in table.rows}
     assert set(labels) == {"bn (epochs=5)", "bn (epochs=50)"}
@@ -131,6 +151,7 @@ def test_latex_escapes_what_latex_would_read_as_markup():
     assert present.latex_escape("torch_bn 98% & ± #1") == r"torch\_bn 98\% \& $\pm$ \#1"
 
 
+@pytest.mark.slow
 def test_the_sweep_is_found_where_it_is_and_re_planned_from_its_params(mlflow_env, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -159,4 +180,8 @@ def test_the_sweep_is_found_where_it_is_and_re_planned_from_its_params(mlflow_en
     configs, mode = planned.configs, planned.mode
     assert planned.source == "re-planned from the sweep's params"
     assert mode == "plain" and [(c.norm, c.seed, c.epochs, c.lr) for c in configs] == [
-        ("bn", 0, 1, 0.1), ("bn", 1, 1, 0.1), ("gn", 0, 1, 0.1), ("gn", 1, 1, 0.1)]
+        ("bn", 0, 1, 0.1),
+        ("bn", 1, 1, 0.1),
+        ("gn", 0, 1, 0.1),
+        ("gn", 1, 1, 0.1),
+    ]

@@ -18,8 +18,20 @@ from tests.conftest import PYTHON, ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["-P", "preset=custom", "-P", "grid=norm=bn,gn", "-P", "seeds=2", "-P", "epochs=1", "-P", "image_size=8",
-         "-P", "n=1"]
+SMALL = [
+    "-P",
+    "preset=custom",
+    "-P",
+    "grid=norm=bn,gn",
+    "-P",
+    "seeds=2",
+    "-P",
+    "epochs=1",
+    "-P",
+    "image_size=8",
+    "-P",
+    "n=1",
+]
 FAILURE = "loss became nan at epoch 1 (set by the test)"
 PDFLATEX = shutil.which("pdflatex")
 
@@ -58,11 +70,15 @@ def test_analyze_under_mlflow_run_finds_the_sweep_in_default_and_links_its_run_b
     # Headline metrics: each row's mean test accuracy over its finished seeds.
     accuracy = names.final_metric("test", "accuracy")
     bn = [r.data.metrics[accuracy] for r in kids if r.data.params["norm"] == "bn"]
-    gn = [r.data.metrics[accuracy] for r in kids if r.data.params["norm"] == "gn" and r.info.run_id != failed.info.run_id]
+    gn = [
+        r.data.metrics[accuracy] for r in kids if r.data.params["norm"] == "gn" and r.info.run_id != failed.info.run_id
+    ]
     metrics = analysis.data.metrics
-    assert metrics[names.analysis_metric("sweep", "norm=bn", "test_accuracy_mean")] == pytest.approx(statistics.mean(bn))
-    assert metrics[names.analysis_metric("sweep", "norm=gn", "test_accuracy_mean")] == pytest.approx(gn[0])
-    assert metrics[names.analysis_metric("sweep", "norm=gn", "seeds_finished")] == 1
+    assert metrics[names.analysis_metric("sweep", 1, "norm=bn", "test_accuracy_mean")] == pytest.approx(
+        statistics.mean(bn)
+    )
+    assert metrics[names.analysis_metric("sweep", 2, "norm=gn", "test_accuracy_mean")] == pytest.approx(gn[0])
+    assert metrics[names.analysis_metric("sweep", 2, "norm=gn", "seeds_finished")] == 1
     assert (metrics["seeds_finished"], metrics["seeds_planned"]) == (3, 4)
     logged = {a.path for a in client.list_artifacts(analysis.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/report.tex", "report/tables"} <= logged
@@ -73,8 +89,15 @@ def test_the_report_states_its_provenance_and_names_the_failed_seed(analysed):
     folder, _, client, parent, kids, failed, _ = analysed
     md = (folder / "report" / "report.md").read_text()
     assert f"sweep-custom (run {parent.info.run_id}, preset custom), status FINISHED" in md
-    for line in ("**epochs**: 1", "**image size**: 8", "**depth**: 8 (n=1)", "**seeds**: 0, 1", "**device**: cpu",
-                 "**batch size**: 32", "**runs**: 3 of 4 planned seeds finished, over 2 configurations"):
+    for line in (
+        "**epochs**: 1",
+        "**image size**: 8",
+        "**depth**: 8 (n=1)",
+        "**seeds**: 0, 1",
+        "**device**: cpu",
+        "**batch size**: 32",
+        "**runs**: 3 of 4 planned seeds finished, over 2 configurations",
+    ):
         assert line in md, line
     digest = client.get_run(kids[0].info.run_id).inputs.dataset_inputs[0].dataset.digest
     assert digest in md and re.search(r"\*\*split sizes\*\*: train=\d+ val=\d+ test=\d+", md)
@@ -110,13 +133,20 @@ def test_the_html_is_one_file_with_its_figures_embedded(analysed):
     assert all(s.startswith("data:image/png;base64,") for s in sources)
 
 
-@pytest.mark.skipif(not PDFLATEX and os.environ.get("CI") != "true",
-                    reason="needs pdflatex (apt-get install texlive-latex-base texlive-latex-recommended); .ci/run installs it")
+@pytest.mark.skipif(
+    not PDFLATEX and os.environ.get("CI") != "true",
+    reason="needs pdflatex (apt-get install texlive-latex-base texlive-latex-recommended); .ci/run installs it",
+)
 def test_the_latex_report_compiles_with_pdflatex(analysed, tmp_path):
     folder = analysed[0]
     shutil.copy(folder / "report" / "report.tex", tmp_path / "report.tex")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
     assert "batch\\_size=32" in (folder / "report" / "report.tex").read_text()  # escaped, as LaTeX needs

@@ -40,8 +40,19 @@ from resnorm.cli import run_command
 from resnorm.config import TrainConfig
 from resnorm.data import load_data
 from resnorm.engine import train as fit
-from tests.conftest import (PYTHON, ROOT, MlflowServer, assert_one_line, command, free_port, make_class_tree,
-                            nothing_left_behind, one_line, subprocess_env, write_image)
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    MlflowServer,
+    assert_one_line,
+    command,
+    free_port,
+    make_class_tree,
+    nothing_left_behind,
+    one_line,
+    subprocess_env,
+    write_image,
+)
 
 NOT_IN_RANGE = "is not in the range"
 ONE = ["--preset", "custom", "--grid", "seed=0"]  # a one-point sweep: under a preset, its grid would decide
@@ -74,8 +85,11 @@ CASES = [
     ("train", ["--resume", "0123456789abcdef"], ["resume '0123456789abcdef': the tracking store", "has no such run"]),
     ("train", ["--colour", "red"], ["No such option '--colour'"]),
     # train: values click takes that would fail inside torch or MLflow
-    ("train", ["--seed", "18446744073709551616"], ["seed 18446744073709551616 is out of range",
-                                                   "from -9223372036854775808 to 18446744073709551615"]),
+    (
+        "train",
+        ["--seed", "18446744073709551616"],
+        ["seed 18446744073709551616 is out of range", "from -9223372036854775808 to 18446744073709551615"],
+    ),
     ("train", ["--seed", "-9223372036854775809"], ["seed -9223372036854775809 is out of range"]),
     ("train", ["--lr", "1e39"], ["lr 1e+39 does not fit in float32", "at most 3.402823e+38"]),
     ("train", ["--weight-decay", "1e39"], ["weight_decay 1e+39 does not fit in float32"]),
@@ -110,25 +124,29 @@ CASES = [
     ("sweep", [*ONE, "--image-size", "4"], ["image_size must be at least 8, got 4"]),
     ("sweep", [*ONE, "--norm", "gn", "--groups", "3"], ["groups=3 must divide", "allowed: 1, 2, 4, 8, 16"]),
     ("sweep", [*ONE, "--seed", "one"], ["seed='one' is not a valid int"]),
-    ("sweep", ["--preset", "custom", "--grid", "norm=bn", "--seed", "18446744073709551616"],
-     ["seed 18446744073709551616 is out of range"]),
+    (
+        "sweep",
+        ["--preset", "custom", "--grid", "norm=bn", "--seed", "18446744073709551616"],
+        ["seed 18446744073709551616 is out of range"],
+    ),
     ("sweep", [*ONE, "--lr", "1e39"], ["lr 1e+39 does not fit in float32"]),
     ("sweep", [*ONE, "--epochs", "2147483648"], ["epochs 2147483648 is too large"]),
     # bench
     ("bench", ["--norms", "bn,batchnorm"], ["'bn,batchnorm'", "comma-separated list of torch_bn, bn"]),
     ("bench", ["--norms", ""], ["''", "comma-separated list of torch_bn"]),
-    ("bench", ["--batch-sizes", "32,big"], ["'32,big'", "batch sizes of at least 2"]),
+    ("bench", ["--batch-sizes", "32,big"], ["'32,big'", "comma-separated list of integers"]),
     ("bench", ["--batch-sizes", "1"], ["'1'", "batch sizes of at least 2"]),
     ("bench", ["--modes", "plain,turbo"], ["'plain,turbo'", "comma-separated list of plain, fast"]),
-    ("bench", ["--image-size", "4"], ["--image-size", f"4 {NOT_IN_RANGE} x>=8"]),
-    ("bench", ["--steps", "0"], ["--steps", f"0 {NOT_IN_RANGE} x>=1"]),
-    ("bench", ["--warmup", "0"], ["--warmup", f"0 {NOT_IN_RANGE} x>=1"]),
-    ("bench", ["--classes", "1"], ["--classes", f"1 {NOT_IN_RANGE} x>=2"]),
-    ("bench", ["--n", "0"], ["--n", f"0 {NOT_IN_RANGE} x>=1"]),
+    ("bench", ["--image-size", "4"], ["image_size must be at least 8, got 4"]),
+    ("bench", ["--steps", "0"], ["steps must be at least 1, got 0"]),
+    ("bench", ["--warmup", "0"], ["warmup must be at least 1, got 0"]),
+    ("bench", ["--classes", "1"], ["classes must be at least 2, got 1"]),
+    ("bench", ["--n", "0"], ["n must be at least 1, got 0"]),
     ("bench", ["--compile-mode", "fastest"], ["'fastest' is not one of", "'reduce-overhead'", "'none'"]),
-    ("bench", ["--feed-files", "-1"], ["--feed-files", f"-1 {NOT_IN_RANGE} x>=0"]),
+    ("bench", ["--feed-files", "-1"], ["feed_files must be at least 0, got -1"]),
+    ("bench", ["--steps", "1000000"], ["batch size 8 x 1000010 steps is too many images", "at most 1,000,000"]),
     ("bench", ["--share", "1,0"], ["'1,0'", "process counts from 1 to 16"]),
-    ("bench", ["--share", "two"], ["'two'", "process counts from 1 to 16"]),
+    ("bench", ["--share", "two"], ["'two'", "comma-separated list of integers"]),
     ("bench", ["--device", "tpu"], ["'tpu' is not one of", "'auto'"]),
     # analyze
     ("analyze", ["--experiment", "nope"], ["there is no experiment 'nope'", "run a sweep first"]),
@@ -152,11 +170,14 @@ def test_a_bad_parameter_ends_in_one_line(entry, args, fragments, store, tmp_pat
 
 def png_header(path, width: int, height: int) -> None:
     """A valid PNG that says it is ``width`` x ``height`` without holding the pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
 def bad_data(tmp_path, case: str):
@@ -188,8 +209,15 @@ def bad_data(tmp_path, case: str):
     raise AssertionError(case)
 
 
-DATA_CASES = ["missing folder", "corrupt file", "classes differ", "empty class", "dangling link", "name not UTF-8",
-              "decompression bomb"]
+DATA_CASES = [
+    "missing folder",
+    "corrupt file",
+    "classes differ",
+    "empty class",
+    "dangling link",
+    "name not UTF-8",
+    "decompression bomb",
+]
 
 
 @pytest.mark.parametrize("case", DATA_CASES)
@@ -215,6 +243,7 @@ def test_16_bit_images_are_scaled_not_saturated(tmp_path):
         assert 110 < x.mean() < 145 and x.min() < 30 and x.max() > 225, (split, x.mean(), x.min(), x.max())
 
 
+@pytest.mark.slow
 def test_each_file_counts_once_and_copies_across_splits_are_reported(store, tmp_path, capsys):
     root = tmp_path / "linked"
     for s, k in (("train", 8), ("val", 3), ("test", 3)):
@@ -227,13 +256,15 @@ def test_each_file_counts_once_and_copies_across_splits_are_reported(store, tmp_
     assert [len(data.split(s)) for s in ("train", "val", "test")] == [16, 6, 7]
     assert data.duplicates == ("train/cat/2.png = test/cat/copy.png",)
     capsys.readouterr()
-    run_command(command("train"), ["--data", str(root), "--epochs", "1", "--image-size", "8", "--n", "1",
-                                   "--batch-size", "8"])
+    run_command(
+        command("train"), ["--data", str(root), "--epochs", "1", "--image-size", "8", "--n", "1", "--batch-size", "8"]
+    )
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "1 image(s) are byte-identical across train/val/test" in warnings[0], warnings
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                filter_string=f"params.data = '{root}'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id], filter_string=f"params.data = '{root}'"
+    )
     assert run.data.tags[names.TAG_DUPLICATES] == "1: train/cat/2.png = test/cat/copy.png"
     assert run.data.params["data"] == str(root)
     for m in client.search_registered_models():  # this case trains and registers on purpose
@@ -260,8 +291,13 @@ def test_a_relative_data_path_is_made_absolute(tmp_path, monkeypatch):
 
 # The tracking store, checked before any work: train is given data that does not exist, so an
 # error about the store proves the store was looked at first.
-ENTRY_ARGS = {"train": ["--data", "/no/such/data"], "sweep": [*ONE, "--data", "/no/such/data"], "analyze": [],
-              "gradcam": [], "bench": ["--feed-files", "0"]}
+ENTRY_ARGS = {
+    "train": ["--data", "/no/such/data"],
+    "sweep": [*ONE, "--data", "/no/such/data"],
+    "analyze": [],
+    "gradcam": [],
+    "bench": ["--feed-files", "0"],
+}
 STORES = {
     "postgres://": ("postgres://mlflow@127.0.0.1:5432/mlflow", ["scheme 'postgres'", "postgresql://, not postgres://"]),
     "foo://": ("foo://somewhere", ["MLflow has no store for the scheme 'foo'", "sqlite:///"]),
@@ -281,27 +317,52 @@ def test_a_store_that_cannot_be_used_is_one_line_before_any_work(kind, entry, st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", list(ENTRY_ARGS))
-def test_a_tracking_uri_that_does_not_answer_fails_fast_naming_it(entry, tmp_path):
-    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there; gradcam used to hang in MLflow's retries
-    proc = subprocess.run([PYTHON, str(ROOT / "entrypoints" / f"{entry}.py"), *ENTRY_ARGS[entry]], cwd=tmp_path,
-                          env=subprocess_env(uri), capture_output=True, text=True, timeout=120)
-    assert_one_line(proc, f"tracking URI '{uri}' does not answer", "MLFLOW_TRACKING_URI")
+def test_a_tracking_uri_that_does_not_answer_fails_fast_naming_it(tmp_path):
+    """Every entry point as its own process (a hang is what this rules out: gradcam once hung in
+    MLflow's retries), all at once: each is mostly imports."""
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = {
+        entry: subprocess.Popen(
+            [PYTHON, str(ROOT / "entrypoints" / f"{entry}.py"), *args],
+            cwd=tmp_path,
+            env=subprocess_env(uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for entry, args in ENTRY_ARGS.items()
+    }
+    for proc in started.values():
+        out, err = proc.communicate(timeout=120)
+        assert_one_line(
+            subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+            f"tracking URI '{uri}' does not answer",
+            "MLFLOW_TRACKING_URI",
+        )
 
 
 @pytest.mark.slow
 def test_a_server_that_refuses_the_user_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """The README's team server (MLflow's basic-auth app with deploy/basic_auth.ini): a client
+    without credentials or with wrong ones is refused in one line, before any work; the admin is
+    served."""
     pytest.importorskip("flask_wtf", reason="pip install 'mlflow[auth]' (the test extra)")
     password = "s3cret-for-this-test"
-    env = {**subprocess_env("unused"), "MLFLOW_AUTH_CONFIG_PATH": str(ROOT / "deploy" / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key"}
+    env = {
+        **subprocess_env("unused"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(ROOT / "deploy" / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
+    }
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, "--app-name", "basic-auth", env=env).start()
     try:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         mlflow.set_tracking_uri(server.url)
-        for user, secret, fragments in ((None, None, ["refuses a client without credentials (HTTP 401)"]),
-                                        ("admin", "wrong", ["refuses the credentials of user 'admin' (HTTP 401)"])):
+        for user, secret, fragments in (
+            (None, None, ["refuses a client without credentials (HTTP 401)"]),
+            ("admin", "wrong", ["refuses the credentials of user 'admin' (HTTP 401)"]),
+        ):
             for var, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", secret)):
                 if value is None:
                     monkeypatch.delenv(var, raising=False)
@@ -338,8 +399,13 @@ def a_resumable_snapshot(run_id: str) -> None:
 
 def test_resuming_a_run_of_another_store_is_one_line(store, capsys):
     a_resumable_snapshot(RUN_ID)
-    one_line("train", ["--resume", RUN_ID], capsys, f"resume '{RUN_ID}': the tracking store '{store}' has no such run",
-             "MLFLOW_TRACKING_URI")
+    one_line(
+        "train",
+        ["--resume", RUN_ID],
+        capsys,
+        f"resume '{RUN_ID}': the tracking store '{store}' has no such run",
+        "MLFLOW_TRACKING_URI",
+    )
     nothing_left_behind(store)
 
 
@@ -360,20 +426,33 @@ def tiny_disk(tmp_path):
     """A 256 KiB tmpfs: room for a run's lock, not for its snapshot."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
     yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # this process may still hold the run's lock file there
+    subprocess.run(
+        ["umount", "--lazy", str(mount)], check=True
+    )  # this process may still hold the run's lock file there
 
 
 def test_a_full_disk_while_snapshotting_is_one_line_and_leaves_no_partial_file(store, tiny_disk, monkeypatch, capsys):
     monkeypatch.setenv("RESNORM_HOME", str(tiny_disk))
-    line = one_line("train", ["--epochs", "2", "--image-size", "8", "--n", "1"], capsys,
-                    f"cannot write the snapshot to {tiny_disk / 'runs'}/", "MiB but only", "RESNORM_HOME")
+    line = one_line(
+        "train",
+        ["--epochs", "2", "--image-size", "8", "--n", "1"],
+        capsys,
+        f"cannot write the snapshot to {tiny_disk / 'runs'}/",
+        "MiB but only",
+        "RESNORM_HOME",
+    )
     assert not list(tiny_disk.rglob("*.tmp")), "a partial snapshot was left behind"
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                filter_string="attributes.status = 'FAILED'", max_results=1)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+        filter_string="attributes.status = 'FAILED'",
+        max_results=1,
+    )
     assert "error: " + run.data.tags[names.TAG_ERROR] == line
     nothing_left_behind(store)

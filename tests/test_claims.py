@@ -31,13 +31,19 @@ def group(row: Row, test: list[float], train: list[float] | None = None, failed:
     value of ``test`` and ``failed`` more planned seeds that failed."""
     cfg = dataclasses.replace(TrainConfig(**row.selector()), **override)
     n = len(test)
-    finished = pd.DataFrame({
-        "run_id": [f"{cfg.run_name()}-e{cfg.epochs}-s{s}" for s in range(n)], "seed": list(range(n)),
-        ACCURACY: test, evidence.TRAIN_ACCURACY: train if train is not None else [1.0] * n,
-        "best_val_accuracy": test, "status": ["FINISHED"] * n,
-    })
-    problems = [{"seed": n + i, "status": "FAILED", "run_id": f"failed{i}", "error": "loss became nan"}
-                for i in range(failed)]
+    finished = pd.DataFrame(
+        {
+            "run_id": [f"{cfg.run_name()}-e{cfg.epochs}-s{s}" for s in range(n)],
+            "seed": list(range(n)),
+            ACCURACY: test,
+            evidence.TRAIN_ACCURACY: train if train is not None else [1.0] * n,
+            "best_val_accuracy": test,
+            "status": ["FINISHED"] * n,
+        }
+    )
+    problems = [
+        {"seed": n + i, "status": "FAILED", "run_id": f"failed{i}", "error": "loss became nan"} for i in range(failed)
+    ]
     return Group(cfg, "auto", tuple(range(n + failed)), finished, problems)
 
 
@@ -123,8 +129,14 @@ def test_the_interaction_interval_agrees_with_a_hand_computation():
 
 def test_a_sweep_where_every_claim_holds_supports_every_claim():
     found = by_id(sweep())
-    assert {i: c.verdict for i, c in found.items()} == {1: "supported", 2: "supported", 3: "supported",
-                                                        4: "inconclusive", 5: "supported", 6: "supported"}
+    assert {i: c.verdict for i, c in found.items()} == {
+        1: "supported",
+        2: "supported",
+        3: "supported",
+        4: "inconclusive",
+        5: "supported",
+        6: "supported",
+    }
     # 4: torch_bn and bn are equivalent by design, so the ranking cannot order them; the line names that pair.
     assert "P(torch_bn > bn)" in found[4].line or "P(bn > torch_bn)" in found[4].line
     assert found[1].effect == pytest.approx((0.15 - 0.04) * 100) and found[1].seeds == "3 vs 3"
@@ -154,8 +166,11 @@ def test_claim2_holm_runs_over_all_comparisons_and_one_counter_example_contradic
     # 14 comparisons doubles (the two largest of 14 p-values: x2, then x1 kept non-decreasing).
     groups = sweep(adam_gn=group(ADAM["gn"], spread(0.848, 0.004)), adam_nn=group(ADAM["nn"], spread(0.828, 0.004)))
     c = by_id(groups)[2]
-    raw = {(n, alt): stats.welch_p(_accuracies(groups, SGD[n]), _accuracies(groups, rows[n]))
-           for alt, rows in (("Adam lr 1e-4", ADAM), ("SGD lr 1e-4", SLOW_SGD)) for n in NORM_NAMES}
+    raw = {
+        (n, alt): stats.welch_p(_accuracies(groups, SGD[n]), _accuracies(groups, rows[n]))
+        for alt, rows in (("Adam lr 1e-4", ADAM), ("SGD lr 1e-4", SLOW_SGD))
+        for n in NORM_NAMES
+    }
     adjusted = stats.holm(raw)
     gn = ("gn", "Adam lr 1e-4")
     assert raw[gn] < 0.05 <= adjusted[gn]  # significant alone, not after the correction
@@ -178,11 +193,14 @@ def test_claim2_lists_comparisons_it_cannot_make_and_does_not_call_a_partial_swe
     assert any("in, SGD lr 0.1 vs Adam lr 1e-4: inconclusive: needs seeds >= 2" in d for d in c.details)
 
 
-@pytest.mark.parametrize(("bn_mean", "sd", "verdict"), [
-    (0.9605, 0.001, "supported"),  # half a point inside the margin, tight seeds
-    (0.930, 0.001, "contradicted"),  # 3 points apart: the whole interval lies beyond the margin
-    (0.960, 0.030, "inconclusive"),  # same mean, noisy seeds: no difference found, yet no equivalence shown
-])
+@pytest.mark.parametrize(
+    ("bn_mean", "sd", "verdict"),
+    [
+        (0.9605, 0.001, "supported"),  # half a point inside the margin, tight seeds
+        (0.930, 0.001, "contradicted"),  # 3 points apart: the whole interval lies beyond the margin
+        (0.960, 0.030, "inconclusive"),  # same mean, noisy seeds: no difference found, yet no equivalence shown
+    ],
+)
 def test_claim3_is_an_equivalence_test(bn_mean, sd, verdict):
     c = by_id(sweep(sgd_bn=group(SGD["bn"], spread(bn_mean, sd))))[3]
     assert c.verdict == verdict, c.line
@@ -214,19 +232,26 @@ def test_claim5_interaction_supported_contradicted_and_simple_effects_reported()
     c = by_id(sweep())[5]
     assert c.verdict == "supported" and c.effect == pytest.approx(((0.80 - 0.95) - (0.94 - 0.945)) * 100)
     assert c.details[0].startswith("bn batch 8 minus 128 = -15.00") and c.details[1].startswith("gn batch 8 minus 128")
-    flipped = sweep(bn8=group(BATCH[("bn", 8)], spread(0.94)), bn128=group(BATCH[("bn", 128)], spread(0.945)),
-                    gn8=group(BATCH[("gn", 8)], spread(0.80)), gn128=group(BATCH[("gn", 128)], spread(0.95)))
+    flipped = sweep(
+        bn8=group(BATCH[("bn", 8)], spread(0.94)),
+        bn128=group(BATCH[("bn", 128)], spread(0.945)),
+        gn8=group(BATCH[("gn", 8)], spread(0.80)),
+        gn128=group(BATCH[("gn", 128)], spread(0.95)),
+    )
     assert by_id(flipped)[5].verdict == "contradicted"
     flat = sweep(bn8=group(BATCH[("bn", 8)], [0.90, 0.95, 0.93]), gn8=group(BATCH[("gn", 8)], [0.93, 0.96, 0.94]))
     c = by_id(flat)[5]
     assert c.verdict == "inconclusive" and c.ci[0] < 0 < c.ci[1]
 
 
-@pytest.mark.parametrize(("step", "verdict", "said"), [
-    (spread(0.93), "supported", "+3.00 points"),  # cosine (torch_bn at 96 %) clearly better
-    (spread(0.99), "contradicted", "-3.00 points"),
-    (spread(0.955, 0.02), "inconclusive", "the point estimate favours cosine schedule"),  # noisy, half a point
-])
+@pytest.mark.parametrize(
+    ("step", "verdict", "said"),
+    [
+        (spread(0.93), "supported", "+3.00 points"),  # cosine (torch_bn at 96 %) clearly better
+        (spread(0.99), "contradicted", "-3.00 points"),
+        (spread(0.955, 0.02), "inconclusive", "the point estimate favours cosine schedule"),  # noisy, half a point
+    ],
+)
 def test_claim6_cosine_against_step(step, verdict, said):
     c = by_id(sweep(step=group(STEP, step)))[6]
     assert c.verdict == verdict and said in c.line, c.line
@@ -247,8 +272,9 @@ def test_a_missing_configuration_is_not_testable_and_named():
     c = by_id(sweep(aug_off=None, step=None))
     assert c[1].verdict == "not testable"
     assert c[1].line == "not testable in this sweep: missing torch_bn-sgd-lr0.1-noaug-bs32 (augmentation off)"
-    assert c[6].line == ("not testable in this sweep: missing torch_bn-sgd-lr0.1-aug-bs32, scheduler=step "
-                         "(step schedule)")
+    assert c[6].line == (
+        "not testable in this sweep: missing torch_bn-sgd-lr0.1-aug-bs32, scheduler=step (step schedule)"
+    )
     assert math.isnan(c[1].effect) and present.claims_table([c[1]]).loc[0, "effect [95 % CI]"] == "–"
 
 

@@ -33,8 +33,13 @@ def check_complete_run(client, r, norm):
         assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2], key
     assert r.data.metrics[names.BEST_EPOCH] in (1, 2)
     logged = {f.path for f in client.list_artifacts(r.info.run_id)}
-    assert {"curves.png", "confusion_matrix_test.png", "classification_report_test.json", "classes.json",
-            "weights"} <= logged, logged
+    assert {
+        "curves.png",
+        "confusion_matrix_test.png",
+        "classification_report_test.json",
+        "classes.json",
+        "weights",
+    } <= logged, logged
     assert len(client.get_run(r.info.run_id).outputs.model_outputs) == 1  # the model, an MLflow 3 LoggedModel
     model = mlflow.pytorch.load_model(f"models:/{names.registered_model(norm)}@{names.CHAMPION}")
     test = load_data("digits", 8).test
@@ -43,6 +48,7 @@ def check_complete_run(client, r, norm):
     assert accuracy == pytest.approx(r.data.metrics[names.final_metric("test", "accuracy")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORM_NAMES)
 def test_train_makes_every_norm_a_complete_run(norm, mlflow_env, capsys):
     run_command(command("train"), ["--norm", norm, *SMALL])
@@ -55,10 +61,28 @@ def test_train_makes_every_norm_a_complete_run(norm, mlflow_env, capsys):
 
 @pytest.mark.slow
 def test_mlflow_run_trains_into_the_run_it_made(mlflow_env, tmp_path):
-    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", "norm=gn", "-P", "epochs=2", "-P", "image_size=8",
-           "-P", "n=1", "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "train",
+        "-P",
+        "norm=gn",
+        "-P",
+        "epochs=2",
+        "-P",
+        "image_size=8",
+        "-P",
+        "n=1",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
     r = only_run(client)
@@ -69,9 +93,16 @@ def test_mlflow_run_trains_into_the_run_it_made(mlflow_env, tmp_path):
 # Bad options and bad data: tests/test_bad_input.py catalogues them.
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, capsys):
-    line = one_line("train", ["--norm", "nn", "--lr", "1e10", *SMALL], capsys, "the training loss became",
-                    "epoch 1", "lower the learning rate")
+    line = one_line(
+        "train",
+        ["--norm", "nn", "--lr", "1e10", *SMALL],
+        capsys,
+        "the training loss became",
+        "epoch 1",
+        "lower the learning rate",
+    )
     client = MlflowClient()
     r = only_run(client)
     assert r.info.status == "FAILED"
@@ -79,6 +110,7 @@ def test_a_diverging_run_is_failed_with_the_reason(mlflow_env, capsys):
     assert not client.search_registered_models()
 
 
+@pytest.mark.slow
 def test_a_bad_value_fails_the_run_mlflow_run_made_and_says_why(mlflow_env, monkeypatch, capsys):
     """`mlflow run` makes the run (tagged with its entry point) and hands its id to the script in
     MLFLOW_RUN_ID; a value the script refuses ends that run FAILED with the reason."""

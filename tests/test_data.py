@@ -5,8 +5,8 @@ import torch
 from resnorm import folders, machine
 from resnorm.bundle import stratified_split
 from resnorm.data import augment_draws, batches, crop_flip, load_data, synthetic
-from resnorm.home import decoded_dir
 from resnorm.errors import DataError
+from resnorm.home import decoded_dir
 from tests.conftest import COLOURS, make_class_tree, write_image
 
 
@@ -121,7 +121,9 @@ def test_corrupt_image_is_named(tmp_path):
 
 def test_classes_that_differ_between_splits(split_folder):
     write_image(split_folder / "val" / "emu" / "0.png", (1, 2, 3))
-    with pytest.raises(DataError, match="class folders differ between splits: train/ has cat, dog, owl but val/ has cat, dog, emu, owl"):
+    with pytest.raises(
+        DataError, match="class folders differ between splits: train/ has cat, dog, owl but val/ has cat, dog, emu, owl"
+    ):
         load_data(str(split_folder), 8)
 
 

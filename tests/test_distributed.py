@@ -1,8 +1,7 @@
-"""Nothing lost across machines: the resume snapshot lives in the run's artifact store, so a run
-resumes anywhere the tracking server reaches, and a Ray trial on a lost node is retried on another
-node into the same run. Real processes: an `mlflow server` with --artifacts-destination on
-loopback, a Ray cluster of `ray start` nodes (each its own RESNORM_HOME, as separate machines
-would have), and SIGKILL by PID."""
+"""Nothing lost across machines: a Ray trial on a lost node is retried on another node into the same
+run, resumed from the snapshot in the run's artifact store. Real processes: an `mlflow server` with
+--artifacts-destination on loopback, a Ray cluster of `ray start` nodes (each its own RESNORM_HOME,
+as separate machines would have), and SIGKILL by PID."""
 
 import os
 import shutil
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
 from tests.conftest import ROOT, free_port, subprocess_env
-from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, start_training, trainer_of, wait_for
+from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, trainer_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,36 +25,8 @@ SMALL = {"norm": "bn", "epochs": str(EPOCHS), "image_size": "8", "n": "1", "data
 TRAIN_ARGS = [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", v)] + ["--threads", "1"]
 
 
-def test_a_killed_run_resumes_on_a_machine_with_an_empty_home(sqlite_server, tmp_path):
-    """kill -9 after epoch 2, delete RESNORM_HOME, resume with a fresh one: the snapshot comes from
-    the run's artifacts; the run ends as an uninterrupted one, each epoch once, snapshot deleted."""
-    client = MlflowClient(sqlite_server.url)
-    first_home, second_home = tmp_path / "home-a", tmp_path / "home-b"
-    env = {**subprocess_env(sqlite_server.url), "RESNORM_HOME": str(first_home)}
-    proc, run_id = start_training(client, TRAIN_ARGS, tmp_path, env, epoch=2, stdout=subprocess.DEVNULL)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert logged_epochs(client, run_id) < EPOCHS, "the run finished before it was killed; the test proved nothing"
-    assert snapshots.stored(client, run_id), "every logged epoch is in the stored snapshot"
-    shutil.rmtree(first_home)  # the machine is gone
-
-    resumed = subprocess.run(TRAIN + ["--resume", run_id, "--threads", "1"], cwd=tmp_path,
-                             env={**env, "RESNORM_HOME": str(second_home)}, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params[names.PARAM_THREADS] == "1" and run.data.params[names.PARAM_TORCH_THREADS] == "1"
-    for key, points in curves(client, run_id).items():
-        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each step exactly once
-    assert not snapshots.stored(client, run_id), "a finished run's stored snapshot is deleted"
-    assert not snapshots.path_for(run_id).exists()
-
-    # The same configuration uninterrupted, on the first machine again.
-    ref = subprocess.run(TRAIN + TRAIN_ARGS, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
-    (ref_id,) = [r.info.run_id for r in client.search_runs([exp]) if r.info.run_id != run_id]
-    assert comparable(client, run_id) == comparable(client, ref_id)
+# A killed run resumed on another machine (an empty RESNORM_HOME, the snapshot from the server):
+# tests/test_recovery.py.
 
 
 def descendants(pid: int) -> list[int]:
@@ -84,22 +55,41 @@ def kill_tree(pid: int) -> None:
 
 # Each `ray start` of the README's recipe, on one machine: loopback, ports of its own, in the
 # foreground (--block) so that the node is one process tree a test can kill.
-NODE_FLAGS = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--min-worker-port", "0",
-              "--max-worker-port", "0", "--dashboard-agent-listen-port", "0", "--metrics-export-port", "0", "--block"]
+NODE_FLAGS = [
+    "--node-ip-address",
+    "127.0.0.1",
+    "--disable-usage-stats",
+    "--min-worker-port",
+    "0",
+    "--max-worker-port",
+    "0",
+    "--dashboard-agent-listen-port",
+    "0",
+    "--metrics-export-port",
+    "0",
+    "--block",
+]
 
 
 class RayNode:
     def __init__(self, args, env, log):
         self.log = log
-        self.proc = subprocess.Popen(["ray", "start", *args, *NODE_FLAGS], env=env, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["ray", "start", *args, *NODE_FLAGS],
+            env=env,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_started(self, timeout=300):
         deadline = time.monotonic() + timeout
         while "Ray runtime started" not in open(self.log).read():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start {'ended' if self.proc.poll() is not None else 'timed out'}: "
-                            f"{open(self.log).read()[-3000:]}")
+                pytest.fail(
+                    f"ray start {'ended' if self.proc.poll() is not None else 'timed out'}: "
+                    f"{open(self.log).read()[-3000:]}"
+                )
             time.sleep(0.3)
 
     def kill(self):
@@ -117,17 +107,30 @@ def ray_cluster(sqlite_server):
     # ray.init() makes these nodes refuse each other.
     # A node registers with the head within RAY_raylet_start_wait_time_s (30 s by default): once, on
     # a fresh 2-core CI machine (cold caches, two nodes starting at once), a worker took longer.
-    env = {**subprocess_env(sqlite_server.url), "HOME": folder, "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "10", "RAY_health_check_timeout_ms": "2000",
-           "RAY_raylet_start_wait_time_s": "180"}
-    head = RayNode(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-                    "--temp-dir", folder], {**env, "RESNORM_HOME": f"{folder}/home-head"}, f"{folder}/head.log")
+    env = {
+        **subprocess_env(sqlite_server.url),
+        "HOME": folder,
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_failure_threshold": "10",
+        "RAY_health_check_timeout_ms": "2000",
+        "RAY_raylet_start_wait_time_s": "180",
+    }
+    head = RayNode(
+        ["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false", "--temp-dir", folder],
+        {**env, "RESNORM_HOME": f"{folder}/home-head"},
+        f"{folder}/head.log",
+    )
     nodes = [head]
     try:
         head.wait_started()
         for i in (1, 2):  # one after the other: two raylets starting at once on 2 cores are slow to register
-            nodes.append(RayNode(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-                                 {**env, "RESNORM_HOME": f"{folder}/home-{i}"}, f"{folder}/worker{i}.log"))
+            nodes.append(
+                RayNode(
+                    ["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                    {**env, "RESNORM_HOME": f"{folder}/home-{i}"},
+                    f"{folder}/worker{i}.log",
+                )
+            )
             nodes[-1].wait_started()
         yield f"127.0.0.1:{port}", nodes, folder
     finally:
@@ -139,10 +142,37 @@ def ray_cluster(sqlite_server):
 def readme_sweep(address, folder):
     """The README's "On several machines" command, with this cluster's address, a Tune folder and
     three small children (seeds 0, 1, 2)."""
-    return ["mlflow", "run", str(ROOT), "-e", "sweep", "-P", "preset=custom", "-P", "grid=norm=bn", "-P", "seeds=3",
-            "-P", "epochs=" + str(EPOCHS), "-P", "image_size=8", "-P", "n=1", "-P", "device=cpu",
-            "-P", "executor=ray", "-P", f"ray_address={address}", "-P", f"storage_path={folder}/tune",
-            "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
+    return [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "sweep",
+        "-P",
+        "preset=custom",
+        "-P",
+        "grid=norm=bn",
+        "-P",
+        "seeds=3",
+        "-P",
+        "epochs=" + str(EPOCHS),
+        "-P",
+        "image_size=8",
+        "-P",
+        "n=1",
+        "-P",
+        "device=cpu",
+        "-P",
+        "executor=ray",
+        "-P",
+        f"ray_address={address}",
+        "-P",
+        f"storage_path={folder}/tune",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+    ]
 
 
 def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
@@ -154,9 +184,15 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
     client = MlflowClient(sqlite_server.url)
     started = time.monotonic()
     timeline = []
-    sweep = subprocess.Popen(readme_sweep(address, folder), cwd=tmp_path,
-                             env={**subprocess_env(sqlite_server.url), "HOME": folder, "RESNORM_HOME": f"{folder}/home-driver"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sweep = subprocess.Popen(
+        readme_sweep(address, folder),
+        cwd=tmp_path,
+        env={**subprocess_env(sqlite_server.url), "HOME": folder, "RESNORM_HOME": f"{folder}/home-driver"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     victim = {}
 
     def a_child_at_epoch_2():
@@ -175,7 +211,9 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
         (node,) = [n for n in nodes[1:] if trainer in descendants(n.proc.pid)]
         at_kill = logged_epochs(client, run_id)
         node.kill()  # its raylet, its workers and the training they started
-        timeline.append(f"{time.monotonic() - started:.0f}s: killed the node training {victim['name']} at epoch {at_kill}")
+        timeline.append(
+            f"{time.monotonic() - started:.0f}s: killed the node training {victim['name']} at epoch {at_kill}"
+        )
         out, err = sweep.communicate(timeout=900)
     finally:
         if sweep.poll() is None:
@@ -196,11 +234,20 @@ def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):
         assert not snapshots.stored(client, kid.info.run_id)
 
     seed = client.get_run(run_id).data.params["seed"]
-    ref = subprocess.run(TRAIN + TRAIN_ARGS + ["--seed", seed], cwd=tmp_path, env=subprocess_env(sqlite_server.url),
-                         capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(
+        TRAIN + TRAIN_ARGS + ["--seed", seed],
+        cwd=tmp_path,
+        env=subprocess_env(sqlite_server.url),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
-    refs = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags
-            and not r.data.tags.get(names.TAG_SWEEP)]
+    refs = [
+        r
+        for r in client.search_runs([exp])
+        if "mlflow.parentRunId" not in r.data.tags and not r.data.tags.get(names.TAG_SWEEP)
+    ]
     assert len(refs) == 1
     assert comparable(client, run_id) == comparable(client, refs[0].info.run_id)
     print("; ".join(timeline))

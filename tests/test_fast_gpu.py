@@ -35,8 +35,9 @@ def test_compiled_norms_on_the_gpu_equal_eager_ones(norm):
 
 @pytest.mark.parametrize("batch_size", [8, 128])  # CUDA graphs (reduce-overhead), then default compile
 def test_a_fast_gpu_run_learns_what_a_plain_gpu_run_learns(batch_size):
-    cfg = TrainConfig(norm="bin", epochs=10, batch_size=batch_size, image_size=32, data="digits",
-                      lr=0.1 if batch_size <= 32 else 0.2)
+    cfg = TrainConfig(
+        norm="bin", epochs=10, batch_size=batch_size, image_size=32, data="digits", lr=0.1 if batch_size <= 32 else 0.2
+    )
     data = load_data(cfg.data, cfg.image_size)
     plain = train(cfg, data, GPU, resolve_speed("plain", GPU, cfg.batch_size), progress=False)
     fast = train(cfg, data, GPU, resolve_speed("fast", GPU, cfg.batch_size), progress=False)

@@ -25,8 +25,9 @@ Substitutions, only where a command would take long or names a place that does n
 | ``--port 5000``, ``--port 5001``, ``:5000``  | a free port (``mlflow ui``: ``--port`` added)     | shared machine       |
 | ``curl ... -d '{"inputs": [[[[0.0, 0.5, ...`` | a real (1, 1, 8, 8) batch                         | "..." is not JSON   |
 | ``bench`` (``mlflow run``, GPU defaults)     | ``-P norms=bn -P batch_sizes=8 -P image_size=8 -P steps=1 -P warmup=1 -P feed_files=0 -P modes=plain`` | a CPU |
-| ``bench.py --image-size 32 ... --steps 10 --warmup 3`` | ``--image-size 8 ... --steps 1 --warmup 1 --feed-files 16`` | seconds |
+| ``bench.py --image-size 32 ... --steps 10 --warmup 3`` | ``--image-size 8 ... --steps 1 --warmup 1 --feed-files 16 --compile-mode none`` | seconds (compiling on the CPU: a minute) |
 | ``analyze_store.py --runs 200 --steps 50``   | ``--runs 4 --steps 3``                            | seconds              |
+| ``benchmarks/startup.py``                    | ``--no-sweep --repeats 1`` appended               | a minute, not three  |
 | a ``python`` snippet                         | ``images``, ``labels``, ``classes`` defined first (digits test images at 8 px) | the README leaves them to the reader |
 """
 
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, make_class_tree, stop_group, write_image
+from tests.conftest import NO_SERVER_JOBS, ROOT, free_port, make_class_tree, stop_group, write_image
 
 # Commands not run here, each with why. Keep it short.
 SKIPPED = {
@@ -53,16 +54,13 @@ SKIPPED = {
     r"^python -m pytest": "the test suite itself (this test is part of it)",
     r"^bash benchmarks/gpu_check\.sh": "needs a CUDA GPU",
     r"^mlflow server --backend-store-uri sqlite:///mlflow\.db --host 0\.0\.0\.0 |^ray start |"
-    r"^MLFLOW_TRACKING_URI=http://<server>:5000 mlflow run \. -e sweep .*-P executor=ray":
-    "the multi-machine recipe: tests/test_distributed.py runs it on one machine (a server, a Ray head and two "
+    r"^MLFLOW_TRACKING_URI=http://<server>:5000 mlflow run \. -e sweep .*-P executor=ray": "the multi-machine recipe: tests/test_distributed.py runs it on one machine (a server, a Ray head and two "
     "workers on loopback, each `ray start` with its own ports) and kills a worker mid-child",
-    r"^python entrypoints/analyze\.py --sweep-run-id <parent run id> --out report$":
-    "tests/test_analysis_e2e.py runs it as written on its shared multi-seed sweep",
-    r"^python benchmarks/(contention|snapshot_upload)\.py$":
-    "minutes of timed epochs and uploads: tests/test_threads.py runs both end to end with small arguments",
+    r"^python entrypoints/analyze\.py --sweep-run-id <parent run id> --out report$": "tests/test_analysis_e2e.py runs it as written on its shared multi-seed sweep",
+    r"^python benchmarks/(contention|snapshot_upload)\.py$": "minutes of timed epochs and uploads: tests/test_threads.py runs both end to end with small arguments",
     r"^export MLFLOW_AUTH_|^export MLFLOW_FLASK_|^mlflow server --app-name basic-auth|^export MLFLOW_TRACKING_URI=\S+ "
     r"MLFLOW_TRACKING_USERNAME": "the team server needs a PostgreSQL role and database `mlflow` "
-    "(tests/test_auth.py runs the same basic-auth server over SQLite)",
+    "(tests/test_bad_input.py runs the same basic-auth server over SQLite)",
 }
 
 TRAIN_SMALL = "-P epochs=1 -P image_size=8 -P n=1"
@@ -96,8 +94,13 @@ class Readme:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.project = folder / "project"
-        files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.split()
+        files = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         for name in files:
             if (ROOT / name).is_file():
                 (self.project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -110,19 +113,28 @@ class Readme:
         self.birds_store = f"sqlite:///{folder / 'birds.db'}"
         self.store = None  # the last sweep's store: its analysis and re-run follow it
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        self.env.update(PYTHONPATH=str(self.project), RESNORM_HOME=str(folder / "home"), PYTHONUNBUFFERED="1")
+        self.env.update(
+            PYTHONPATH=str(self.project), RESNORM_HOME=str(folder / "home"), PYTHONUNBUFFERED="1", **NO_SERVER_JOBS
+        )
 
     def run(self, command: str, store: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         env = dict(self.env, **({"MLFLOW_TRACKING_URI": store} if store else {}))
-        proc = subprocess.run(["bash", "-c", command], cwd=self.project, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            ["bash", "-c", command], cwd=self.project, env=env, capture_output=True, text=True, timeout=timeout
+        )
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         return proc
 
     def start(self, command: str, log: str) -> subprocess.Popen:
         out = open(self.folder / log, "w")
-        return subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.project, env=self.env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=self.project,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def client(self, store: str | None = None):
         from mlflow.tracking import MlflowClient
@@ -165,8 +177,9 @@ def run_sweep(r: Readme, cmd: str) -> None:
     cmd = re.sub(r"-P preset=study ?", "", cmd)
     if "--run-id <parent run id>" in cmd:
         client = r.client(r.store)
-        (parent,) = client.search_runs([client.get_experiment_by_name("resnorm").experiment_id],
-                                       filter_string="tags.`resnorm.sweep` = 'true'")
+        (parent,) = client.search_runs(
+            [client.get_experiment_by_name("resnorm").experiment_id], filter_string="tags.`resnorm.sweep` = 'true'"
+        )
         before = len(client.search_runs([parent.info.experiment_id]))
         cmd = cmd.replace("<parent run id>", parent.info.run_id)
         r.run(small(birds(r, cmd)) + " " + grid, r.store)
@@ -259,16 +272,27 @@ def run_resume(r: Readme, cmd: str) -> None:
 
 def run_bench(r: Readme, cmd: str) -> None:
     if cmd.startswith("mlflow run"):
-        cmd += (" -P norms=bn -P batch_sizes=8 -P image_size=8 -P steps=1 -P warmup=1 -P feed_files=0"
-                " -P modes=plain")
+        cmd += " -P norms=bn -P batch_sizes=8 -P image_size=8 -P steps=1 -P warmup=1 -P feed_files=0 -P modes=plain"
     else:
-        cmd = (cmd.replace("--image-size 32", "--image-size 8").replace("--steps 10", "--steps 1")
-               .replace("--warmup 3", "--warmup 1")) + " --feed-files 16"
+        cmd = (
+            cmd.replace("--image-size 32", "--image-size 8")
+            .replace("--steps 10", "--steps 1")
+            .replace("--warmup 3", "--warmup 1")
+        ) + " --feed-files 16 --compile-mode none"
     assert "logged to run" in r.run(cmd).stdout
 
 
 def run_analyze_store(r: Readme, cmd: str) -> None:
     r.run(cmd.replace("--runs 200", "--runs 4").replace("--steps 50", "--steps 3"))
+
+
+def run_ruff(r: Readme, cmd: str) -> None:
+    r.run(cmd)  # the lint and the format check of the test command, on the copy of the project
+
+
+def run_startup(r: Readme, cmd: str) -> None:
+    table = r.run(cmd + " --no-sweep --repeats 1").stdout
+    assert "| pt2 export (torch.export) |" in table and "x the floor |" in table
 
 
 # (pattern of a command as the README writes it, how it is run here); the first match runs it.
@@ -287,6 +311,8 @@ RUNNERS = [
     (r"^mlflow server --backend-store-uri sqlite:///mlflow\.db .*&$", run_server),
     (r"^mlflow run \. -e bench |^python entrypoints/bench\.py ", run_bench),
     (r"^python benchmarks/analyze_store\.py ", run_analyze_store),
+    (r"^python benchmarks/startup\.py$", run_startup),
+    (r"^ruff (check|format --check) \.$", run_ruff),
 ]
 
 

@@ -3,6 +3,7 @@ interrupted child, and a tracking server that dies mid-run and comes back. Real 
 a real store, real signals."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -29,8 +30,10 @@ VARYING = {names.EPOCH_SECONDS, names.IMAGES_PER_SECOND}
 
 def curves(client, run_id):
     """Every per-epoch metric as [(step, value), ...]; a repeated or missing step shows up here."""
-    return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
-            for k in names.EPOCH_METRICS}
+    return {
+        k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+        for k in names.EPOCH_METRICS
+    }
 
 
 def comparable(client, run_id):
@@ -67,65 +70,78 @@ def wait_for(predicate, timeout, what, proc=None):
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def reference(mlflow_env, tmp_path):
-    """An uninterrupted run of CONFIG in the same store."""
-    proc = subprocess.run(TRAIN + ARGS + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True,
-                          timeout=600)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """What an uninterrupted run of CONFIG logs (``comparable``), trained once for the module in a
+    store of its own."""
+    folder = tmp_path_factory.mktemp("reference")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**subprocess_env(uri), "RESNORM_HOME": str(folder / "home")}
+    proc = subprocess.run(TRAIN + ARGS + THREADS, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient()
+    client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
-    return client, run.info.run_id
-
-
+    return comparable(client, run.info.run_id)
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_into_the_same_run_and_ends_as_if_never_killed(reference, mlflow_env, tmp_path):
-    client, ref_id = reference
-    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
-    proc = subprocess.Popen(TRAIN + ARGS + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    ids = []
-
-    def started():
-        ids[:] = [r.info.run_id for r in client.search_runs([exp]) if r.info.run_id != ref_id]
-        return bool(ids) and logged_epochs(client, ids[0]) >= 2
-
-    wait_for(started, 300, "epoch 2 in the store", proc)
+def test_a_killed_run_resumes_on_another_machine_into_the_same_run_as_if_never_killed(
+    reference, sqlite_server, tmp_path
+):
+    """kill -9 after epoch 2, its RESNORM_HOME gone with its machine; resumed with an empty one, the
+    snapshot comes from the run's artifacts (the server's), and the run ends as an uninterrupted
+    one: each epoch once, the same numbers, the same threads, every copy of the snapshot deleted."""
+    client = MlflowClient(sqlite_server.url)
+    first_home, second_home = tmp_path / "home-a", tmp_path / "home-b"
+    env = {**subprocess_env(sqlite_server.url), "RESNORM_HOME": str(first_home)}
+    proc, run_id = start_training(client, ARGS + THREADS, tmp_path, env, epoch=2, stdout=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (run_id,) = ids
     assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody closed it
-    killed_at = logged_epochs(client, run_id)
-    assert killed_at < EPOCHS, "the run finished before it was killed; the test proved nothing"
-    assert snapshots.path_for(run_id).exists()
+    assert logged_epochs(client, run_id) < EPOCHS, "the run finished before it was killed; the test proved nothing"
+    assert snapshots.stored(client, run_id), "every logged epoch is in the stored snapshot"
+    shutil.rmtree(first_home)  # the machine is gone
 
-    resumed = subprocess.run(TRAIN + ["--resume", run_id] + THREADS, cwd=tmp_path, env=subprocess_env(mlflow_env),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        TRAIN + ["--resume", run_id],
+        cwd=tmp_path,
+        env={**env, "RESNORM_HOME": str(second_home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # no --threads: the run's own
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run {run_id}" in resumed.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert len(client.search_runs([exp])) == 2, "the resume went into the same run"
+    assert run.data.params[names.PARAM_TORCH_THREADS] == THREADS[1]
+    assert len(client.search_runs([run.info.experiment_id])) == 1, "the resume went into the same run"
     for key, points in curves(client, run_id).items():
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each step exactly once
-    assert comparable(client, run_id) == comparable(client, ref_id)
-    assert not snapshots.path_for(run_id).exists(), "a finished run's snapshot is removed"
+    assert comparable(client, run_id) == reference
+    assert not snapshots.stored(client, run_id), "a finished run's stored snapshot is deleted"
+    assert not (second_home / "runs" / run_id / snapshots.FILE).exists(), "and its local one"
 
 
 @pytest.mark.slow
 def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_path):
-    client, ref_id = reference
-    exp = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    client = MlflowClient()
     sweep_args = ["--preset", "custom", "--grid", "seed=0", *ARGS[:-2], "--device", "cpu", "--parallel", "2"]
     env = subprocess_env(mlflow_env)
-    sweep = subprocess.Popen(SWEEP + sweep_args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sweep = subprocess.Popen(
+        SWEEP + sweep_args,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     found = {}
 
     def child_at_epoch_2():
-        for r in client.search_runs([exp], "tags.mlflow.parentRunId != ''"):
+        exp = client.get_experiment_by_name(names.EXPERIMENT)
+        for r in client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []:
             found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
             return logged_epochs(client, r.info.run_id) >= 2
         return False
@@ -143,14 +159,20 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
     assert logged_epochs(client, child) < EPOCHS
 
     # Re-run into the same parent, as `mlflow run ... --run-id <parent>` does.
-    rerun = subprocess.run(SWEEP + sweep_args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent},
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        SWEEP + sweep_args,
+        cwd=tmp_path,
+        env={**env, "MLFLOW_RUN_ID": parent},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "1 resumed from a snapshot" in rerun.stdout
-    kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    kids = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert [k.info.run_id for k in kids] == [child], "continued, not started over"
     assert client.get_run(child).info.status == "FINISHED"
-    assert comparable(client, child) == comparable(client, ref_id)
+    assert comparable(client, child) == reference
 
 
 @pytest.mark.slow
@@ -159,11 +181,24 @@ def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow
     the reason, a new worker trains the others, the sweep says one child did not finish, and a
     re-run into its parent resumes that child from its snapshot."""
     client = MlflowClient()
-    args = ["--preset", "custom", "--grid", "norm=bn,gn,ln", "--epochs", "4", "--image-size", "16", "--n", "1",
-            "--parallel", "1"]
+    args = [
+        "--preset",
+        "custom",
+        "--grid",
+        "norm=bn,gn,ln",
+        "--epochs",
+        "4",
+        "--image-size",
+        "16",
+        "--n",
+        "1",
+        "--parallel",
+        "1",
+    ]
     env = subprocess_env(mlflow_env)
-    sweep = subprocess.Popen(SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    sweep = subprocess.Popen(
+        SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     found = {}
 
     def a_child_at_epoch_1():
@@ -181,13 +216,20 @@ def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow
     assert "Traceback" not in err and err.count("error:") == 1 and "1 of 3 children did not finish" in err, err[-3000:]
     dead = client.get_run(found["child"])
     assert dead.info.status == "FAILED"
-    assert dead.data.tags[names.TAG_ERROR].startswith(f"its sweep worker (pid {worker}) died while training it "
-                                                      "(signal SIGKILL)")
+    assert dead.data.tags[names.TAG_ERROR].startswith(
+        f"its sweep worker (pid {worker}) died while training it (signal SIGKILL)"
+    )
     kids = client.search_runs([dead.info.experiment_id], f"tags.mlflow.parentRunId = '{found['parent']}'")
     assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED", "FINISHED"]
 
-    rerun = subprocess.run(SWEEP + args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": found["parent"]},
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        SWEEP + args,
+        cwd=tmp_path,
+        env={**env, "MLFLOW_RUN_ID": found["parent"]},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "1 resumed from a snapshot" in rerun.stdout
     assert client.get_run(found["child"]).info.status == "FINISHED"
@@ -221,7 +263,7 @@ def train_past_epoch_1(client, norm, epochs, cwd, env):
 def test_training_goes_on_through_a_server_outage_and_every_epoch_lands_once(sqlite_server, tmp_path, monkeypatch):
     server = sqlite_server
     monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))
-    epochs = 30
+    epochs = 12  # enough to outlast the outage: 3 epochs pass while the server is away, then it is held
     client = MlflowClient(server.url)
     proc, run_id = train_past_epoch_1(client, "gn", epochs, tmp_path, subprocess_env(server.url))
     server.kill()
@@ -290,8 +332,9 @@ def test_a_run_whose_server_stays_away_ends_running_and_a_resume_syncs_it(sqlite
     assert logged_epochs(client, run_id) < epochs
     assert not client.search_registered_models(f"name = '{names.registered_model('ln')}'")
 
-    synced = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
+    synced = subprocess.run(
+        TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert synced.returncode == 0, synced.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -18,6 +18,8 @@ from resnorm.config import TrainConfig
 from resnorm.sweep.planner import child_name, config_label, plan, varying
 from tests.conftest import command, run_command
 
+pytestmark = pytest.mark.slow  # every test builds a store and runs analyze (seconds each)
+
 SCORES = [names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES]
 
 
@@ -27,21 +29,26 @@ def fake_sweep(client, configs, accuracy, failed_early=(), preset="custom", grid
     as a broken image makes them. Returns the parent's run id."""
     exp = client.get_experiment_by_name(names.EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(names.EXPERIMENT)
-    parent = client.create_run(exp_id, run_name=f"sweep-{preset}", tags={names.TAG_SWEEP: "true",
-                                                                          names.TAG_PRESET: preset})
+    parent = client.create_run(
+        exp_id, run_name=f"sweep-{preset}", tags={names.TAG_SWEEP: "true", names.TAG_PRESET: preset}
+    )
     pid = parent.info.run_id
-    client.log_batch(pid, params=[Param("preset", preset), Param("grid", grid), Param("seeds", str(seeds)),
-                                  Param("mode", "auto")])
+    client.log_batch(
+        pid, params=[Param("preset", preset), Param("grid", grid), Param("seeds", str(seeds)), Param("mode", "auto")]
+    )
     fields = varying(configs)
-    entries = [{"name": child_name(c, seeds, fields), "label": config_label(c, fields), "config": c.__dict__}
-               for c in configs]
+    entries = [
+        {"name": child_name(c, seeds, fields), "label": config_label(c, fields), "config": c.__dict__} for c in configs
+    ]
     if log_plan:
-        client.log_dict(pid, {"preset": preset, "seeds": seeds, "mode": "auto", "configurations": entries},
-                        names.SWEEP_PLAN)
+        client.log_dict(
+            pid, {"preset": preset, "seeds": seeds, "mode": "auto", "configurations": entries}, names.SWEEP_PLAN
+        )
     now = int(time.time() * 1000)
     for cfg, entry in zip(configs, entries):
-        run = client.create_run(exp_id, run_name=entry["name"], tags={MLFLOW_PARENT_RUN_ID: pid,
-                                                                    names.TAG_CONFIG: entry["label"]})
+        run = client.create_run(
+            exp_id, run_name=entry["name"], tags={MLFLOW_PARENT_RUN_ID: pid, names.TAG_CONFIG: entry["label"]}
+        )
         rid = run.info.run_id
         if cfg in failed_early:
             client.set_tag(rid, names.TAG_ERROR, "cannot read image /data/birds/train/owl/17.jpg: truncated")
@@ -61,9 +68,12 @@ def fake_sweep(client, configs, accuracy, failed_early=(), preset="custom", grid
 def analyze(pid, out, *extra):
     run_command(command("analyze"), ["--sweep-run-id", pid, "--out", str(out), *extra])
     client = MlflowClient()
-    (run,) = client.search_runs([client.get_run(pid).info.experiment_id],
-                                f"tags.`{names.TAG_ANALYSIS_OF}` = '{pid}'", order_by=["attributes.start_time DESC"],
-                                max_results=1)
+    (run,) = client.search_runs(
+        [client.get_run(pid).info.experiment_id],
+        f"tags.`{names.TAG_ANALYSIS_OF}` = '{pid}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return run
 
 
@@ -95,8 +105,11 @@ def test_a_child_that_failed_before_its_params_is_named_with_its_run_and_reason(
     client = MlflowClient()
     configs = plan("custom", "norm=bn,gn", seeds=1)
     pid = fake_sweep(client, configs, lambda c: 0.9, failed_early=[configs[1]], grid="norm=bn,gn")
-    failed = next(r for r in client.search_runs([client.get_run(pid).info.experiment_id],
-                                                f"tags.mlflow.parentRunId = '{pid}'") if r.info.status == "FAILED")
+    failed = next(
+        r
+        for r in client.search_runs([client.get_run(pid).info.experiment_id], f"tags.mlflow.parentRunId = '{pid}'")
+        if r.info.status == "FAILED"
+    )
     analyze(pid, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert f"FAILED (run {failed.info.run_id}): cannot read image /data/birds/train/owl/17.jpg" in md
@@ -106,7 +119,10 @@ def test_a_child_that_failed_before_its_params_is_named_with_its_run_and_reason(
 def test_headline_keys_are_unique_and_within_mlflows_limit(mlflow_env, tmp_path, capsys):
     client = MlflowClient()
     long = "/data/" + "a-very-long-folder-name/" * 12
-    configs = [TrainConfig(norm="bn", data=long + "x"), TrainConfig(norm="bn", data=long + "y")]  # one label once cleaned
+    configs = [
+        TrainConfig(norm="bn", data=long + "x"),
+        TrainConfig(norm="bn", data=long + "y"),
+    ]  # one label once cleaned
     pid = fake_sweep(client, configs, lambda c: 0.8 if c.data.endswith("x") else 0.9)
     run = analyze(pid, tmp_path / "out")
     keys = [k for k in run.data.metrics if k.startswith("sweep/") and k.endswith("test_accuracy_mean")]
@@ -121,8 +137,13 @@ def test_the_latex_report_compiles_whatever_its_text_holds(mlflow_env, tmp_path,
     pid = fake_sweep(client, configs, lambda c: 0.9)
     analyze(pid, tmp_path / "out")
     assert "鳥の写真" in (tmp_path / "out" / "report.md").read_text(), "Markdown and HTML keep the text as it is"
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
-                          cwd=tmp_path / "out", capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=tmp_path / "out",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Table 2: Table" not in (tmp_path / "out" / "report.tex").read_text()
 
@@ -133,8 +154,13 @@ def test_the_report_states_each_claim_and_the_tables_keep_their_letters_to_the_s
     client = MlflowClient()
     configs = plan("custom", "norm=torch_bn,bn,in,bin,ln,gn,nn", seeds=3)
     offsets = {"torch_bn": 0.0, "bn": 0.001, "in": -0.05, "bin": -0.01, "ln": -0.1, "gn": -0.2, "nn": -0.3}
-    pid = fake_sweep(client, configs, lambda c: 0.9 + offsets[c.norm] + c.seed / 1000,
-                     grid="norm=torch_bn,bn,in,bin,ln,gn,nn", seeds=3)
+    pid = fake_sweep(
+        client,
+        configs,
+        lambda c: 0.9 + offsets[c.norm] + c.seed / 1000,
+        grid="norm=torch_bn,bn,in,bin,ln,gn,nn",
+        seeds=3,
+    )
     run = analyze(pid, tmp_path / "out")
     printed = capsys.readouterr().out
     md = (tmp_path / "out" / "report.md").read_text()
@@ -142,8 +168,10 @@ def test_the_report_states_each_claim_and_the_tables_keep_their_letters_to_the_s
     assert "**3. The hand-written bn matches torch.nn.BatchNorm2d (Table 2)**: supported: " in md
     assert "**1. Augmentation reduces overfitting (Table 1)**: not testable in this sweep: missing" in md
     # bn and torch_bn 0.1 point apart: equivalent within the margin, so their order is not sure.
-    assert ("**4. The seven norms rank in a clear order (Table 3)**: inconclusive: ranking bn > torch_bn > bin > in > ln > "
-            "gn > nn; least certain adjacent pair: P(bn > torch_bn)") in md
+    assert (
+        "**4. The seven norms rank in a clear order (Table 3)**: inconclusive: ranking bn > torch_bn > bin > in > ln > "
+        "gn > nn; least certain adjacent pair: P(bn > torch_bn)"
+    ) in md
     assert "TOST" in md and "Holm" in md and "margin of ±1 accuracy point" in md
     assert "3. The hand-written bn matches torch.nn.BatchNorm2d (Table 2): supported" in printed
     sweep_csv = (tmp_path / "out" / "tables" / "sweep.csv").read_text()
@@ -152,8 +180,10 @@ def test_the_report_states_each_claim_and_the_tables_keep_their_letters_to_the_s
     assert run.info.status == "FINISHED"
     # The margin is the analyze parameter's: at 0.05 points, 0.1 point apart is no longer shown equivalent.
     analyze(pid, tmp_path / "narrow", "--equivalence-margin", "0.05")
-    assert "**3. The hand-written bn matches torch.nn.BatchNorm2d (Table 2)**: supported" not in \
-        (tmp_path / "narrow" / "report.md").read_text()
+    assert (
+        "**3. The hand-written bn matches torch.nn.BatchNorm2d (Table 2)**: supported"
+        not in (tmp_path / "narrow" / "report.md").read_text()
+    )
 
 
 def test_the_report_follows_the_plan_the_sweep_logged_not_todays_presets(mlflow_env, tmp_path, capsys):
@@ -167,7 +197,9 @@ def test_the_report_follows_the_plan_the_sweep_logged_not_todays_presets(mlflow_
     assert "**plan**: sweep.json" in md and "2 of 2 planned seeds finished" in md
     plan_file = client.download_artifacts(pid, names.SWEEP_PLAN, str(tmp_path))
     assert [c["name"] for c in json.loads(open(plan_file).read())["configurations"]] == [
-        "bn-sgd-lr0.1-aug-bs32", "gn-sgd-lr0.1-aug-bs32"]
+        "bn-sgd-lr0.1-aug-bs32",
+        "gn-sgd-lr0.1-aug-bs32",
+    ]
     old = fake_sweep(client, configs, lambda c: 0.9, preset="quick", log_plan=False)
     analyze(old, tmp_path / "old")
     md = (tmp_path / "old" / "report.md").read_text()

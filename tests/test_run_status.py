@@ -27,6 +27,7 @@ def only_run(client):
     return run
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_one_line_and_fails_the_run_with_its_traceback(mlflow_env, monkeypatch, capsys):
     """The boundary: an error no one foresaw (here a RuntimeError) is still one line, and the run that
     `mlflow run` made for the process ends FAILED with the reason and the whole traceback."""
@@ -71,15 +72,22 @@ def test_a_run_that_cannot_take_its_lock_is_failed_with_the_reason(mlflow_env, t
 
 @pytest.mark.slow
 def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_resume_clears_the_error(
-        mlflow_env, tmp_path):
+    mlflow_env, tmp_path
+):
     client = MlflowClient()
     env = subprocess_env(mlflow_env)
     proc, run_id = start_training(client, SMALL, tmp_path, env)
     proc.send_signal(signal.SIGSTOP)  # hold it mid-run: alive, holding its lock
     try:
         # What a re-run sweep does: the same run id in MLFLOW_RUN_ID and --resume.
-        refused = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": run_id},
-                                 capture_output=True, text=True, timeout=300)
+        refused = subprocess.run(
+            TRAIN + ["--resume", run_id],
+            cwd=tmp_path,
+            env={**env, "MLFLOW_RUN_ID": run_id},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert_one_line(refused, f"run {run_id} is being trained by another live process (pid {proc.pid})")
         live = client.get_run(run_id)
         assert live.info.status == "RUNNING" and names.TAG_ERROR not in live.data.tags, "the refusal touched the run"
@@ -89,13 +97,15 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130
     assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [
-        f"error: stopped by SIGTERM; continue it with `python entrypoints/train.py --resume {run_id}`"]
+        f"error: stopped by SIGTERM; continue it with `python entrypoints/train.py --resume {run_id}`"
+    ]
     killed = client.get_run(run_id)
     assert killed.info.status == "KILLED" and killed.data.tags[names.TAG_ERROR].startswith("stopped by SIGTERM")
     assert snapshots.path_for(run_id).exists() and logged_epochs(client, run_id) < EPOCHS
 
-    resumed = subprocess.run(TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        TRAIN + ["--resume", run_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done = client.get_run(run_id)
     assert done.info.status == "FINISHED" and names.TAG_ERROR not in done.data.tags, "the old reason is cleared"
@@ -108,13 +118,15 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     client = MlflowClient()
     env = subprocess_env(mlflow_env)
     args = ["--preset", "custom", "--grid", "seed=0", *SMALL[:-2]]  # a sweep sets its children's threads itself
-    sweep = subprocess.Popen(SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    sweep = subprocess.Popen(
+        SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     found = {}
 
     def child_at_epoch_1():
-        for r in client.search_runs(["0"] + [e.experiment_id for e in client.search_experiments()],
-                                    "tags.mlflow.parentRunId != ''"):
+        for r in client.search_runs(
+            ["0"] + [e.experiment_id for e in client.search_experiments()], "tags.mlflow.parentRunId != ''"
+        ):
             found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
             return logged_epochs(client, r.info.run_id) >= 1
         return False
@@ -130,14 +142,17 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Traceback" not in err and len(errors) == 2, err[-3000:]
     assert errors[0].startswith("error: stopped by SIGTERM; continue it with")
-    assert errors[1] == (f"error: stopped by SIGTERM; its running children were stopped; re-run into this parent "
-                         f"(mlflow run ... --run-id {parent}) to resume them")
+    assert errors[1] == (
+        f"error: stopped by SIGTERM; its running children were stopped; re-run into this parent "
+        f"(mlflow run ... --run-id {parent}) to resume them"
+    )
     assert trainer_of(child) is None and not Path(f"/proc/{trainer}").exists(), "the worker outlives its sweep"
     assert client.get_run(parent).info.status == "KILLED"
     assert client.get_run(child).info.status == "KILLED" and snapshots.path_for(child).exists()
 
-    rerun = subprocess.run(SWEEP + args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent}, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        SWEEP + args, cwd=tmp_path, env={**env, "MLFLOW_RUN_ID": parent}, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "1 resumed from a snapshot" in rerun.stdout
     kids = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")

@@ -74,7 +74,11 @@ def test_the_registered_model_loads_and_predicts_where_resnorm_cannot_be_importe
     env = env_without_resnorm(tmp_path, registered["uri"])
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_ELSEWHERE, MODEL_URI, str(tmp_path / "images.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -95,7 +99,11 @@ def test_mlflow_artifacts_download_gives_a_self_contained_model_folder(registere
     env = env_without_resnorm(tmp_path, registered["uri"])
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "artifacts", "download", "-u", MODEL_URI, "-d", str(tmp_path / "model")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = tmp_path / "model"
@@ -114,8 +122,21 @@ def server(registered, tmp_path):
     port = free_port()
     env = env_without_resnorm(tmp_path, registered["uri"])
     log = open(tmp_path / "serve.log", "w")
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        MODEL_URI,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     # A session of its own, so the server and its uvicorn worker stop together.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -160,13 +181,18 @@ def test_mlflow_models_serve_answers_with_class_names_and_probabilities(register
 
     # Pixels the model cannot mean anything by are refused (HTTP 400) with the problem named, not
     # answered with NaN probabilities: NaN, infinities and values outside [0, 1].
-    for value, fragment in ((float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"),
-                            (-0.5, "outside [0, 1]"), (2.0, "outside [0, 1]")):
+    for value, fragment in (
+        (float("nan"), "NaN or infinite"),
+        (float("inf"), "NaN or infinite"),
+        (-0.5, "outside [0, 1]"),
+        (2.0, "outside [0, 1]"),
+    ):
         bad = x[:2].clone()
         bad[1, 0, 3, 4] = value
         body = json.dumps({"inputs": bad.tolist()})  # bare NaN / Infinity, as a careless client sends them
-        answer = requests.post(f"{server}/invocations", data=body, headers={"Content-Type": "application/json"},
-                               timeout=60)
+        answer = requests.post(
+            f"{server}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60
+        )
         assert answer.status_code == 400, (value, answer.text)
         message = answer.json()["message"]
         assert fragment in message and "1 pixel value(s)" in message and "image 1" in message, message

@@ -11,8 +11,10 @@ from resnorm.sweep import child_name, parse_grid, plan
 def test_study_is_the_27_configurations_behind_the_tables_and_figures():
     configs = plan("study")
     assert len(configs) == len(set(configs)) == 27
+
     def having(**kv):
         return {c.norm for c in configs if all(getattr(c, k) == v for k, v in kv.items())}
+
     assert having(optimizer="sgd", lr=0.1, augment=True, batch_size=32, scheduler="cosine") == set(NORM_NAMES)
     assert having(optimizer="adam", lr=1e-4, weight_decay=1e-7) == set(NORM_NAMES)
     assert having(optimizer="sgd", lr=1e-4) == set(NORM_NAMES)
@@ -25,7 +27,9 @@ def test_study_is_the_27_configurations_behind_the_tables_and_figures():
 def test_quick_is_every_norm_for_a_few_epochs_on_digits():
     configs = plan("quick")
     assert [c.norm for c in configs] == list(NORM_NAMES)
-    assert {(c.epochs, c.data, c.image_size, c.n, c.optimizer, c.lr) for c in configs} == {(15, "digits", 8, 1, "sgd", 0.1)}
+    assert {(c.epochs, c.data, c.image_size, c.n, c.optimizer, c.lr) for c in configs} == {
+        (15, "digits", 8, 1, "sgd", 0.1)
+    }
 
 
 def test_user_values_pass_through_but_the_grid_wins():
@@ -46,7 +50,9 @@ def test_a_custom_grid_is_the_cartesian_product_and_seeds_repeat_it():
 
 def test_grid_values_are_typed():
     assert parse_grid("lr=0.1,1e-4; augment=true,false ;n=1,3") == {
-        "lr": [0.1, 1e-4], "augment": [True, False], "n": [1, 3]
+        "lr": [0.1, 1e-4],
+        "augment": [True, False],
+        "n": [1, 3],
     }
 
 

@@ -13,15 +13,26 @@ from mlflow.tracking import MlflowClient
 
 from resnorm import names
 from resnorm.norms import NORM_NAMES
+from resnorm.sweep.child import sweep_children
 from tests.conftest import PYTHON, ROOT, MlflowServer, command, one_line, run_command, subprocess_env, tracking_store
-
 
 QUICK = ["-P", "epochs=1", "-P", "image_size=8"]  # the demo, shrunk to seconds per child
 
 
 def mlflow_run(entry, params, uri, cwd, *extra, timeout=900):
-    cmd = ["mlflow", "run", str(ROOT), "-e", entry, *params, "--env-manager", "local",
-           "--experiment-name", names.EXPERIMENT, *extra]
+    cmd = [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        entry,
+        *params,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
 
 
@@ -32,8 +43,7 @@ def script(name, args, uri, cwd, timeout=900):
 
 def children_of(client, parent_id, status=None):
     exp = client.get_experiment_by_name(names.EXPERIMENT)
-    query = f"tags.mlflow.parentRunId = '{parent_id}'" + (f" and attributes.status = '{status}'" if status else "")
-    return client.search_runs([exp.experiment_id], query, max_results=1000)
+    return sweep_children(client, exp.experiment_id, parent_id, f"attributes.status = '{status}'" if status else "")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +135,9 @@ def test_rerunning_into_the_parent_runs_only_what_did_not_finish(quick_sweep):
     assert sorted(r.data.params["norm"] for r in finished) == sorted(NORM_NAMES)
     assert len(children_of(client, parent.info.run_id)) == 8  # the failed one stays, as history
     # Resuming with other parameters is refused.
-    proc = mlflow_run("sweep", ["-P", "preset=custom", "-P", "grid=norm=bn"], uri, folder, "--run-id", parent.info.run_id)
+    proc = mlflow_run(
+        "sweep", ["-P", "preset=custom", "-P", "grid=norm=bn"], uri, folder, "--run-id", parent.info.run_id
+    )
     assert proc.returncode != 0
     assert "is a sweep with preset='quick' (now 'custom')" in proc.stderr
     assert client.get_run(parent.info.run_id).info.run_name == "sweep-quick"  # not renamed by the refusal
@@ -133,7 +145,11 @@ def test_rerunning_into_the_parent_runs_only_what_did_not_finish(quick_sweep):
 
 def comparable(client, run):
     """What must not depend on the executor: names, params, tag keys, metric keys, artifacts."""
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("resnorm.", "mlflow.project.entry", "mlflow.source.type"))}
+    tags = {
+        k: v
+        for k, v in run.data.tags.items()
+        if k.startswith(("resnorm.", "mlflow.project.entry", "mlflow.source.type"))
+    }
     tags.pop(names.TAG_PRESET)
     tags.pop(names.TAG_TRIAL, None)  # which Tune trial trained it: only a Ray child has one
     return {
@@ -151,11 +167,30 @@ def comparable(client, run):
 @pytest.mark.slow
 def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
     _, uri, client, parent = quick_sweep
-    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--epochs", "1", "--image-size", "8", "--n", "1",
-                            "--executor", "ray"], uri, tmp_path)
+    proc = script(
+        "sweep",
+        [
+            "--preset",
+            "custom",
+            "--grid",
+            "norm=bn,gn",
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--n",
+            "1",
+            "--executor",
+            "ray",
+        ],
+        uri,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = client.get_experiment_by_name(names.EXPERIMENT)
-    (ray_parent,) = client.search_runs([exp.experiment_id], "tags.`resnorm.preset` = 'custom' and tags.`resnorm.sweep` = 'true'")
+    (ray_parent,) = client.search_runs(
+        [exp.experiment_id], "tags.`resnorm.preset` = 'custom' and tags.`resnorm.sweep` = 'true'"
+    )
     ray_kids = {r.data.params["norm"]: r for r in children_of(client, ray_parent.info.run_id)}
     local_kids = {r.data.params["norm"]: r for r in children_of(client, parent.info.run_id, "FINISHED")}
     assert set(ray_kids) == {"bn", "gn"}
@@ -167,6 +202,7 @@ def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
 # Bad sweep parameters: tests/test_bad_input.py catalogues them.
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("mlflow_env")
 def test_analyze_without_a_sweep_says_so(capsys):
     one_line("analyze", [], capsys, "no experiment has a sweep; run one first (mlflow run . -e sweep)")
@@ -178,21 +214,48 @@ def seeded_sweep(tmp_path_factory):
     """Two configurations x two seeds (1 epoch, 8 px) and its report, in a store of their own."""
     folder = tmp_path_factory.mktemp("seeded")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    proc = script("sweep", ["--preset", "custom", "--grid", "norm=bn,gn", "--seeds", "2", "--epochs", "1",
-                            "--image-size", "8", "--n", "1"], uri, folder)
+    proc = script(
+        "sweep",
+        [
+            "--preset",
+            "custom",
+            "--grid",
+            "norm=bn,gn",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--n",
+            "1",
+        ],
+        uri,
+        folder,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                   f"tags.`{names.TAG_SWEEP}` = 'true'")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id], f"tags.`{names.TAG_SWEEP}` = 'true'"
+    )
     with tracking_store(folder):
         run_command(command("analyze"), ["--sweep-run-id", parent.info.run_id, "--out", str(folder / "report")])
-    (analysis,) = client.search_runs([parent.info.experiment_id], f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'")
+    (analysis,) = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{names.TAG_ANALYSIS_OF}` = '{parent.info.run_id}'"
+    )
     return uri, client, parent, analysis.info.run_id
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # The runs table is an AG Grid that renders every row twice (pinned name column, scrolled columns):
 # read the pinned half only.
 ROWS = '.ag-pinned-left-cols-container [role="row"][row-id]'
@@ -253,7 +316,8 @@ def test_the_mlflow_ui_nests_children_groups_seeds_by_configuration_and_previews
                 menu.get_by_placeholder("Search").fill(names.TAG_CONFIG)
                 menu.get_by_role("menuitemcheckbox", name=names.TAG_CONFIG, exact=True).click()
                 expect(page.get_by_role("button", name=re.compile(r"^Group by"))).to_have_text(
-                    f"Group by: {names.TAG_CONFIG}")
+                    f"Group by: {names.TAG_CONFIG}"
+                )
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     groups = groups_shown(page)
@@ -264,8 +328,10 @@ def test_the_mlflow_ui_nests_children_groups_seeds_by_configuration_and_previews
                 assert sorted(groups.get("norm=gn", [])) == ["gn-sgd-lr0.1-aug-bs32-s0", "gn-sgd-lr0.1-aug-bs32-s1"]
                 assert set(groups) <= {"norm=bn", "norm=gn", "other"}, groups  # the sweep and its analysis: ungrouped
                 # The report in the artifact preview (a sandboxed iframe on a blob: URL): every figure loads.
-                page.goto(f"{server.url}/#/experiments/{exp}/runs/{analysis_id}/artifacts/report/report.html",
-                          wait_until="load")
+                page.goto(
+                    f"{server.url}/#/experiments/{exp}/runs/{analysis_id}/artifacts/report/report.html",
+                    wait_until="load",
+                )
                 frame = None
                 for _ in range(120):
                     frame = next((f for f in page.frames if f.url.startswith("blob:")), None)

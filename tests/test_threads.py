@@ -25,28 +25,79 @@ def test_threads_follow_what_was_asked_or_the_cpus_this_process_may_use():
 @pytest.mark.slow
 def test_local_children_share_the_cores_and_a_run_by_hand_takes_its_affinity(mlflow_env, tmp_path):
     env = subprocess_env(mlflow_env)
-    sweep = subprocess.run([PYTHON, str(ROOT / "entrypoints" / "sweep.py"), "--preset", "custom", "--grid", "norm=bn,ln",
-                            "--epochs", "1", "--image-size", "8", "--n", "1", "--device", "cpu", "--parallel", "2"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    sweep = subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "entrypoints" / "sweep.py"),
+            "--preset",
+            "custom",
+            "--grid",
+            "norm=bn,ln",
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--n",
+            "1",
+            "--device",
+            "cpu",
+            "--parallel",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     # A run started by hand on one CPU (as taskset or a container would give it): threads 0 means 1.
-    one_cpu = subprocess.run([PYTHON, str(ROOT / "entrypoints" / "train.py"), "--epochs", "1", "--image-size", "8",
-                              "--n", "1", "--device", "cpu", "--norm", "gn"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600,
-                             preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    one_cpu = subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "entrypoints" / "train.py"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--n",
+            "1",
+            "--device",
+            "cpu",
+            "--norm",
+            "gn",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )
     assert one_cpu.returncode == 0, one_cpu.stderr[-3000:]
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id])
-    got = {r.data.params.get("norm"): (r.data.params.get(names.PARAM_THREADS), r.data.params.get(names.PARAM_TORCH_THREADS))
-           for r in runs if r.data.params.get("norm")}
+    got = {
+        r.data.params.get("norm"): (
+            r.data.params.get(names.PARAM_THREADS),
+            r.data.params.get(names.PARAM_TORCH_THREADS),
+        )
+        for r in runs
+        if r.data.params.get("norm")
+    }
     per_child = str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert got == {"bn": (per_child, per_child), "ln": (per_child, per_child), "gn": ("0", "1")}
 
 
 @pytest.mark.slow
 def test_the_contention_benchmark_times_an_epoch_alone_and_beside_a_busy_process(tmp_path):
-    out = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "contention.py"), "--threads", "1", "--image-size", "8",
-                          "--n", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "benchmarks" / "contention.py"), "--threads", "1", "--image-size", "8", "--n", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (row,) = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
     assert row["threads"] == 1 and row["wait"] == "passive"
@@ -56,7 +107,12 @@ def test_the_contention_benchmark_times_an_epoch_alone_and_beside_a_busy_process
 
 @pytest.mark.slow
 def test_the_upload_benchmark_stores_a_real_snapshot_on_a_server(tmp_path):
-    out = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "snapshot_upload.py"), "--uploads", "2", "--n", "1"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "benchmarks" / "snapshot_upload.py"), "--uploads", "2", "--n", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ResNet-8, 25 classes: snapshot ") and "over 2" in out.stdout, out.stdout

@@ -26,6 +26,7 @@ def tracked_run(cfg: TrainConfig, data):
     return run.run_id, result, version
 
 
+@pytest.mark.slow
 def test_a_run_records_everything_the_design_names(mlflow_env):
     data = synthetic(16, per_class=30, num_classes=4)
     cfg = TrainConfig(norm="gn", groups=4, data="synthetic", image_size=16, epochs=3, batch_size=16, n=1)
@@ -36,10 +37,26 @@ def test_a_run_records_everything_the_design_names(mlflow_env):
     assert run.info.run_name == "gn-sgd-lr0.1-aug-bs16"
     assert client.get_experiment(run.info.experiment_id).name == names.EXPERIMENT
     assert run.data.params == {
-        "norm": "gn", "optimizer": "sgd", "lr": "0.1", "weight_decay": "0.0001", "momentum": "0.9",
-        "scheduler": "cosine", "epochs": "3", "batch_size": "16", "augment": "true", "n": "1", "depth": "8",
-        "num_classes": "4", "image_size": "16", "groups": "4", "seed": "0", "data": "synthetic", "device": "cpu",
-        "mode": "auto", "threads": "0", "torch_threads": str(torch.get_num_threads()),
+        "norm": "gn",
+        "optimizer": "sgd",
+        "lr": "0.1",
+        "weight_decay": "0.0001",
+        "momentum": "0.9",
+        "scheduler": "cosine",
+        "epochs": "3",
+        "batch_size": "16",
+        "augment": "true",
+        "n": "1",
+        "depth": "8",
+        "num_classes": "4",
+        "image_size": "16",
+        "groups": "4",
+        "seed": "0",
+        "data": "synthetic",
+        "device": "cpu",
+        "mode": "auto",
+        "threads": "0",
+        "torch_threads": str(torch.get_num_threads()),
     }
     assert run.data.tags[names.TAG_DEVICE] == "cpu"
     assert run.data.tags[names.TAG_SPEED] == "plain (float32, NCHW, eager)"  # auto on the CPU
@@ -85,10 +102,13 @@ def _version_with(client: MlflowClient, name: str, val_accuracy: float) -> int:
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version
-    client.set_model_version_tag(name, version, names.final_metric("val", "accuracy"), str(val_accuracy))  # as training does
+    client.set_model_version_tag(
+        name, version, names.final_metric("val", "accuracy"), str(val_accuracy)
+    )  # as training does
     return int(version)
 
 
+@pytest.mark.slow
 def test_champion_moves_only_to_a_better_version(mlflow_env):
     client, name = MlflowClient(), "resnorm-test"
     champion = lambda: int(client.get_model_version_by_alias(name, names.CHAMPION).version)  # noqa: E731
@@ -102,6 +122,7 @@ def test_champion_moves_only_to_a_better_version(mlflow_env):
     assert not promote_if_better(client, name, v4, 0.90) and champion() == v3  # a tie keeps it
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_is_marked_failed_with_the_reason(mlflow_env):
     data = synthetic(16, per_class=10, num_classes=2)
     cfg = TrainConfig(norm="nn", lr=1e10, data="synthetic", image_size=16, epochs=2, batch_size=8, n=1)
@@ -113,6 +134,7 @@ def test_a_run_that_fails_is_marked_failed_with_the_reason(mlflow_env):
     assert not MlflowClient().search_registered_models()  # nothing half-written in the registry
 
 
+@pytest.mark.slow
 def test_two_runs_promoting_at_once_leave_the_better_champion(mlflow_env):
     """Both runs read "no champion" before either moves it; the worse one moves it last."""
     client, name = MlflowClient(), "resnorm-race"

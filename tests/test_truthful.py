@@ -32,14 +32,22 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from resnorm import engine, folders, names, serving, snapshots
+from resnorm import engine, folders, images, names, serving, snapshots
 from resnorm.cli import run_command
 from resnorm.data import load_data
 from resnorm.errors import Interrupted
 from resnorm.home import decoded_dir
 from resnorm.machine import available_cpus
-from tests.conftest import (PYTHON, ROOT, command, make_class_tree, nothing_left_behind, one_line, subprocess_env,
-                            write_image)
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    command,
+    make_class_tree,
+    nothing_left_behind,
+    one_line,
+    subprocess_env,
+    write_image,
+)
 
 TINY = ["--epochs", "1", "--image-size", "8", "--n", "1"]
 
@@ -61,6 +69,7 @@ def drop_models(store):
 
 # 1. Images are decoded as a viewer shows them, or named.
 
+
 def halves(width=20, height=12) -> np.ndarray:
     """Red on the left, blue on the right: which way an image is turned shows in its pixels."""
     a = np.zeros((height, width, 3), np.uint8)
@@ -77,8 +86,8 @@ def test_exif_orientation_is_applied(tmp_path, fmt):
     exif[0x0112] = 6  # orientation 6: turn 90 degrees clockwise to view
     sideways.save(tmp_path / f"photo.{fmt}", exif=exif, quality=100)
     upright.save(tmp_path / f"upright.{fmt}", quality=100)
-    seen = folders.decode_image(tmp_path / f"photo.{fmt}", 8)
-    assert torch.allclose(seen.float(), folders.decode_image(tmp_path / f"upright.{fmt}", 8).float(), atol=3)
+    seen = images.decode_image(tmp_path / f"photo.{fmt}", 8)
+    assert torch.allclose(seen.float(), images.decode_image(tmp_path / f"upright.{fmt}", 8).float(), atol=3)
     assert seen[0, :, 0].float().mean() > 200 and seen[2, :, -1].float().mean() > 200  # red left, blue right
 
 
@@ -90,16 +99,27 @@ def test_float_images_are_read_in_the_unit_range_not_as_black(tmp_path):
             Image.fromarray(value, "F").save(tmp_path / "f" / c / f"{i}.tif")
     assert Image.open(tmp_path / "f" / "dark" / "0.tif").mode == "F"
     data = load_data(str(tmp_path / "f"), 8)
-    means = {data.classes[k]: pixels_of(data)[torch.cat([data.split(s).labels for s in ("train", "val", "test")]) == k]
-             .float().mean().item() for k in range(2)}
+    means = {
+        data.classes[k]: pixels_of(data)[torch.cat([data.split(s).labels for s in ("train", "val", "test")]) == k]
+        .float()
+        .mean()
+        .item()
+        for k in range(2)
+    }
     assert abs(means["dark"] - 0.2 * 255) < 3 and abs(means["light"] - 0.8 * 255) < 3, means
 
 
 def test_a_float_image_outside_what_float_images_hold_is_named(store, tmp_path, capsys):
     root = two_classes(tmp_path / "d")
     Image.fromarray(np.full((12, 12), 1000.0, np.float32), "F").save(root / "cat" / "hot.tif")
-    one_line("train", ["--data", str(root), *TINY], capsys, f"cannot read image {root / 'cat' / 'hot.tif'}",
-             "values from 1000 to 1000", "[0, 1]")
+    one_line(
+        "train",
+        ["--data", str(root), *TINY],
+        capsys,
+        f"cannot read image {root / 'cat' / 'hot.tif'}",
+        "values from 1000 to 1000",
+        "[0, 1]",
+    )
     nothing_left_behind(store)
 
 
@@ -109,8 +129,9 @@ def test_every_mode_and_format_pillow_opens_is_read_as_it_looks(tmp_path):
     root = tmp_path / "modes"
     red, blue = (230, 20, 20), (20, 20, 230)
     for c, colour in (("red", red), ("blue", blue)):
-        for i, (mode, ext) in enumerate([("CMYK", "jpg"), ("P", "png"), ("RGB", "bmp"), ("RGB", "webp"),
-                                         ("RGBA", "tif"), ("RGB", "ppm")] * 2):
+        for i, (mode, ext) in enumerate(
+            [("CMYK", "jpg"), ("P", "png"), ("RGB", "bmp"), ("RGB", "webp"), ("RGBA", "tif"), ("RGB", "ppm")] * 2
+        ):
             write_image(root / c / f"{i}.{ext}", colour, mode=mode, seed=i)
         frames = [Image.new("RGB", (16, 12), colour), Image.new("RGB", (16, 12), (0, 255, 0))]
         for i in range(4):
@@ -148,6 +169,7 @@ def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path, capsys):
     assert "warning:" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_class_names_are_text_in_every_figure(store, tmp_path, capsys):
     """Matplotlib reads $...$ as math: a class folder named with dollar signs must still draw."""
     root = make_class_tree(tmp_path / "prices", per_class=8, classes=("cat", "dog"))
@@ -155,8 +177,9 @@ def test_class_names_are_text_in_every_figure(store, tmp_path, capsys):
     os.rename(root / "dog", root / "cost_$10_and_up")
     run_command(command("train"), ["--data", str(root), *TINY, "--batch-size", "8"])
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                filter_string=f"params.data = '{root}'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id], filter_string=f"params.data = '{root}'"
+    )
     assert run.info.status == "FINISHED"
     logged = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"curves.png", "confusion_matrix_test.png"} <= logged
@@ -166,6 +189,7 @@ def test_class_names_are_text_in_every_figure(store, tmp_path, capsys):
 
 
 # 2. The decoded cache and a resume never train on other data than the run's.
+
 
 def test_files_behind_a_linked_class_folder_are_in_the_cache_key(tmp_path):
     elsewhere = two_classes(tmp_path / "elsewhere")
@@ -197,8 +221,9 @@ def read_only_folder(tmp_path):
     """A folder no one can write, root included (a read-only tmpfs)."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.strip()}")
     yield mount
@@ -232,19 +257,31 @@ def interrupted_run(args, monkeypatch, capsys, after: int = 1) -> str:
     assert exit_.value.code == 130, capsys.readouterr().err
     capsys.readouterr()
     client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                filter_string="attributes.status = 'KILLED'", max_results=1,
-                                order_by=["attributes.start_time DESC"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+        filter_string="attributes.status = 'KILLED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return run.info.run_id
 
 
 def test_a_resume_refuses_a_folder_that_changed_naming_what_changed(store, tmp_path, monkeypatch, capsys):
     root = two_classes(tmp_path / "d")
-    run_id = interrupted_run(["--data", str(root), "--epochs", "3", "--image-size", "8", "--n", "1",
-                              "--batch-size", "8"], monkeypatch, capsys)
+    run_id = interrupted_run(
+        ["--data", str(root), "--epochs", "3", "--image-size", "8", "--n", "1", "--batch-size", "8"],
+        monkeypatch,
+        capsys,
+    )
     write_image(root / "dog" / "new.png", (1, 2, 3))  # one more image: other splits
-    line = one_line("train", ["--resume", run_id], capsys, f"resume '{run_id}': {root} is not the data the run trained on",
-                    "split sizes train=10 val=3 test=3 (now train=11 val=3 test=3)", "train digest")
+    line = one_line(
+        "train",
+        ["--resume", run_id],
+        capsys,
+        f"resume '{run_id}': {root} is not the data the run trained on",
+        "split sizes train=10 val=3 test=3 (now train=11 val=3 test=3)",
+        "train digest",
+    )
     assert "resume it with that data" in line
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "KILLED" and names.TAG_ERROR in run.data.tags, "the refused resume touched the run"
@@ -252,6 +289,7 @@ def test_a_resume_refuses_a_folder_that_changed_naming_what_changed(store, tmp_p
     nothing_left_behind(store)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(available_cpus() < 2, reason="one CPU: every thread count is 1")
 def test_a_resume_trains_with_the_threads_the_run_trained_with(store, monkeypatch, capsys):
     run_id = interrupted_run(["--epochs", "2", "--image-size", "8", "--n", "1", "--threads", "1"], monkeypatch, capsys)
@@ -263,6 +301,7 @@ def test_a_resume_trains_with_the_threads_the_run_trained_with(store, monkeypatc
     drop_models(store)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["local", "stored"])
 def test_one_damaged_copy_of_a_snapshot_does_not_block_a_resume(damaged, store, tmp_path, monkeypatch, capsys):
     run_id = interrupted_run(["--epochs", "2", "--image-size", "8", "--n", "1"], monkeypatch, capsys)
@@ -286,15 +325,20 @@ def test_one_damaged_copy_of_a_snapshot_does_not_block_a_resume(damaged, store, 
 
 # 3. A run is what it says.
 
+
 def a_finished_run(store) -> str:
     run_command(command("train"), ["--norm", "bn", *TINY])
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                                filter_string="attributes.status = 'FINISHED'", max_results=1,
-                                order_by=["attributes.start_time DESC"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return run.info.run_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["train", "sweep"])
 def test_an_inherited_run_id_of_a_finished_run_is_refused(entry, store, monkeypatch, capsys):
     finished = a_finished_run(store)
@@ -304,8 +348,12 @@ def test_an_inherited_run_id_of_a_finished_run_is_refused(entry, store, monkeypa
     args = ["--norm", "gn", *TINY] if entry == "train" else ["--preset", "custom", "--grid", "norm=gn", *TINY]
     one_line(entry, args, capsys, f"MLFLOW_RUN_ID={finished} names run 'bn-sgd-lr0.1-aug-bs32'", "unset MLFLOW_RUN_ID")
     after = client.get_run(finished)
-    assert (after.info.status, after.info.run_name, after.data.params, after.data.tags.get(names.TAG_SWEEP)) == \
-        (before.info.status, before.info.run_name, before.data.params, before.data.tags.get(names.TAG_SWEEP))
+    assert (after.info.status, after.info.run_name, after.data.params, after.data.tags.get(names.TAG_SWEEP)) == (
+        before.info.status,
+        before.info.run_name,
+        before.data.params,
+        before.data.tags.get(names.TAG_SWEEP),
+    )
     assert len(client.get_metric_history(finished, names.VAL_LOSS)) == 1, "no epoch was logged into it again"
     drop_models(store)
 
@@ -317,8 +365,14 @@ def test_an_inherited_run_id_of_a_run_made_by_hand_is_refused(store, monkeypatch
         pass
     MlflowClient(store).update_run(run.info.run_id, status="RUNNING")
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
-    one_line("train", TINY, capsys, f"MLFLOW_RUN_ID={run.info.run_id}", "made outside `mlflow run` and sweeps",
-             "not for a training")
+    one_line(
+        "train",
+        TINY,
+        capsys,
+        f"MLFLOW_RUN_ID={run.info.run_id}",
+        "made outside `mlflow run` and sweeps",
+        "not for a training",
+    )
     assert not MlflowClient(store).get_run(run.info.run_id).data.params
 
 
@@ -332,18 +386,45 @@ def test_a_malformed_run_id_or_sync_timeout_is_one_line(store, monkeypatch, caps
 def test_a_sweep_rerun_with_other_training_parameters_is_refused(store, capsys):
     client = MlflowClient(store)
     run = client.create_run("0", tags={names.TAG_SWEEP: "true"}, run_name="sweep-custom")
-    for key, value in {"preset": "custom", "grid": "norm=bn", "seeds": "1", "epochs": "1", "image_size": "8",
-                       "n": "1", "device": "auto", "mode": "auto", "lr": "0.10"}.items():
+    for key, value in {
+        "preset": "custom",
+        "grid": "norm=bn",
+        "seeds": "1",
+        "epochs": "1",
+        "image_size": "8",
+        "n": "1",
+        "device": "auto",
+        "mode": "auto",
+        "lr": "0.10",
+    }.items():
         client.log_param(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id, "KILLED")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("MLFLOW_RUN_ID", run.info.run_id)
-        one_line("sweep", ["--preset", "custom", "--grid", "norm=bn", "--epochs", "3", "--image-size", "8", "--n", "1",
-                           "--lr", "0.1"], capsys, f"run {run.info.run_id} is a sweep with epochs='1' (now '3')")
+        one_line(
+            "sweep",
+            [
+                "--preset",
+                "custom",
+                "--grid",
+                "norm=bn",
+                "--epochs",
+                "3",
+                "--image-size",
+                "8",
+                "--n",
+                "1",
+                "--lr",
+                "0.1",
+            ],
+            capsys,
+            f"run {run.info.run_id} is a sweep with epochs='1' (now '3')",
+        )
     assert "lr" not in capsys.readouterr().err, "0.10 and 0.1 are the same lr"
     assert client.get_run(run.info.run_id).data.params["epochs"] == "1"
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_model_is_logged_finishes_the_run_with_its_model_first(store, monkeypatch, capsys):
     real = serving.log_model
 
@@ -356,8 +437,11 @@ def test_sigterm_while_the_model_is_logged_finishes_the_run_with_its_model_first
     line = one_line("train", TINY, capsys, "stopped by SIGTERM, which came while the run was logging its model")
     assert "the run finished first" in line
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id], max_results=1,
-                                order_by=["attributes.start_time DESC"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     assert run.info.status == "FINISHED"
     (version,) = client.search_model_versions(f"name = '{names.registered_model('torch_bn')}'")
     assert version.run_id == run.info.run_id
@@ -368,10 +452,26 @@ def test_sigterm_while_the_model_is_logged_finishes_the_run_with_its_model_first
 def test_sigterm_to_mlflow_run_reaches_the_training(mlflow_env, tmp_path):
     """`docker stop` and Kubernetes signal the container's first process, here `mlflow run` itself."""
     client = MlflowClient()
-    cmd = ["mlflow", "run", str(ROOT), "-e", "train", "-P", "epochs=30", "-P", "image_size=16", "-P", "n=1",
-           "--env-manager", "local", "--experiment-name", names.EXPERIMENT]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "train",
+        "-P",
+        "epochs=30",
+        "-P",
+        "image_size=16",
+        "-P",
+        "n=1",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     run = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -400,12 +500,19 @@ def test_sweep_children_resolve_relative_paths_where_the_sweep_started(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     env = {**subprocess_env("sqlite:///m.db"), "RESNORM_HOME": "home"}
-    proc = subprocess.run([PYTHON, str(ROOT / "entrypoints" / "sweep.py"), "--preset", "custom", "--grid", "norm=bn",
-                           *TINY], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "entrypoints" / "sweep.py"), "--preset", "custom", "--grid", "norm=bn", *TINY],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{work / 'm.db'}")
-    kids = client.search_runs([client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
-                              "tags.mlflow.parentRunId != ''")
+    kids = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id], "tags.mlflow.parentRunId != ''"
+    )
     assert [k.info.status for k in kids] == ["FINISHED"]
     assert not (ROOT / "m.db").exists() and not (ROOT / "home").exists()
     assert (work / "home").is_dir()

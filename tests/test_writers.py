@@ -46,13 +46,34 @@ def eight_writers(server: MlflowServer, tmp_path):
     norms = [NORM_NAMES[i % len(NORM_NAMES)] for i in range(WRITERS)]
     procs = []
     for i, norm in enumerate(norms):
-        args = [PYTHON, str(ROOT / "entrypoints" / "train.py"), "--norm", norm, "--epochs", str(EPOCHS),
-                "--image-size", "8", "--n", "1", "--data", "synthetic", "--batch-size", "16", "--seed", str(i),
-                "--device", "cpu"]
-        env = {**subprocess_env(server.url), "RESNORM_HOME": str(tmp_path / "home"),
-               "OMP_NUM_THREADS": "1"}  # eight processes on a few cores: no thread oversubscription
-        procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        args = [
+            PYTHON,
+            str(ROOT / "entrypoints" / "train.py"),
+            "--norm",
+            norm,
+            "--epochs",
+            str(EPOCHS),
+            "--image-size",
+            "8",
+            "--n",
+            "1",
+            "--data",
+            "synthetic",
+            "--batch-size",
+            "16",
+            "--seed",
+            str(i),
+            "--device",
+            "cpu",
+        ]
+        env = {
+            **subprocess_env(server.url),
+            "RESNORM_HOME": str(tmp_path / "home"),
+            "OMP_NUM_THREADS": "1",
+        }  # eight processes on a few cores: no thread oversubscription
+        procs.append(
+            subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     errors = []
     for p in procs:
         out, err = p.communicate(timeout=900)
@@ -85,7 +106,7 @@ def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
             loggers = [RunLogger(client.create_run(experiment).info.run_id, client) for _ in range(16)]
             start, errors = threading.Barrier(len(loggers)), []
 
-            def log(logger):
+            def log(logger, start=start, data=data, errors=errors):
                 start.wait()
                 try:
                     logger.log_dataset(data)
@@ -102,7 +123,9 @@ def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
             assert not errors, errors
             for lg in loggers:
                 inputs = client.get_run(lg.run_id).inputs.dataset_inputs
-                assert sorted(i.dataset.digest for i in inputs) == sorted(data.digest(s) for s in ("train", "val", "test"))
+                assert sorted(i.dataset.digest for i in inputs) == sorted(
+                    data.digest(s) for s in ("train", "val", "test")
+                )
     finally:
         server.kill()
 

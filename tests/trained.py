@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from resnorm.config import Launch, TrainConfig
 from resnorm.bundle import DataBundle
+from resnorm.config import Launch, TrainConfig
 from resnorm.engine import TrainResult, train
 from resnorm.runlog import training_run
 

@@ -53,9 +53,7 @@ PRESET_SPECS: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
 }
 
 
-def plan(
-    preset: str, grid: str = "", seeds: int = 1, overrides: Mapping[str, str] | None = None
-) -> list[TrainConfig]:
+def plan(preset: str, grid: str = "", seeds: int = 1, overrides: Mapping[str, str] | None = None) -> list[TrainConfig]:
     """The configurations of a sweep, in order, each validated.
 
     ``overrides`` are the user's training parameters as text; empty values are left out. A

@@ -33,8 +33,11 @@ def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
     """A worker's environment: this one, with the tracking URI and RESNORM_HOME made absolute
     (relative ones mean the folder the sweep was started in), without the sweep's own run, and
     with ``gpu`` the only one it sees."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
-                                                               "MLFLOW_EXPERIMENT_NAME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    }
     env["MLFLOW_TRACKING_URI"] = absolute_tracking_uri()
     env["RESNORM_HOME"] = str(home.home().absolute())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_dir, env.get("PYTHONPATH")]))
@@ -49,8 +52,12 @@ class Worker:
     def __init__(self, ctx: SweepContext, gpu: int | None) -> None:
         read, write = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "resnorm.sweep.worker", str(write), str(os.getpid())], stdin=subprocess.PIPE, text=True,
-            pass_fds=(write,), env=worker_env(ctx.project_dir, gpu), start_new_session=True,
+            [sys.executable, "-m", "resnorm.sweep.worker", str(write), str(os.getpid())],
+            stdin=subprocess.PIPE,
+            text=True,
+            pass_fds=(write,),
+            env=worker_env(ctx.project_dir, gpu),
+            start_new_session=True,
         )
         os.close(write)  # the worker holds the only write end: its death is an end of file here
         self.replies = os.fdopen(read)
@@ -71,8 +78,10 @@ class Worker:
         """Why the worker is gone, once it is."""
         code = self.proc.wait()
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        return (f"its sweep worker (pid {self.proc.pid}) died while training it ({how}); re-run the sweep into its "
-                "parent to resume it from its snapshot")
+        return (
+            f"its sweep worker (pid {self.proc.pid}) died while training it ({how}); re-run the sweep into its "
+            "parent to resume it from its snapshot"
+        )
 
     def stop(self) -> None:
         """SIGTERM to the worker's session (the child it trains ends KILLED)."""

@@ -41,7 +41,9 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"ray address {address!r} does not answer ({e.strerror or e}); start Ray there or leave it empty") from None
+        raise ConfigError(
+            f"ray address {address!r} does not answer ({e.strerror or e}); start Ray there or leave it empty"
+        ) from None
 
 
 def trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str:
@@ -92,7 +94,11 @@ def storage_for(storage_path: str) -> str:
 
 
 def run_ray(
-    ctx: SweepContext, children: Sequence[Child], address: str = "", gpus: int = 0, per_gpu: int = 1,
+    ctx: SweepContext,
+    children: Sequence[Child],
+    address: str = "",
+    gpus: int = 0,
+    per_gpu: int = 1,
     storage_path: str = "",
 ) -> dict[str, str]:
     """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, a
@@ -129,7 +135,9 @@ def run_ray(
                 tune.with_resources(_ray_trial, resources),
                 param_space={"spec": tune.grid_search(specs)},
                 run_config=tune.RunConfig(
-                    storage_path=storage, name=f"resnorm-sweep-{ctx.parent_run_id}-{int(time.time())}", verbose=0,
+                    storage_path=storage,
+                    name=f"resnorm-sweep-{ctx.parent_run_id}-{int(time.time())}",
+                    verbose=0,
                     failure_config=tune.FailureConfig(max_failures=RAY_MAX_FAILURES),
                 ),
             )
@@ -151,8 +159,11 @@ def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Chi
             continue
     for r in latest.values():
         if r.info.status == RUNNING:
-            client.set_tag(r.info.run_id, names.TAG_ERROR,
-                           f"its Ray trial failed {RAY_MAX_FAILURES + 1} times; re-run the sweep to resume it")
+            client.set_tag(
+                r.info.run_id,
+                names.TAG_ERROR,
+                f"its Ray trial failed {RAY_MAX_FAILURES + 1} times; re-run the sweep to resume it",
+            )
             client.set_terminated(r.info.run_id, FAILED)
     found = {c.name: latest.get(c.config) for c in children}
     return {name: r.info.status if r is not None and r.info.status != RUNNING else FAILED for name, r in found.items()}

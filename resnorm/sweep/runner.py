@@ -4,8 +4,8 @@ ones, run the rest, and end the parent with a true status."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import mlflow
@@ -16,12 +16,19 @@ from resnorm import PROJECT_ROOT, machine, names, snapshots
 from resnorm.config import FIELD_TYPES, Launch, TrainConfig, parse_value, resolve_device
 from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
 from resnorm.sweep.child import Child, SweepContext, sweep_children
+from resnorm.sweep.planner import child_name, config_label, plan, varying
 from resnorm.sweep.pool import run_local
 from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
-from resnorm.sweep.planner import child_name, config_label, plan, varying
-from resnorm.tracking import (FINISHED, KILLED, check_own_sweep_run, mark_model_training, check_tracking_server, log_new_params, unquote_param,
-                              use_default_experiment)
-
+from resnorm.tracking import (
+    FINISHED,
+    KILLED,
+    check_own_sweep_run,
+    check_tracking_server,
+    log_new_params,
+    mark_model_training,
+    unquote_param,
+    use_default_experiment,
+)
 
 CPU_PARALLEL = 2  # children at once on the CPU by default (see default_parallel)
 EXECUTORS = ("local", "ray")
@@ -50,10 +57,18 @@ class SweepSpec:
             raise ConfigError(f"parallel must be at least 0, got {self.parallel}")
 
     def params(self, parallel: int) -> dict[str, str]:
-        return {"preset": self.preset, "grid": self.grid, "seeds": str(self.seeds), "executor": self.executor,
-                "parallel": str(parallel), "ray_address": self.ray_address, "device": self.launch.device,
-                "mode": self.launch.mode, "storage_path": self.storage_path,
-                **{k: str(v) for k, v in self.training.items()}}
+        return {
+            "preset": self.preset,
+            "grid": self.grid,
+            "seeds": str(self.seeds),
+            "executor": self.executor,
+            "parallel": str(parallel),
+            "ray_address": self.ray_address,
+            "device": self.launch.device,
+            "mode": self.launch.mode,
+            "storage_path": self.storage_path,
+            **{k: str(v) for k, v in self.training.items()},
+        }
 
 
 def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> set[TrainConfig]:
@@ -67,8 +82,12 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
     sweep stays RUNNING or ends KILLED; one whose process died under a live sweep was marked
     FAILED. Each continues from its snapshot."""
     runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
-    return {_config_of(r): r.info.run_id for r in runs if _config_of(r) is not None and
-            (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))}
+    return {
+        _config_of(r): r.info.run_id
+        for r in runs
+        if _config_of(r) is not None
+        and (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
+    }
 
 
 def default_parallel(gpus: int) -> int:
@@ -96,8 +115,11 @@ def _check_same_sweep(existing: Mapping[str, str], params: Mapping[str, str], ru
         text = unquote_param(text)
         return parse_value(key, text) if key in FIELD_TYPES and text.strip() else text.strip()
 
-    changed = [f"{k}={unquote_param(existing[k])!r} (now {params[k]!r})" for k in SAME_ON_RERUN
-               if k in existing and k in params and value(k, existing[k]) != value(k, params[k])]
+    changed = [
+        f"{k}={unquote_param(existing[k])!r} (now {params[k]!r})"
+        for k in SAME_ON_RERUN
+        if k in existing and k in params and value(k, existing[k]) != value(k, params[k])
+    ]
     if changed:
         raise ConfigError(f"run {run_id} is a sweep with {', '.join(changed)}; resume it with the same parameters")
 
@@ -128,14 +150,17 @@ def run_sweep(spec: SweepSpec) -> None:
             client.log_dict(run_id, plan_record(spec, planned, run_id, parallel), names.SWEEP_PLAN)
             children = _to_run(client, ctx, spec, planned)
             if spec.executor == "ray":
-                statuses = run_ray(ctx, children, spec.ray_address, gpus, max(1, parallel // max(1, gpus)),
-                                   spec.storage_path)
+                statuses = run_ray(
+                    ctx, children, spec.ray_address, gpus, max(1, parallel // max(1, gpus)), spec.storage_path
+                )
             else:
                 statuses = run_local(ctx, children, parallel, gpus)
             _check_finished(statuses, len(children), run_id)
         except KeyboardInterrupt as e:
-            reason = (f"{str(e) or 'interrupted'}; its running children were stopped; re-run into this parent "
-                      f"(mlflow run ... --run-id {run_id}) to resume them")
+            reason = (
+                f"{str(e) or 'interrupted'}; its running children were stopped; re-run into this parent "
+                f"(mlflow run ... --run-id {run_id}) to resume them"
+            )
             client.set_tag(run_id, names.TAG_ERROR, reason)
             mlflow.end_run(KILLED)
             raise Interrupted(reason) from e
@@ -160,8 +185,10 @@ def planned_children(spec: SweepSpec, configs: list[TrainConfig], threads_each: 
     """Every planned configuration as a child: its run name and label (by the settings that vary in
     the sweep), its launch."""
     fields = varying(configs)
-    return [Child(c, child_name(c, spec.seeds, fields), replace(spec.launch, threads=threads_each),
-                  config_label(c, fields)) for c in configs]
+    return [
+        Child(c, child_name(c, spec.seeds, fields), replace(spec.launch, threads=threads_each), config_label(c, fields))
+        for c in configs
+    ]
 
 
 def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: int) -> dict:
@@ -169,7 +196,10 @@ def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: i
     command that re-runs it into its parent. ``analyze`` reports against it."""
     params = " ".join(f"-P {k}={shlex.quote(v)}" for k, v in spec.params(parallel).items() if v)
     return {
-        "preset": spec.preset, "grid": spec.grid, "seeds": spec.seeds, "mode": spec.launch.mode,
+        "preset": spec.preset,
+        "grid": spec.grid,
+        "seeds": spec.seeds,
+        "mode": spec.launch.mode,
         "parameters": spec.params(parallel),
         "configurations": [{"name": c.name, "label": c.label, "config": asdict(c.config)} for c in children],
         "command": f"mlflow run {PROJECT_ROOT} -e sweep {params} --env-manager local --run-id {run_id}",
@@ -180,11 +210,17 @@ def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, planned: l
     """The planned children that have not finished, each resuming its interrupted run if it has one."""
     done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
     interrupted = interrupted_children(client, ctx.experiment_id, ctx.parent_run_id)
-    children = [replace(c, launch=replace(c.launch, resume=interrupted.get(c.config, "")))
-                for c in planned if c.config not in done]
-    print(f"sweep {spec.preset} (run {ctx.parent_run_id}): {len(planned)} configurations, "
-          f"{len(planned) - len(children)} already finished, {len(children)} to run "
-          f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot)", flush=True)
+    children = [
+        replace(c, launch=replace(c.launch, resume=interrupted.get(c.config, "")))
+        for c in planned
+        if c.config not in done
+    ]
+    print(
+        f"sweep {spec.preset} (run {ctx.parent_run_id}): {len(planned)} configurations, "
+        f"{len(planned) - len(children)} already finished, {len(children)} to run "
+        f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot)",
+        flush=True,
+    )
     return children
 
 

@@ -17,6 +17,7 @@ signal), so none trains on as an orphan holding its run's lock.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -36,8 +37,7 @@ def serve(requests, replies) -> None:
     """Train every request of ``requests`` (lines), answering each on ``replies``."""
     for line in requests:
         cfg, launch, run_id = read_request(line)
-        code = guard(lambda: print(train_job(None if launch.resume else cfg, launch, run_id).summary(), flush=True),
-                     run_id)
+        code = guard(functools.partial(_train, cfg, launch, run_id), run_id)
         sys.stdout.flush()
         sys.stderr.flush()
         replies.write(json.dumps({"run_id": run_id, "code": code}) + "\n")
@@ -45,6 +45,10 @@ def serve(requests, replies) -> None:
         if code == 130:  # stopped (SIGTERM, Ctrl-C): the sweep is stopping; so does the worker
             return
         torch.compiler.reset()  # a compiled child's graphs are of its model only; let them go
+
+
+def _train(cfg, launch, run_id: str) -> None:
+    print(train_job(None if launch.resume else cfg, launch, run_id).summary(), flush=True)
 
 
 def main() -> None:

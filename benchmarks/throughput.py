@@ -1,5 +1,10 @@
 """Training throughput of the plain and the fast path, side by side in one process, and the rate
-of the data pipeline that feeds them (the ``bench`` entry point).
+of the data pipeline that feeds them: what the ``bench`` entry point measures (it lives beside the
+other benchmarks, not in the library: it measures the library).
+
+``BenchSpec`` is what a bench run measures, with every allowed value and range (as ``TrainConfig``
+is for a training): the entry point builds one from its options, ``run`` measures it, and the
+processes of ``--share`` receive it whole.
 
 A configuration is one (mode, norm, batch size). Each trains a fresh ResNet through the engine's
 own step (``resnorm.fast.Runner.step``) on batches from the runner's own feeding over random uint8
@@ -24,15 +29,75 @@ import numpy as np
 import pandas as pd
 import torch
 
-from resnorm import fast, markdown
-from resnorm.config import TrainConfig
+from resnorm import PROJECT_ROOT, fast, markdown
 from resnorm.bundle import DataBundle, Split
+from resnorm.config import COMPILE_MODES, DEVICES, TrainConfig
 from resnorm.data import batches
-from resnorm.folders import decode_class_tree
 from resnorm.engine import prepare
-from resnorm.errors import ResnormError
+from resnorm.errors import ConfigError, ResnormError
+from resnorm.folders import decode_class_tree
+from resnorm.norms import NORM_NAMES
 
-EXPERIMENT = "resnorm-bench"
+BENCH_MODES = ("plain", "fast")
+MAX_IMAGES = 1_000_000  # images one measurement generates (batch size x steps)
+MAX_SHARE = 16  # trainings at once on one device
+
+
+def _listed(name: str, items: Sequence, allowed: str) -> ConfigError:
+    return ConfigError(f"{name} {','.join(map(str, items))!r}: give a comma-separated list of {allowed}")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What one bench run measures; every range is checked here, where the spec is built."""
+
+    norms: tuple[str, ...] = NORM_NAMES
+    batch_sizes: tuple[int, ...] = (8, 32, 128)
+    modes: tuple[str, ...] = BENCH_MODES
+    image_size: int = 256
+    steps: int = 50  # timed training steps per configuration
+    warmup: int = 10  # untimed steps first (compiling, autotuning), reported apart
+    classes: int = 25
+    n: int = 2
+    compile_mode: str = "auto"
+    feed_files: int = 512  # JPEG files for the feeding rates; 0 skips them
+    share: tuple[int, ...] = ()  # trainings at once on the device, each its own process; () skips
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.norms or any(x not in NORM_NAMES for x in self.norms):
+            raise _listed("norms", self.norms, ", ".join(NORM_NAMES))
+        if not self.batch_sizes or any(b < 2 for b in self.batch_sizes):
+            raise _listed("batch sizes", self.batch_sizes, "batch sizes of at least 2")
+        if not self.modes or any(m not in BENCH_MODES for m in self.modes):
+            raise _listed("modes", self.modes, ", ".join(BENCH_MODES))
+        if any(not 1 <= k <= MAX_SHARE for k in self.share):
+            raise _listed("share", self.share, f"process counts from 1 to {MAX_SHARE}, or nothing")
+        for field, low in (("image_size", 8), ("steps", 1), ("warmup", 1), ("classes", 2), ("n", 1), ("feed_files", 0)):
+            if getattr(self, field) < low:
+                raise ConfigError(f"{field} must be at least {low}, got {getattr(self, field)}")
+        for field, allowed in (("compile_mode", COMPILE_MODES), ("device", DEVICES)):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"unknown {field} {getattr(self, field)!r}; valid: {', '.join(allowed)}")
+        for b in self.batch_sizes:
+            if b * (self.warmup + self.steps) > MAX_IMAGES:
+                raise ConfigError(
+                    f"batch size {b} x {self.warmup + self.steps} steps is too many images for one "
+                    f"measurement (at most {MAX_IMAGES:,})"
+                )
+
+    def as_params(self) -> dict[str, str]:
+        """The MLflow params of the bench run (lists comma-separated)."""
+        return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}
+
+    def shared(self) -> dict:
+        """The one configuration the processes of ``--share`` train at once: fast torch_bn at batch 32
+        where those are measured, else the first of each."""
+        return {
+            "mode": "fast" if "fast" in self.modes else self.modes[0],
+            "norm": "torch_bn" if "torch_bn" in self.norms else self.norms[0],
+            "batch_size": 32 if 32 in self.batch_sizes else self.batch_sizes[0],
+        }
 
 
 @dataclass(frozen=True)
@@ -80,25 +145,21 @@ def random_bundle(images: int, image_size: int, classes: int, seed: int = 0) -> 
 
 
 def train_rate(
+    spec: BenchSpec,
     mode: str,
     norm: str,
     batch_size: int,
-    image_size: int,
     device: torch.device,
-    steps: int,
-    warmup: int,
-    classes: int = 25,
-    n: int = 2,
-    compile_mode: str = "auto",
     barrier: Callable[[], None] | None = None,
 ) -> TrainRate:
     """Images per second of ``steps`` training steps after ``warmup`` ones, for one configuration.
     ``barrier`` is called between the two (processes sharing a device time the same stretch)."""
-    speed = fast.resolve_speed(mode, device, batch_size, compile_mode)
+    steps, warmup = spec.steps, spec.warmup
+    speed = fast.resolve_speed(mode, device, batch_size, spec.compile_mode)
     fast.configure_backends(speed, device)
-    torch._dynamo.reset()  # every configuration compiles afresh (and none hits the recompile limit)
-    cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=image_size, n=n, augment=True)
-    t = prepare(cfg, random_bundle(batch_size * (warmup + steps), image_size, classes), device, speed)
+    torch.compiler.reset()  # every configuration compiles afresh (and none hits the recompile limit)
+    cfg = TrainConfig(norm=norm, batch_size=batch_size, image_size=spec.image_size, n=spec.n, augment=True)
+    t = prepare(cfg, random_bundle(batch_size * (warmup + steps), spec.image_size, spec.classes), device, speed)
     t.model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,8 +179,20 @@ def train_rate(
     _sync(device)
     elapsed = time.perf_counter() - warm
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return TrainRate(mode, norm, batch_size, steps * batch_size / elapsed, 1000 * elapsed / steps, warmup_seconds,
-                     t.runner.compile_seconds, peak, speed.describe(), t.runner.fallback, began, time.time())
+    return TrainRate(
+        mode,
+        norm,
+        batch_size,
+        steps * batch_size / elapsed,
+        1000 * elapsed / steps,
+        warmup_seconds,
+        t.runner.compile_seconds,
+        peak,
+        speed.describe(),
+        t.runner.fallback,
+        began,
+        time.time(),
+    )
 
 
 def feed_rates(image_size: int, device: torch.device, files: int, batch_size: int = 32) -> list[FeedRate]:
@@ -133,28 +206,48 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
     batch_size = max(1, min(batch_size, files // 4))  # a few batches even from a handful of files
     with tempfile.TemporaryDirectory() as tmp:
         _write_jpegs(Path(tmp), files, int(image_size * 1.17), classes=4)
-        plain = transforms.Compose([
-            transforms.Resize(image_size),
-            transforms.CenterCrop(image_size),
-            transforms.RandomCrop(image_size, padding=image_size // 8),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-        ])
-        loader = DataLoader(datasets.ImageFolder(tmp, plain), batch_size=batch_size, shuffle=True,
-                            num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
+        plain = transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.RandomCrop(image_size, padding=image_size // 8),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+            ]
+        )
+        loader = DataLoader(
+            datasets.ImageFolder(tmp, plain),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+        )
         start = time.perf_counter()
         seen = 0
         for x, _ in loader:
             x = x.to(device, non_blocking=True)
             seen += len(x)
         _sync(device)
-        rates.append(FeedRate("plain", "plain: PIL + DataLoader", seen / (time.perf_counter() - start),
-                              f"{workers} workers, JPEG {int(image_size * 1.17)}px -> resize, crop, flip"))
+        rates.append(
+            FeedRate(
+                "plain",
+                "plain: PIL + DataLoader",
+                seen / (time.perf_counter() - start),
+                f"{workers} workers, JPEG {int(image_size * 1.17)}px -> resize, crop, flip",
+            )
+        )
         start = time.perf_counter()
         _, images, _ = decode_class_tree(Path(tmp), image_size, "decoding")
-        rates.append(FeedRate("decode", "decode once into the uint8 cache", len(images) / (time.perf_counter() - start),
-                              f"PIL in {min(32, workers + 4)} threads, once per folder and image size"))
+        rates.append(
+            FeedRate(
+                "decode",
+                "decode once into the uint8 cache",
+                len(images) / (time.perf_counter() - start),
+                f"PIL in {min(32, workers + 4)} threads, once per folder and image size",
+            )
+        )
     cache = random_bundle(max(files, 8 * batch_size), image_size, 4)
     placed, where = fast.place_images(cache, device)
     generator = torch.Generator().manual_seed(0)
@@ -166,8 +259,14 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
         for x, _ in batches(placed.train, batch_size, device, generator, image_size // 8, torch.channels_last):
             seen += len(x)
     _sync(device)
-    rates.append(FeedRate("fast", "fast: uint8 cache -> augmented batch", seen / (time.perf_counter() - start),
-                          f"cache in {where}, crop + flip as tensor ops on {device.type}"))
+    rates.append(
+        FeedRate(
+            "fast",
+            "fast: uint8 cache -> augmented batch",
+            seen / (time.perf_counter() - start),
+            f"cache in {where}, crop + flip as tensor ops on {device.type}",
+        )
+    )
     return rates
 
 
@@ -183,44 +282,31 @@ def _write_jpegs(root: Path, files: int, size: int, classes: int) -> None:
 
 
 def run(
-    norms: Sequence[str],
-    batch_sizes: Sequence[int],
-    modes: Sequence[str],
-    image_size: int,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    classes: int,
-    n: int,
-    compile_mode: str,
-    feed_files: int,
-    share: Sequence[int] = (),
-    progress=print,
+    spec: BenchSpec, device: torch.device, progress=print
 ) -> tuple[list[TrainRate], list[FeedRate], list[ShareRate]]:
     """Every (batch size, norm, mode), then the feeding rates, then ``share``: that many trainings
-    at once on the device (fast torch_bn at batch 32 where those are measured, else the first of
-    each), each in its own process."""
+    at once on the device (``spec.shared()``), each in its own process."""
     rates = []
-    if "fast" in modes:  # before anything touches torch's compiler: it fixes its cache folder on first use
+    if "fast" in spec.modes:  # before anything touches torch's compiler: it fixes its cache folder on first use
         fast.configure_backends(fast.resolve_speed("fast", device, 32), device)
-    for batch_size in batch_sizes:
-        for norm in norms:
-            for mode in modes:
-                r = train_rate(mode, norm, batch_size, image_size, device, steps, warmup, classes, n, compile_mode)
-                progress(f"{mode:>5} {norm:>8} bs {batch_size:>4}: {r.images_per_second:10.1f} img/s "
-                         f"({r.ms_per_step:.2f} ms/step, warm-up {r.warmup_seconds:.1f} s)")
+    for batch_size in spec.batch_sizes:
+        for norm in spec.norms:
+            for mode in spec.modes:
+                r = train_rate(spec, mode, norm, batch_size, device)
+                progress(
+                    f"{mode:>5} {norm:>8} bs {batch_size:>4}: {r.images_per_second:10.1f} img/s "
+                    f"({r.ms_per_step:.2f} ms/step, warm-up {r.warmup_seconds:.1f} s)"
+                )
                 rates.append(r)
-    feeds = feed_rates(image_size, device, feed_files) if feed_files else []
+    feeds = feed_rates(spec.image_size, device, spec.feed_files) if spec.feed_files else []
     shares = []
-    if share:
-        settings = {"mode": "fast" if "fast" in modes else modes[0], "norm": "torch_bn" if "torch_bn" in norms else norms[0],
-                    "batch_size": 32 if 32 in batch_sizes else batch_sizes[0], "image_size": image_size,
-                    "steps": steps, "warmup": warmup, "classes": classes, "n": n, "compile_mode": compile_mode,
-                    "device": str(device)}
-        for k in share:
-            shares.append(shared_rate(k, settings))
-            progress(f"{k} at once ({settings['mode']} {settings['norm']} bs {settings['batch_size']}): "
-                     f"{shares[-1].images_per_second:10.1f} img/s together")
+    for k in spec.share:
+        shares.append(shared_rate(spec, k, device))
+        what = spec.shared()
+        progress(
+            f"{k} at once ({what['mode']} {what['norm']} bs {what['batch_size']}): "
+            f"{shares[-1].images_per_second:10.1f} img/s together"
+        )
     return rates, feeds, shares
 
 
@@ -239,7 +325,7 @@ def table(rates: Sequence[TrainRate]) -> list[dict]:
         if "plain_img_per_s" in row and "fast_img_per_s" in row:
             row["fast_over_plain"] = round(row["fast_img_per_s"] / row["plain_img_per_s"], 2)
     reference = {b: row.get("fast_img_per_s") for (norm, b), row in rows.items() if norm == "torch_bn"}
-    for (norm, b), row in rows.items():
+    for (_, b), row in rows.items():
         if reference.get(b) and "fast_img_per_s" in row:
             row["fast_over_torch_bn"] = round(row["fast_img_per_s"] / reference[b], 2)
     return list(rows.values())
@@ -288,29 +374,44 @@ def report(rates, feeds, shares, title: str) -> Report:
     if feeds:
         text += ["", "## feeding the model (img/s)", "", markdown.table(feed.set_index("pipeline").round(1))]
     if shares:
-        text += ["", "## trainings at once on one device (img/s together)", "",
-                 markdown.table(shared.set_index("processes").round(2))]
+        text += [
+            "",
+            "## trainings at once on one device (img/s together)",
+            "",
+            markdown.table(shared.set_index("processes").round(2)),
+        ]
     fallbacks = sorted({r.fallback for r in rates if r.fallback})
     if fallbacks:
         text += ["", "torch.compile failed, measured eagerly: " + "; ".join(fallbacks)]
     return Report(frame, feed, shared, "\n".join(text) + "\n")
 
 
-def shared_rate(processes: int, settings: dict, timeout: float = 900) -> ShareRate:
-    """Total training rate of ``processes`` trainings of one configuration at once on one device,
-    each its own process (as a sweep's children are): they warm up, wait for each other, and the
-    total is their images over the wall time from the first timed step to the last."""
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+def shared_rate(spec: BenchSpec, processes: int, device: torch.device, timeout: float = 900) -> ShareRate:
+    """Total training rate of ``processes`` trainings of ``spec.shared()`` at once on one device, each
+    its own process (as a sweep's children are): they warm up, wait for each other, and the total is
+    their images over the wall time from the first timed step to the last."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as rendezvous:
-        job = json.dumps({**settings, "rendezvous": rendezvous, "processes": processes})
-        procs = [subprocess.Popen([sys.executable, "-m", "resnorm.bench", job], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+        job = json.dumps(
+            {"spec": asdict(spec), "device": str(device), "rendezvous": rendezvous, "processes": processes}
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.throughput", job],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(processes)
+        ]
         results = []
         for p in procs:
             out, err = p.communicate(timeout=timeout)
             if p.returncode != 0:
-                raise ResnormError(f"a bench worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+                raise ResnormError(
+                    f"a bench worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}"
+                )
             results.append(json.loads(out.strip().splitlines()[-1]))
     images = sum(r["images_per_second"] * (r["timed_to"] - r["timed_from"]) for r in results)
     span = max(r["timed_to"] for r in results) - min(r["timed_from"] for r in results)
@@ -319,7 +420,7 @@ def shared_rate(processes: int, settings: dict, timeout: float = 900) -> ShareRa
 
 def _worker(job: dict) -> None:
     """One of ``shared_rate``'s processes: prints its TrainRate as JSON."""
-    rendezvous, processes = Path(job.pop("rendezvous")), job.pop("processes")
+    rendezvous, processes = Path(job["rendezvous"]), job["processes"]
 
     def barrier() -> None:
         (rendezvous / str(os.getpid())).touch()
@@ -329,8 +430,11 @@ def _worker(job: dict) -> None:
                 raise ResnormError("the other bench workers did not get through their warm-up")
             time.sleep(0.01)
 
-    device = torch.device(job.pop("device"))
-    print(json.dumps(asdict(train_rate(device=device, barrier=barrier, **job))), flush=True)
+    spec = BenchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
+    print(
+        json.dumps(asdict(train_rate(spec, device=torch.device(job["device"]), barrier=barrier, **spec.shared()))),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

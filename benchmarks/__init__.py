@@ -1,0 +1,1 @@
+"""Speed and cost measurements of the library (never timed tests): bench's throughput, start-up, snapshots, analyze."""
