@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter
+from matplotlib.ticker import FormatStrFormatter, Formatter, MaxNLocator, PercentFormatter
 
 from analysis.groups import Group, describe, differing
 from analysis.runs import Histories
@@ -73,6 +74,18 @@ FIGURES = (
 )
 
 
+class FewMinorLabels(Formatter):
+    """Minor tick labels of a log axis: none when it spans a decade or more (its major ticks say
+    enough), else at most four, evenly spaced, as plain numbers (0.7, 0.9), never run together."""
+
+    def __call__(self, x, pos=None) -> str:
+        low, high = sorted(self.axis.get_view_interval())
+        if low <= 0 or high / low >= 10:
+            return ""
+        shown = [t for t in self.locs if low <= t <= high]
+        return f"{x:.3g}" if x in shown[:: max(1, math.ceil(len(shown) / 4))] else ""
+
+
 def mean_curve(histories: Histories, run_ids, key: str) -> tuple[pd.Series, pd.Series]:
     """Mean and sample std over runs, per epoch (std is NaN with one run)."""
     frame = pd.concat([histories(r, key) for r in run_ids], axis=1)
@@ -109,8 +122,10 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
             ax.fill_between(mean.index, (mean - std).values * scale, (mean + std).values * scale, alpha=0.15)
     if key in LOSSES:
         ax.set_yscale("log")  # one diverging epoch does not flatten the others
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(FormatStrFormatter("%.3g"))  # 0.25, 1.5, not 2 x 10^0
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # 0.25, 1.5, not 2 x 10^0
+        # Minor ticks labelled only where the axis spans little (a few of them under a decade, all
+        # under a third of one): labelling every one ran them together (0.7 0.8 0.9).
+        ax.yaxis.set_minor_formatter(FewMinorLabels())
     else:
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     epochs = sorted({e for _, g in found for r in g.finished["run_id"] for e in histories(r, key).index})

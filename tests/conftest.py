@@ -39,11 +39,18 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
     return root
 
 
+# The longest test files first: `pytest -n 2 --dist loadfile` hands files to its workers in this
+# order, and one long file started last would finish alone.
+FIRST = ("test_readme.py", "test_distributed.py", "test_writers.py", "test_recovery.py")
+
+
 def pytest_collection_modifyitems(items):
     """Compiling on the CPU takes tens of seconds: a `compile` test is a `slow` one too."""
     for item in items:
         if item.get_closest_marker("compile"):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

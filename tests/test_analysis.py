@@ -185,3 +185,28 @@ def test_the_sweep_is_found_where_it_is_and_re_planned_from_its_params(mlflow_en
         ("gn", 0, 1, 0.1),
         ("gn", 1, 1, 0.1),
     ]
+
+
+def test_a_log_axis_labels_few_minor_ticks_and_none_across_a_decade():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from analysis.figures import FewMinorLabels
+
+    def minor_labels(low, high):
+        fig = Figure()
+        ax = fig.subplots()
+        ax.plot(range(10), [low + (high - low) * i / 9 for i in range(10)])
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(FewMinorLabels())
+        FigureCanvasAgg(fig).draw()
+        bottom, top = ax.get_ylim()
+        return [
+            t.get_text()
+            for t in ax.yaxis.get_ticklabels(minor=True)
+            if t.get_text() and bottom <= t.get_position()[1] <= top
+        ]
+
+    assert minor_labels(0.62, 0.95) == ["0.7", "0.8", "0.9"]  # plain numbers, not 7 x 10^-1
+    assert len(minor_labels(0.3, 2.2)) <= 4  # never all eight of 0.3 ... 2
+    assert minor_labels(0.05, 2.3) == []  # the major ticks (0.1, 1) say enough

@@ -129,3 +129,12 @@ def test_help_lists_every_option_with_its_default():
     for option in ("--norm", "--lr", "--weight-decay", "--batch-size", "--augment", "--data", "--device"):
         assert option in result.output
     assert result.output.count("[default:") >= 15
+
+
+@pytest.mark.slow
+def test_a_training_run_records_the_machines_cost_beside_its_accuracy(mlflow_env, monkeypatch, capsys):
+    """MLflow's system metrics on every training run (sampled fast here, so a short run has them)."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    run_command(command("train"), ["--norm", "bn", "--epochs", "3", "--image-size", "16", "--n", "1"])
+    r = only_run(MlflowClient())
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(r.data.metrics)

@@ -28,7 +28,7 @@ Substitutions, only where a command would take long or names a place that does n
 | ``bench.py --image-size 32 ... --steps 10 --warmup 3`` | ``--image-size 8 ... --steps 1 --warmup 1 --feed-files 16 --compile-mode none`` | seconds (compiling on the CPU: a minute) |
 | ``analyze_store.py --runs 200 --steps 50``   | ``--runs 4 --steps 3``                            | seconds              |
 | ``benchmarks/startup.py``                    | ``--no-sweep --repeats 1`` appended               | a minute, not three  |
-| a ``python`` snippet                         | ``images``, ``labels``, ``classes`` defined first (digits test images at 8 px) | the README leaves them to the reader |
+| a ``python`` snippet                         | run in this process, in the copy, on its default store; ``images``, ``labels``, ``classes`` defined first (digits test images at 8 px) | the README leaves them to the reader |
 """
 
 from __future__ import annotations
@@ -201,7 +201,20 @@ def run_gradcam(r: Readme, cmd: str) -> None:
 
 
 def run_python(r: Readme, snippet: str) -> None:
-    r.run(f"{sys.executable} - <<'PYTHON'\n{PREAMBLE}\n{snippet}\nPYTHON")
+    """The snippet as written, in this process (a new interpreter would spend its time importing), in
+    the project copy with the README's default store, as a reader's Python there would be."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(r.project)
+        for var in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(var)
+        mp.setenv("RESNORM_HOME", r.env["RESNORM_HOME"])
+        mlflow.set_tracking_uri(None)  # MLflow's default: ./mlflow.db of the working directory
+        try:
+            exec(compile(PREAMBLE + "\n" + snippet, "README.md", "exec"), {})
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
 def run_ui(r: Readme, cmd: str) -> None:

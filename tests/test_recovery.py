@@ -185,7 +185,7 @@ def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow
         "--preset",
         "custom",
         "--grid",
-        "norm=bn,gn,ln",
+        "norm=bn,gn",
         "--epochs",
         "4",
         "--image-size",
@@ -213,14 +213,14 @@ def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow
     os.kill(worker, signal.SIGKILL)
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 1, err[-3000:]
-    assert "Traceback" not in err and err.count("error:") == 1 and "1 of 3 children did not finish" in err, err[-3000:]
+    assert "Traceback" not in err and err.count("error:") == 1 and "1 of 2 children did not finish" in err, err[-3000:]
     dead = client.get_run(found["child"])
     assert dead.info.status == "FAILED"
     assert dead.data.tags[names.TAG_ERROR].startswith(
         f"its sweep worker (pid {worker}) died while training it (signal SIGKILL)"
     )
     kids = client.search_runs([dead.info.experiment_id], f"tags.mlflow.parentRunId = '{found['parent']}'")
-    assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED", "FINISHED"]
+    assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED"]
 
     rerun = subprocess.run(
         SWEEP + args,

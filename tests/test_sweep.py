@@ -6,6 +6,7 @@ from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError
 from resnorm.norms import NORM_NAMES
 from resnorm.sweep import child_name, parse_grid, plan
+from resnorm.sweep.planner import config_label, varying
 
 
 def test_study_is_the_27_configurations_behind_the_tables_and_figures():
@@ -82,3 +83,23 @@ def test_bad_sweeps_name_the_value_and_what_is_allowed(args, message):
     with pytest.raises(ConfigError) as e:
         plan(*args)
     assert str(e.value).startswith(message)
+
+
+def test_no_two_configurations_of_a_sweep_share_a_run_name():
+    """The study's step-schedule child was once named as the default configuration: a name now adds
+    the settings that vary in the sweep and differ from the defaults."""
+    for preset, seeds in (("study", 1), ("study", 3), ("quick", 1)):
+        configs = plan(preset, seeds=seeds)
+        fields = varying(configs)
+        names_ = [child_name(c, seeds, fields) for c in configs]
+        assert len(set(names_)) == len(configs), preset
+    study = plan("study")
+    fields = varying(study)
+    step = next(c for c in study if c.scheduler == "step")
+    assert child_name(step, 1, fields) == "torch_bn-sgd-lr0.1-aug-bs32-step"
+    adam = next(c for c in study if c.optimizer == "adam" and c.norm == "bn")
+    assert child_name(adam, 1, fields) == "bn-adam-lr0.0001-aug-bs32-wd1e-07"
+    assert child_name(plan("quick")[0], 1, varying(plan("quick"))) == "torch_bn-sgd-lr0.1-aug-bs32"
+    assert config_label(step, fields).startswith(
+        "norm=torch_bn, optimizer=sgd, lr=0.1, weight_decay=0.0001, scheduler=step"
+    )

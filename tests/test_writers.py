@@ -4,6 +4,7 @@
 import subprocess
 import threading
 import uuid
+import warnings
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ from tests.conftest import PYTHON, ROOT, MlflowServer, subprocess_env
 pytestmark = pytest.mark.slow
 
 WRITERS = 8
+NORMS = [NORM_NAMES[i % len(NORM_NAMES)] for i in range(WRITERS)]
 EPOCHS = 2
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # for psycopg2.connect
 STORE = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 picks psycopg 3 for postgresql://
@@ -24,12 +26,16 @@ STORE = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 picks 
 
 @pytest.fixture
 def postgres_store():
-    """A uniquely named PostgreSQL database for this test, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (the test extra)")
+    """A uniquely named PostgreSQL database for this test, dropped afterwards; None (with a warning)
+    where there is no PostgreSQL server (CI's machine has one)."""
     try:
+        import psycopg2
+
         admin = psycopg2.connect(f"{POSTGRES}/test", connect_timeout=5)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {e}")
+    except Exception as e:  # noqa: BLE001 - no driver or no server: the SQLite half still runs
+        warnings.warn(f"no PostgreSQL at {POSTGRES} ({e}): its eight writers are not tested", stacklevel=1)
+        yield None
+        return
     admin.autocommit = True
     db = f"resnorm_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
@@ -42,41 +48,32 @@ def postgres_store():
         admin.close()
 
 
-def eight_writers(server: MlflowServer, tmp_path):
-    norms = [NORM_NAMES[i % len(NORM_NAMES)] for i in range(WRITERS)]
+def start_writers(server: MlflowServer, folder) -> list[subprocess.Popen]:
+    """Eight training processes against ``server``, at once."""
     procs = []
-    for i, norm in enumerate(norms):
-        args = [
-            PYTHON,
-            str(ROOT / "entrypoints" / "train.py"),
-            "--norm",
-            norm,
-            "--epochs",
-            str(EPOCHS),
-            "--image-size",
-            "8",
-            "--n",
-            "1",
-            "--data",
-            "synthetic",
-            "--batch-size",
-            "16",
-            "--seed",
-            str(i),
-            "--device",
-            "cpu",
-        ]
-        env = {
-            **subprocess_env(server.url),
-            "RESNORM_HOME": str(tmp_path / "home"),
-            "OMP_NUM_THREADS": "1",
-        }  # eight processes on a few cores: no thread oversubscription
+    for i, norm in enumerate(NORMS):
+        args = [PYTHON, str(ROOT / "entrypoints" / "train.py"), "--norm", norm, "--epochs", str(EPOCHS)]
+        args += ["--image-size", "8", "--n", "1", "--data", "synthetic", "--batch-size", "16", "--seed", str(i)]
+        # Sixteen processes on a few cores: one thread each, no oversubscription.
+        env = {**subprocess_env(server.url), "RESNORM_HOME": str(folder / "home"), "OMP_NUM_THREADS": "1"}
         procs.append(
-            subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                args + ["--device", "cpu"],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
+    return procs
+
+
+def check_writers(server: MlflowServer, procs: list[subprocess.Popen]) -> None:
+    """Every writer finished, nothing was locked, every epoch landed once, every model registered."""
     errors = []
     for p in procs:
-        out, err = p.communicate(timeout=900)
+        _, err = p.communicate(timeout=900)
         if p.returncode != 0 or "database is locked" in err:
             errors.append(err[-1500:])
     assert not errors, errors
@@ -90,7 +87,7 @@ def eight_writers(server: MlflowServer, tmp_path):
         for key in names.EPOCH_METRICS:
             assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == list(range(1, EPOCHS + 1))
         assert names.final_metric("test", "accuracy") in r.data.metrics
-    versions = sum(len(client.search_model_versions(f"name = '{names.registered_model(n)}'")) for n in set(norms))
+    versions = sum(len(client.search_model_versions(f"name = '{names.registered_model(n)}'")) for n in set(NORMS))
     assert versions == WRITERS, "every writer registered its model"
 
 
@@ -130,17 +127,23 @@ def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
         server.kill()
 
 
-def test_eight_writers_on_sqlite(tmp_path):
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+def test_eight_writers_on_sqlite_and_eight_on_postgresql(postgres_store, tmp_path):
+    """Both servers at once, each with its eight writers: the two stores are independent, and the
+    sixteen processes take the time of eight and a bit on two cores."""
+    folders = {kind: tmp_path / kind for kind in ("sqlite", "postgresql")}
+    for folder in folders.values():
+        folder.mkdir()
+    servers = {
+        "sqlite": MlflowServer(f"sqlite:///{folders['sqlite'] / 'server.db'}", folders["sqlite"]),
+        "postgresql": MlflowServer(postgres_store, folders["postgresql"]),
+    }
     try:
-        eight_writers(server, tmp_path)
+        for server in servers.values():
+            server.start()
+        writers = {kind: start_writers(server, folders[kind]) for kind, server in servers.items()}
+        for kind, server in servers.items():
+            check_writers(server, writers[kind])
     finally:
-        server.kill()
-
-
-def test_eight_writers_on_postgresql(postgres_store, tmp_path):
-    server = MlflowServer(postgres_store, tmp_path).start()
-    try:
-        eight_writers(server, tmp_path)
-    finally:
-        server.kill()
+        for server in servers.values():
+            if server.proc is not None:
+                server.kill()
