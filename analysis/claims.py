@@ -23,13 +23,17 @@ from analysis.evidence import (
     BATCH,
     COSINE,
     INCONCLUSIVE,
+    MARGIN,
     NOT_TESTABLE,
     SGD,
     SLOW_SGD,
+    STATEMENTS,
     STEP,
     Skip,
     accuracies,
+    band,
     overfitting_gap,
+    phrases,
     samples,
 )
 from analysis.groups import Group
@@ -39,14 +43,7 @@ from resnorm.norms import NORM_NAMES
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
-MARGIN = 0.01  # claim 3's equivalence margin: one accuracy point
 POINTS, PROBABILITY = "accuracy points", "P(X > Y)"
-
-
-def band(margin: float) -> str:
-    """The equivalence margin in words: ``±1 accuracy point``."""
-    points_ = round(margin * 100, 9)
-    return f"±{points_:g} accuracy point{'' if points_ == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -90,28 +87,6 @@ def _direction(value: float, p: float, alpha: float) -> str:
 
 
 # --- the claims ------------------------------------------------------------------------------------------------
-
-STATEMENTS = {
-    1: "Augmentation reduces overfitting (Table 1)",
-    2: "SGD lr 0.1 beats Adam lr 1e-4 and SGD lr 1e-4 for every norm (Tables 3-5)",
-    3: "The hand-written bn matches torch.nn.BatchNorm2d (Table 2)",
-    4: "The seven norms rank in a clear order (Table 3)",
-    5: "Batch size matters for bn but not for gn (Figures 5, 6)",
-    6: "The cosine schedule is at least as good as the step schedule (Table 6)",
-}
-
-
-def phrases(alpha: float = stats.ALPHA, margin: float = MARGIN) -> dict[int, str]:
-    """Claim id -> the test used on it, in one phrase (the same whether or not the sweep allows it)."""
-    level = f"{(1 - alpha) * 100:g} %"
-    return {
-        1: f"Welch's t-test on torch_bn's train-test gap, off minus on, two-sided, alpha {alpha:g}",
-        2: f"Welch's t-tests on test accuracy, SGD lr 0.1 minus each alternative, Holm over all, alpha {alpha:g}",
-        3: f"TOST equivalence (two one-sided Welch t-tests), margin {band(margin)}, alpha {alpha:g}",
-        4: f"probability of improvement of adjacent ranks, {level} percentile bootstrap CI",
-        5: f"interaction (bn 8 - 128) - (gn 8 - 128), Welch-Satterthwaite {level} CI",
-        6: f"Welch's t-test on torch_bn's test accuracy, cosine minus step, two-sided, alpha {alpha:g}",
-    }
 
 
 def _points_ci(e: Estimate) -> tuple[float, float]:

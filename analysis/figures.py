@@ -82,7 +82,7 @@ class FewMinorLabels(Formatter):
         low, high = sorted(self.axis.get_view_interval())
         if low <= 0 or high / low >= 10:
             return ""
-        shown = [t for t in self.locs if low <= t <= high]
+        shown = [t for t in self.axis.get_minorticklocs() if low <= t <= high]
         return f"{x:.3g}" if x in shown[:: max(1, math.ceil(len(shown) / 4))] else ""
 
 

@@ -45,6 +45,24 @@ def _text(items) -> str:
     return ",".join(map(str, items))
 
 
+# The whole-number options, each BenchSpec's field of that name (BenchSpec checks the ranges).
+NUMBERS = {
+    "image_size": "Images are this many pixels square (>= 8).",
+    "steps": "Timed training steps per configuration (>= 1).",
+    "warmup": "Untimed steps first (compiling, autotuning), reported apart (>= 1).",
+    "classes": "Classes of the model's output (>= 2).",
+    "n": "Blocks per stage; depth 6n+2 (>= 1).",
+    "feed_files": "JPEG files for the data-pipeline rates (0: skip them).",
+}
+
+
+def numbers(command):
+    for field, text in reversed(NUMBERS.items()):
+        option = click.option(f"--{field.replace('_', '-')}", field, type=int, default=getattr(D, field), help=text)
+        command = option(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
     "--norms", default=_text(D.norms), callback=_list(), help=f"Comma-separated norms of {', '.join(NORM_NAMES)}."
@@ -62,22 +80,13 @@ def _text(items) -> str:
     help=f"Comma-separated modes of {', '.join(BENCH_MODES)}: plain: float32, NCHW, eager (what the study "
     "ran); fast: the fast path.",
 )
-@click.option("--image-size", type=int, default=D.image_size, help="Images are this many pixels square (>= 8).")
-@click.option("--steps", type=int, default=D.steps, help="Timed training steps per configuration (>= 1).")
-@click.option(
-    "--warmup", type=int, default=D.warmup, help="Untimed steps first (compiling, autotuning), reported apart (>= 1)."
-)
-@click.option("--classes", type=int, default=D.classes, help="Classes of the model's output (>= 2).")
-@click.option("--n", type=int, default=D.n, help="Blocks per stage; depth 6n+2 (>= 1).")
+@numbers
 @click.option(
     "--compile-mode",
     type=click.Choice(COMPILE_MODES),
     default=D.compile_mode,
     help="torch.compile mode of the fast path; auto: reduce-overhead (CUDA graphs) for batches up to 64 "
     "on CUDA, else default; none: eager.",
-)
-@click.option(
-    "--feed-files", type=int, default=D.feed_files, help="JPEG files for the data-pipeline rates (0: skip them)."
 )
 @click.option(
     "--share",

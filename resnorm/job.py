@@ -22,8 +22,8 @@ from resnorm.data import load_data
 from resnorm.engine import train as fit
 from resnorm.fast import resolve_speed
 from resnorm.resume import resumable
-from resnorm.runlog import sync_timeout, training_run
-from resnorm.tracking import check_tracking_server
+from resnorm.runlog import training_run
+from resnorm.tracking import check_tracking_server, sync_timeout
 
 
 @dataclass(frozen=True)

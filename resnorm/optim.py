@@ -1,21 +1,29 @@
-"""The optimisers and learning-rate schedules a run can name, each built from its ``TrainConfig``:
+"""The optimisers and learning-rate schedules a run can name, each built from its settings:
 one ``{name: builder}`` table each, whose names are the values ``TrainConfig`` allows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from resnorm.errors import ConfigError
 
-if TYPE_CHECKING:
-    from resnorm.config import TrainConfig
+
+class Settings(Protocol):
+    """What the builders read of a run's settings (``TrainConfig`` has it; the config imports this module)."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    scheduler: str
+    epochs: int
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Settings, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     # Weight decay by tensor rank, so it works for every norm: conv and linear weights decay;
     # biases, norm affines and Batch-Instance gates (which Nam & Kim exempt) do not.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -28,7 +36,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool = False) -> 
     return _builder(OPTIMIZERS, "optimizer", cfg.optimizer)(groups, cfg, kind)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(cfg: Settings, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per epoch."""
     return _builder(SCHEDULERS, "scheduler", cfg.scheduler)(optimizer, cfg)
 

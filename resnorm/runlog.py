@@ -31,10 +31,11 @@ from resnorm import names, serving, snapshots, weights
 from resnorm.bundle import SPLITS, DataBundle
 from resnorm.config import Launch, TrainConfig
 from resnorm.engine import EpochStats, TrainResult
-from resnorm.errors import ConfigError, Interrupted, TrackingUnavailable, one_line
+from resnorm.errors import Interrupted, TrackingUnavailable, one_line
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
+from resnorm.registry import promote_if_better
 from resnorm.resume import DATASET_CONTEXTS, split_sizes
 from resnorm.tracking import (
     FAILED,
@@ -44,26 +45,13 @@ from resnorm.tracking import (
     give_up_quickly,
     log_new_params,
     mark_model_training,
-    promote_if_better,
     record_failure,
+    sync_timeout,
     use_default_experiment,
 )
 
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
 SYSTEM_METRICS_SECONDS = 2
-SYNC_TIMEOUT = "RESNORM_SYNC_TIMEOUT"  # seconds the end of a run waits for the tracking server (300)
-
-
-def sync_timeout() -> float:
-    """``RESNORM_SYNC_TIMEOUT`` in seconds (default 300); a value that is not a number of seconds is refused."""
-    text = os.environ.get(SYNC_TIMEOUT, "300")
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
-    return seconds
 
 
 def resume_command(run_id: str) -> str:

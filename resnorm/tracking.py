@@ -283,37 +283,16 @@ def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) ->
         client.log_batch(run_id, params=missing[i : i + MAX_PARAMS_PER_BATCH])
 
 
-def champion_val_accuracy(client: MlflowClient, name: str) -> float | None:
-    """``best_val_accuracy`` of the run behind ``name@champion``; None when no version holds it."""
+SYNC_TIMEOUT = "RESNORM_SYNC_TIMEOUT"  # seconds the end of a run waits for the tracking server (300)
+
+
+def sync_timeout() -> float:
+    """``RESNORM_SYNC_TIMEOUT`` in seconds (default 300); a value that is not a number of seconds is refused."""
+    text = os.environ.get(SYNC_TIMEOUT, "300")
     try:
-        current = client.get_model_version_by_alias(name, names.CHAMPION)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    value = client.get_run(current.run_id).data.metrics.get(names.final_metric("val", "accuracy"))
-    return None if value is None else float(value)
-
-
-def promote_if_better(client: MlflowClient, name: str, version: int, val_accuracy: float) -> bool:
-    """Point ``champion`` at ``version`` when no version holds it or its val accuracy is lower."""
-    current = champion_val_accuracy(client, name)
-    if current is not None and val_accuracy <= current:
-        return False
-    client.set_registered_model_alias(name, names.CHAMPION, str(version))
-    # Runs of one norm finishing together (a parallel sweep) can both read the old champion and
-    # both move the alias, the worse one last. Every mover re-reads the versions after its move and
-    # settles on the best of them, so the last one to do so leaves the alias on the best version.
-    best = best_version(client, name)
-    if best is not None and best != version:
-        client.set_registered_model_alias(name, names.CHAMPION, str(best))
-    return best in (None, version)
-
-
-def best_version(client: MlflowClient, name: str) -> int | None:
-    """The version with the highest recorded val accuracy (the earliest of equals), or None."""
-    key = names.final_metric("val", "accuracy")
-    scored = [
-        (-float(v.tags[key]), int(v.version)) for v in client.search_model_versions(f"name = '{name}'") if key in v.tags
-    ]
-    return min(scored)[1] if scored else None
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
+    return seconds

@@ -13,8 +13,8 @@ from resnorm.config import Launch, TrainConfig
 from resnorm.data import synthetic
 from resnorm.engine import train
 from resnorm.errors import TrainingDiverged
+from resnorm.registry import promote_if_better
 from resnorm.runlog import training_run
-from resnorm.tracking import promote_if_better
 
 CPU = torch.device("cpu")
 

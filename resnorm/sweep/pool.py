@@ -1,4 +1,4 @@
-"""The local executor: a pool of ``parallel`` worker processes on this machine, each training one
+"""The local executor: a ``Pool`` of ``parallel`` worker processes on this machine, each training one
 child after another (``resnorm.sweep.worker``), as Ray Tune reuses its actors.
 
 A child costs its epochs and its model logging; the imports (torch, MLflow, scikit-learn,
@@ -49,14 +49,14 @@ def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
 class Worker:
     """One worker process and the child it is training, if any."""
 
-    def __init__(self, ctx: SweepContext, gpu: int | None) -> None:
+    def __init__(self, project_dir: str, gpu: int | None) -> None:
         read, write = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "resnorm.sweep.worker", str(write), str(os.getpid())],
             stdin=subprocess.PIPE,
             text=True,
             pass_fds=(write,),
-            env=worker_env(ctx.project_dir, gpu),
+            env=worker_env(project_dir, gpu),
             start_new_session=True,
         )
         os.close(write)  # the worker holds the only write end: its death is an end of file here
@@ -88,58 +88,97 @@ class Worker:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.replies.close()
+
+    def end_input(self) -> None:
+        """No more children: the worker ends once it has answered for the one it trains."""
+        if self.proc.poll() is None and not self.proc.stdin.closed:
             try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.end_input()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         self.replies.close()
 
 
-def run_local(ctx: SweepContext, children: Sequence[Child], parallel: int = 1, gpus: int = 0) -> dict[str, str]:
-    """Children on ``parallel`` workers; with GPUs, worker i sees GPU i % gpus. Returns each
-    child's final status by name."""
-    client = MlflowClient()
-    statuses: dict[str, str] = {}
-    queue = list(children)
-    slots = min(parallel, len(queue))
-    workers: list[Worker | None] = [None] * slots
+class Pool:
+    """``size`` worker processes, started at once, so that their imports overlap whatever the sweep
+    does meanwhile (its parent run, its plan); with GPUs, worker i sees GPU i % gpus."""
 
-    def report(child: Child, run_id: str, status: str) -> None:
-        statuses[child.name] = status
-        print(f"[{len(statuses)}/{len(children)}] {child.name}: {status} (run {run_id})", flush=True)
+    def __init__(self, project_dir: str, size: int, gpus: int = 0) -> None:
+        self.project_dir, self.gpus = project_dir, gpus
+        self.workers = [self._spawn(i) for i in range(size)]
 
-    try:
-        while queue or any(w is not None and w.child for w in workers):
-            for i, w in enumerate(workers):
-                if queue and (w is None or w.proc.poll() is not None):  # none yet, or it died idle
-                    if w is not None:
-                        w.close()
-                    workers[i] = w = Worker(ctx, i % gpus if gpus else None)
-                if w is not None and w.child is None and queue:
-                    child = queue.pop(0)
-                    w.give(child, child.launch.resume or create_child_run(client, ctx, child))
-            busy = {w.replies: w for w in workers if w is not None and w.child is not None}
-            ready, _, _ = select.select(list(busy), [], [], 1.0)
-            for replies in ready:
-                w = busy[replies]
-                child, run_id = w.child, w.run_id
-                w.child = None
-                if w.read_reply() is None:  # the worker died: fail its child; another takes its place
-                    report(child, run_id, settle(client, run_id, w.death()))
-                else:
-                    report(child, run_id, settle(client, run_id, "the training ended without closing its run"))
-    except BaseException:
-        _stop(client, [w for w in workers if w is not None], report)
-        raise
-    finally:
-        for w in workers:
-            if w is not None:
+    def _spawn(self, slot: int) -> Worker:
+        return Worker(self.project_dir, slot % self.gpus if self.gpus else None)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is None:
+            self.close()
+        else:  # the sweep failed or was stopped: busy workers were stopped already; idle ones need not import on
+            for w in self.workers:
+                w.kill()
+
+    def close(self) -> None:
+        """End every worker: all are told at once, then waited for (each takes a moment to exit)."""
+        for w in self.workers:
+            w.end_input()
+        for w in self.workers:
+            w.close()
+
+    def run(self, ctx: SweepContext, children: Sequence[Child]) -> dict[str, str]:
+        """Train ``children`` on the workers, one child per idle worker; returns each child's final
+        status by name. A worker that dies fails its child and another takes its place."""
+        client = MlflowClient()
+        statuses: dict[str, str] = {}
+        queue = list(children)
+
+        def report(child: Child, run_id: str, status: str) -> None:
+            statuses[child.name] = status
+            print(f"[{len(statuses)}/{len(children)}] {child.name}: {status} (run {run_id})", flush=True)
+
+        try:
+            while queue or any(w.child for w in self.workers):
+                self._hand_out(client, ctx, queue)
+                busy = {w.replies: w for w in self.workers if w.child is not None}
+                ready, _, _ = select.select(list(busy), [], [], 1.0)
+                for replies in ready:
+                    w = busy[replies]
+                    child, run_id = w.child, w.run_id
+                    w.child = None
+                    if w.read_reply() is None:  # the worker died: fail its child; another takes its place
+                        report(child, run_id, settle(client, run_id, w.death()))
+                    else:
+                        report(child, run_id, settle(client, run_id, "the training ended without closing its run"))
+        except BaseException:
+            _stop(client, self.workers, report)
+            raise
+        return statuses
+
+    def _hand_out(self, client: MlflowClient, ctx: SweepContext, queue: list[Child]) -> None:
+        for slot, w in enumerate(self.workers):
+            if not queue:
+                return
+            if w.proc.poll() is not None:  # it died idle (or after its child): a new one in its place
                 w.close()
-    return statuses
+                self.workers[slot] = w = self._spawn(slot)
+            if w.child is None:
+                child = queue.pop(0)
+                w.give(child, child.launch.resume or create_child_run(client, ctx, child))
 
 
 def _stop(client: MlflowClient, workers: list[Worker], report) -> None:

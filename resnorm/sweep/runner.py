@@ -3,6 +3,7 @@ ones, run the rest, and end the parent with a true status."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from resnorm.config import FIELD_TYPES, Launch, TrainConfig, parse_value, resolv
 from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
 from resnorm.sweep.child import Child, SweepContext, sweep_children
 from resnorm.sweep.planner import child_name, config_label, plan, varying
-from resnorm.sweep.pool import run_local
+from resnorm.sweep.pool import Pool
 from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
 from resnorm.tracking import (
     FINISHED,
@@ -131,42 +132,50 @@ def run_sweep(spec: SweepSpec) -> None:
         check_ray_address(spec.ray_address)
     gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
     parallel = spec.parallel or default_parallel(gpus)
-    check_tracking_server()
-    pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
-    if pointer:
-        check_own_sweep_run(pointer)
-    else:
-        use_default_experiment()
-    # No run_name here: resuming a run with a name renames it, before the parameters are checked.
-    with mlflow.start_run(run_id=pointer or None) as parent:
-        client, run_id = MlflowClient(), parent.info.run_id
-        try:
-            _open_parent(client, run_id, spec, parallel)
-            ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, str(PROJECT_ROOT))
-            mark_model_training(client, parent.info.experiment_id)
-            # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
-            per_child = RAY_CPUS_PER_TRIAL if spec.executor == "ray" else machine.share(parallel)
-            planned = planned_children(spec, configs, per_child)
-            client.log_dict(run_id, plan_record(spec, planned, run_id, parallel), names.SWEEP_PLAN)
-            children = _to_run(client, ctx, spec, planned)
-            if spec.executor == "ray":
-                statuses = run_ray(
-                    ctx, children, spec.ray_address, gpus, max(1, parallel // max(1, gpus)), spec.storage_path
-                )
-            else:
-                statuses = run_local(ctx, children, parallel, gpus)
-            _check_finished(statuses, len(children), run_id)
-        except KeyboardInterrupt as e:
-            reason = (
-                f"{str(e) or 'interrupted'}; its running children were stopped; re-run into this parent "
-                f"(mlflow run ... --run-id {run_id}) to resume them"
-            )
-            client.set_tag(run_id, names.TAG_ERROR, reason)
-            mlflow.end_run(KILLED)
-            raise Interrupted(reason) from e
-        except BaseException as e:
-            client.set_tag(run_id, names.TAG_ERROR, one_line(e))
-            raise
+    with contextlib.ExitStack() as stack:
+        # The local workers start first: their imports overlap the sweep's own setup below.
+        local = spec.executor == "local"
+        pool = stack.enter_context(Pool(str(PROJECT_ROOT), min(parallel, len(configs)), gpus)) if local else None
+        check_tracking_server()
+        pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
+        if pointer:
+            check_own_sweep_run(pointer)
+        else:
+            use_default_experiment()
+        # No run_name here: resuming a run with a name renames it, before the parameters are checked.
+        with mlflow.start_run(run_id=pointer or None) as parent:
+            _run_under(parent, spec, parallel, gpus, configs, pool)
+
+
+def _run_under(parent, spec: SweepSpec, parallel: int, gpus: int, configs: list[TrainConfig], pool: Pool | None):
+    """The sweep inside its parent run, which it ends with a true status."""
+    client, run_id = MlflowClient(), parent.info.run_id
+    try:
+        _open_parent(client, run_id, spec, parallel)
+        ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, str(PROJECT_ROOT))
+        mark_model_training(client, parent.info.experiment_id)
+        # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
+        per_child = RAY_CPUS_PER_TRIAL if pool is None else machine.share(parallel)
+        planned = planned_children(spec, configs, per_child)
+        client.log_dict(run_id, plan_record(spec, planned, run_id, parallel), names.SWEEP_PLAN)
+        children = _to_run(client, ctx, spec, planned)
+        if pool is None:
+            per_gpu = max(1, parallel // max(1, gpus))
+            statuses = run_ray(ctx, children, spec.ray_address, gpus, per_gpu, spec.storage_path)
+        else:
+            statuses = pool.run(ctx, children)
+        _check_finished(statuses, len(children), run_id)
+    except KeyboardInterrupt as e:
+        reason = (
+            f"{str(e) or 'interrupted'}; its running children were stopped; re-run into this parent "
+            f"(mlflow run ... --run-id {run_id}) to resume them"
+        )
+        client.set_tag(run_id, names.TAG_ERROR, reason)
+        mlflow.end_run(KILLED)
+        raise Interrupted(reason) from e
+    except BaseException as e:
+        client.set_tag(run_id, names.TAG_ERROR, one_line(e))
+        raise
 
 
 def _open_parent(client: MlflowClient, run_id: str, spec: SweepSpec, parallel: int) -> None:
