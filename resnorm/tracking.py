@@ -210,9 +210,17 @@ def _existing_run(run_id: str, what: str) -> Run:
 
 
 def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
-    """Tag the experiment as model training, unless it says what it is already."""
-    if names.TAG_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+    """Tag the experiment as model training, unless it says what it is already.
+
+    Writers that start together all see the tag missing and all set it; on PostgreSQL the
+    store's insert then fails for all but the first (a unique key), which leaves the tag set."""
+    if names.TAG_EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, names.TAG_EXPERIMENT_KIND, names.MODEL_TRAINING)
+    except MlflowException:
+        if names.TAG_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def give_up_quickly() -> None:

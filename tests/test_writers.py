@@ -147,3 +147,37 @@ def test_eight_writers_on_sqlite_and_eight_on_postgresql(postgres_store, tmp_pat
         for server in servers.values():
             if server.proc is not None:
                 server.kill()
+
+
+def tag_at_once(clients: list[MlflowClient], experiment_id: str) -> list[str]:
+    """Every client calls ``mark_model_training`` at the same moment; the errors they met."""
+    from resnorm.tracking import mark_model_training
+
+    start = threading.Barrier(len(clients))
+    errors = []
+
+    def tag(client):
+        start.wait()
+        try:
+            mark_model_training(client, experiment_id)
+        except Exception as e:  # noqa: BLE001 - collected and shown by the caller's assert
+            errors.append(repr(e)[:300])
+
+    threads = [threading.Thread(target=tag, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_writers_that_tag_one_experiment_at_once_all_succeed(postgres_store):
+    """Eight clients see the experiment untagged and tag it together: PostgreSQL refuses all but
+    the first insert (a unique key), and each of the others finds the tag set and goes on."""
+    if postgres_store is None:
+        pytest.skip("no PostgreSQL server")
+    clients = [MlflowClient(tracking_uri=postgres_store) for _ in range(WRITERS)]
+    for round_ in range(4):
+        experiment_id = clients[0].create_experiment(f"tagged-at-once-{round_}")
+        assert not tag_at_once(clients, experiment_id)
+        assert clients[0].get_experiment(experiment_id).tags[names.TAG_EXPERIMENT_KIND] == names.MODEL_TRAINING
