@@ -1,11 +1,11 @@
-"""MLflow around the runs, with nothing of training in it: is the server there, which experiment,
-failing a run with its reason, params that `mlflow run` may have logged first, and the registry's
-``champion`` alias. The run a training writes is ``resnorm.runlog``'s.
-"""
+"""MLflow around the runs, with nothing of training in it: is the server there, which run and
+experiment, failing a run with its reason, params that `mlflow run` may have logged first.
+The run a training writes is ``resnorm.runlog``'s; the registry's alias is ``resnorm.registry``'s."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shlex
@@ -210,10 +210,7 @@ def _existing_run(run_id: str, what: str) -> Run:
 
 
 def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
-    """Tag the experiment as model training, unless it says what it is already.
-
-    Writers that start together all see the tag missing and all set it; on PostgreSQL the
-    store's insert then fails for all but the first (a unique key), which leaves the tag set."""
+    """Tag the experiment as model training unless it says what it is (a writer that lost the race finds it set)."""
     if names.TAG_EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
         return
     try:
@@ -297,10 +294,7 @@ SYNC_TIMEOUT = "RESNORM_SYNC_TIMEOUT"  # seconds the end of a run waits for the 
 def sync_timeout() -> float:
     """``RESNORM_SYNC_TIMEOUT`` in seconds (default 300); a value that is not a number of seconds is refused."""
     text = os.environ.get(SYNC_TIMEOUT, "300")
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
-    return seconds
+    with contextlib.suppress(ValueError):
+        if 0 <= (seconds := float(text)) < float("inf"):
+            return seconds
+    raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
