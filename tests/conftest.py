@@ -16,11 +16,22 @@ from resnorm.machine import prefer_passive_wait, share
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tests train in this process too. As in every resnorm entry point, idle OpenMP threads sleep rather
-# than spin (resnorm.machine says why), which OpenMP reads once, when torch loads: nothing above
-# imports torch. Two pytest-xdist workers each training in-process at once took 258 s for what one
-# takes in 22 s with spinning threads, 29 s with sleeping ones and 18 s with a core each.
-prefer_passive_wait()
+
+def _load_torch_with_sleeping_threads() -> None:
+    """Tests train in this process too: its idle OpenMP threads sleep rather than spin, as every
+    resnorm entry point's do (``resnorm.machine`` says why). OpenMP reads the policy once, when torch
+    loads; the environment is left as it was, so the processes tests start see the user's. Two
+    pytest-xdist workers training in-process at once (bn, 15 epochs at 16 px) took 258 s each with
+    spinning threads, 29 s with sleeping ones, 18 s with one thread each (22 s alone)."""
+    before = os.environ.get("OMP_WAIT_POLICY")
+    prefer_passive_wait()
+    import torch  # noqa: F401 - loads OpenMP now
+
+    if before is None:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_load_torch_with_sleeping_threads()
 
 
 def pytest_configure(config):
