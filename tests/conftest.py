@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from resnorm import names
 from resnorm.cli import run_command
 from resnorm.machine import prefer_passive_wait, share
 
@@ -146,6 +147,26 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+# One epoch at the digits' own 8 px with a ResNet-8: seconds, for tests about anything but learning.
+TINY = ["--epochs", "1", "--image-size", "8", "--n", "1"]
+
+
+def mlflow_run_args(entry: str, **params) -> list[str]:
+    """``mlflow run`` of this project's ``entry``, one ``-P key=value`` per param, as the README runs it."""
+    p_args = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
+    return [
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        entry,
+        *p_args,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        names.EXPERIMENT,
+    ]
 
 
 def assert_one_line(proc, *fragments: str) -> str:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.data import load_data
 from resnorm.norms import NORM_NAMES
-from tests.conftest import ROOT, command, one_line, run_command, subprocess_env
+from tests.conftest import command, mlflow_run_args, one_line, run_command, subprocess_env
 
 SMALL = ["--epochs", "2", "--image-size", "8", "--n", "1"]  # the shallowest ResNet (6n+2 = 8) on 8 px digits
 
@@ -61,25 +61,7 @@ def test_train_makes_every_norm_a_complete_run(norm, mlflow_env, capsys):
 
 @pytest.mark.slow
 def test_mlflow_run_trains_into_the_run_it_made(mlflow_env, tmp_path):
-    cmd = [
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        "train",
-        "-P",
-        "norm=gn",
-        "-P",
-        "epochs=2",
-        "-P",
-        "image_size=8",
-        "-P",
-        "n=1",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        names.EXPERIMENT,
-    ]
+    cmd = mlflow_run_args("train", norm="gn", epochs=2, image_size=8, n=1)
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), capture_output=True, text=True, timeout=600
     )

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnorm import names, snapshots
-from tests.conftest import ROOT, free_port, subprocess_env
+from tests.conftest import free_port, mlflow_run_args, subprocess_env
 from tests.test_recovery import TRAIN, comparable, curves, logged_epochs, trainer_of, wait_for
 
 pytestmark = pytest.mark.slow
@@ -142,37 +142,19 @@ def ray_cluster(sqlite_server):
 def readme_sweep(address, folder):
     """The README's "On several machines" command, with this cluster's address, a Tune folder and
     three small children (seeds 0, 1, 2)."""
-    return [
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
+    return mlflow_run_args(
         "sweep",
-        "-P",
-        "preset=custom",
-        "-P",
-        "grid=norm=bn",
-        "-P",
-        "seeds=3",
-        "-P",
-        "epochs=" + str(EPOCHS),
-        "-P",
-        "image_size=8",
-        "-P",
-        "n=1",
-        "-P",
-        "device=cpu",
-        "-P",
-        "executor=ray",
-        "-P",
-        f"ray_address={address}",
-        "-P",
-        f"storage_path={folder}/tune",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        names.EXPERIMENT,
-    ]
+        preset="custom",
+        grid="norm=bn",
+        seeds=3,
+        epochs=EPOCHS,
+        image_size=8,
+        n=1,
+        device="cpu",
+        executor="ray",
+        ray_address=address,
+        storage_path=f"{folder}/tune",
+    )
 
 
 def test_a_lost_ray_node_costs_nothing(sqlite_server, ray_cluster, tmp_path):

@@ -23,7 +23,7 @@ from resnorm.explain import GRID_ARTIFACT, GRID_SUMMARY, RUN_NAME, gradcam, grad
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
 from resnorm.weights import champion_uris, load_trained, log_weights, resolve
-from tests.conftest import ROOT, command, run_command, subprocess_env, tracking_store
+from tests.conftest import command, mlflow_run_args, run_command, subprocess_env, tracking_store
 from tests.trained import CPU, train_and_register
 
 COLOURS = ("red", "green", "blue")
@@ -222,19 +222,7 @@ def test_gradcam_cli_explains_image_files_with_labels_from_their_folders(store, 
 
 @pytest.mark.slow
 def test_mlflow_run_gradcam_with_the_declared_defaults(store, tmp_path):
-    cmd = [
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        "gradcam",
-        "-P",
-        "samples=2",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        names.EXPERIMENT,
-    ]
+    cmd = mlflow_run_args("gradcam", samples=2)
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(store["uri"]), capture_output=True, text=True, timeout=600
     )

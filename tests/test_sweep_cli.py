@@ -14,25 +14,24 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.norms import NORM_NAMES
 from resnorm.sweep.child import sweep_children
-from tests.conftest import PYTHON, ROOT, MlflowServer, command, one_line, run_command, subprocess_env, tracking_store
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    TINY,
+    MlflowServer,
+    command,
+    mlflow_run_args,
+    one_line,
+    run_command,
+    subprocess_env,
+    tracking_store,
+)
 
 QUICK = ["-P", "epochs=1", "-P", "image_size=8"]  # the demo, shrunk to seconds per child
 
 
 def mlflow_run(entry, params, uri, cwd, *extra, timeout=900):
-    cmd = [
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        entry,
-        *params,
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        names.EXPERIMENT,
-        *extra,
-    ]
+    cmd = [*mlflow_run_args(entry), *params, *extra]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(uri), capture_output=True, text=True, timeout=timeout)
 
 
@@ -174,12 +173,7 @@ def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
             "custom",
             "--grid",
             "norm=bn,gn",
-            "--epochs",
-            "1",
-            "--image-size",
-            "8",
-            "--n",
-            "1",
+            *TINY,
             "--executor",
             "ray",
         ],
@@ -223,12 +217,7 @@ def seeded_sweep(tmp_path_factory):
             "norm=bn,gn",
             "--seeds",
             "2",
-            "--epochs",
-            "1",
-            "--image-size",
-            "8",
-            "--n",
-            "1",
+            *TINY,
         ],
         uri,
         folder,

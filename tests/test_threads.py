@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import machine, names
 from resnorm.config import Launch
 from resnorm.errors import ConfigError
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, TINY, subprocess_env
 
 
 def test_threads_follow_what_was_asked_or_the_cpus_this_process_may_use():
@@ -33,12 +33,7 @@ def test_local_children_share_the_cores_and_a_run_by_hand_takes_its_affinity(mlf
             "custom",
             "--grid",
             "norm=bn,ln",
-            "--epochs",
-            "1",
-            "--image-size",
-            "8",
-            "--n",
-            "1",
+            *TINY,
             "--device",
             "cpu",
             "--parallel",
@@ -56,12 +51,7 @@ def test_local_children_share_the_cores_and_a_run_by_hand_takes_its_affinity(mlf
         [
             PYTHON,
             str(ROOT / "entrypoints" / "train.py"),
-            "--epochs",
-            "1",
-            "--image-size",
-            "8",
-            "--n",
-            "1",
+            *TINY,
             "--device",
             "cpu",
             "--norm",

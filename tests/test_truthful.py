@@ -41,15 +41,15 @@ from resnorm.machine import available_cpus
 from tests.conftest import (
     PYTHON,
     ROOT,
+    TINY,
     command,
     make_class_tree,
+    mlflow_run_args,
     nothing_left_behind,
     one_line,
     subprocess_env,
     write_image,
 )
-
-TINY = ["--epochs", "1", "--image-size", "8", "--n", "1"]
 
 
 def two_classes(root, per_class=8, seed=0):
@@ -452,23 +452,7 @@ def test_sigterm_while_the_model_is_logged_finishes_the_run_with_its_model_first
 def test_sigterm_to_mlflow_run_reaches_the_training(mlflow_env, tmp_path):
     """`docker stop` and Kubernetes signal the container's first process, here `mlflow run` itself."""
     client = MlflowClient()
-    cmd = [
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        "train",
-        "-P",
-        "epochs=30",
-        "-P",
-        "image_size=16",
-        "-P",
-        "n=1",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        names.EXPERIMENT,
-    ]
+    cmd = mlflow_run_args("train", epochs=30, image_size=16, n=1)
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=subprocess_env(mlflow_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
