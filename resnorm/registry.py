@@ -26,14 +26,34 @@ def promote_if_better(client: MlflowClient, name: str, version: int, val_accurac
     current = champion_val_accuracy(client, name)
     if current is not None and val_accuracy <= current:
         return False
-    client.set_registered_model_alias(name, names.CHAMPION, str(version))
+    _set_champion(client, name, version)
     # Runs of one norm finishing together (a parallel sweep) can both read the old champion and
     # both move the alias, the worse one last. Every mover re-reads the versions after its move and
     # settles on the best of them, so the last one to do so leaves the alias on the best version.
     best = best_version(client, name)
     if best is not None and best != version:
-        client.set_registered_model_alias(name, names.CHAMPION, str(best))
+        _set_champion(client, name, version=best)
     return best in (None, version)
+
+
+def _set_champion(client: MlflowClient, name: str, version: int) -> None:
+    """Point ``champion`` at ``version``. Runs that set it on a model without one at the same moment
+    all insert the alias, and the store's unique key refuses all but the first (SQLite and
+    PostgreSQL alike); once the alias exists, setting it again is an update."""
+    try:
+        client.set_registered_model_alias(name, names.CHAMPION, str(version))
+    except MlflowException:
+        if not _has_champion(client, name):
+            raise
+        client.set_registered_model_alias(name, names.CHAMPION, str(version))
+
+
+def _has_champion(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_model_version_by_alias(name, names.CHAMPION)
+    except MlflowException:
+        return False
+    return True
 
 
 def best_version(client: MlflowClient, name: str) -> int | None:

@@ -143,3 +143,34 @@ def test_two_runs_promoting_at_once_leave_the_better_champion(mlflow_env):
     client.delete_registered_model_alias(name, names.CHAMPION)  # the worse run's stale read: no champion yet
     assert not promote_if_better(client, name, worse, 0.80)
     assert int(client.get_model_version_by_alias(name, names.CHAMPION).version) == better
+
+
+@pytest.mark.slow
+def test_eight_runs_promoting_a_model_without_a_champion_at_once_all_succeed(mlflow_env):
+    """Eight runs of one norm finish together (a sweep's seeds) and all find no champion: each
+    inserts the alias, SQLite's unique key refuses all but the first (CI met this in a 2-seed sweep),
+    and every one still ends with the alias on the best version."""
+    import threading
+
+    client = MlflowClient()
+    for round_ in range(5):
+        name = f"resnorm-together-{round_}"
+        accuracies = [0.5 + 0.05 * i for i in range(8)]
+        versions = [_version_with(client, name, a) for a in accuracies]
+        start, errors = threading.Barrier(len(versions)), []
+
+        def promote(version, accuracy, name=name, start=start, errors=errors):
+            mover = MlflowClient()
+            start.wait()
+            try:
+                promote_if_better(mover, name, version, accuracy)
+            except Exception as e:  # noqa: BLE001 - collected and shown by the assert below
+                errors.append(repr(e)[:300])
+
+        threads = [threading.Thread(target=promote, args=va) for va in zip(versions, accuracies)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert int(client.get_model_version_by_alias(name, names.CHAMPION).version) == versions[-1]
