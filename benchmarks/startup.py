@@ -8,11 +8,12 @@ The phases come from one fresh process that trains one digits epoch (``--epochs 
 --image-size 8``) through ``resnorm.job.train_job``, the function the ``train`` entry point and a
 sweep's workers call: the interpreter's start, the imports (split by package, in the order a
 training loads them: each line is what that import added), then the job's own steps, each timed by
-wrapping the real function (nothing else is changed). Beside them, in the same run: ``python -c
-"import torch"`` (the floor every training pays), ``train --help``, a whole ``train`` process, and
-a quick sweep's wall time against its epochs' (the sum of every child's ``epoch_seconds`` divided
-by ``parallel``: the time a sweep with no fixed cost would take) and each child's fixed cost (its
-run's wall time minus its epochs). Everything runs in a temporary folder with its own SQLite store.
+wrapping the real function (nothing else is changed), and the process's exit as an entry point's.
+Beside them, in the same run: ``python -c "import torch"`` (the floor every training pays, its
+interpreter's teardown included), ``train --help``, a whole ``train`` process, and a quick sweep's
+wall time against its epochs' (the sum of every child's ``epoch_seconds`` divided by ``parallel``:
+the time a sweep with no fixed cost would take) and each child's fixed cost (its run's wall time
+minus its epochs). Everything runs in a temporary folder with its own SQLite store.
 Ratios are the numbers to compare across machines; take them on a quiet machine (see ``uptime``).
 Prints a Markdown table; ``--json FILE`` also writes the raw figures.
 """
@@ -128,7 +129,10 @@ def child(spawned: float) -> None:
         if k.startswith(("run start", "model build", "the epoch", "epoch bookkeeping", "final evaluation"))
     )
     seconds["the whole job"] = total
-    print("PHASES " + json.dumps({"seconds": seconds, "run_id": result.run_id}), flush=True)
+    print("PHASES " + json.dumps({"seconds": seconds, "run_id": result.run_id, "ended": time.time()}), flush=True)
+    from resnorm.cli import leave
+
+    leave(0)  # as an entry point ends; the parent times it as "process exit"
 
 
 # --- the parent: everything side by side in one run -------------------------------------------------
@@ -227,7 +231,9 @@ def main(phases: bool, sweep: bool, study: bool, repeats: int, json_path: str | 
         }
         if phases:
             _, proc = timed([sys.executable, __file__, "--child", repr(time.time())], folder, env)
-            figures["phases"] = json.loads(proc.stdout.split("PHASES ", 1)[1].splitlines()[0])["seconds"]
+            exited = time.time()
+            measured = json.loads(proc.stdout.split("PHASES ", 1)[1].splitlines()[0])
+            figures["phases"] = {**measured["seconds"], "process exit (after the job)": exited - measured["ended"]}
         wall, proc = timed(train + TINY + ["--threads", "1"], folder, env)
         figures["train"] = {"wall": wall}
         if sweep:

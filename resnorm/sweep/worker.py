@@ -28,7 +28,7 @@ prefer_passive_wait()  # before torch loads OpenMP (the pool sets it in the envi
 
 import torch  # noqa: E402
 
-from resnorm.cli import guard, stop_with_parent  # noqa: E402
+from resnorm.cli import guard, leave, stop_with_parent  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
 
@@ -56,11 +56,7 @@ def main() -> None:
     stop_with_parent(sweep_pid)
     with os.fdopen(reply_fd, "w") as replies:
         serve(sys.stdin, replies)
-    # Every child's run is closed and answered for: skip the interpreter's teardown (torch's and
-    # MLflow's finalisers take seconds), as multiprocessing's own workers do.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave(0)  # every child's run is closed and answered for
 
 
 if __name__ == "__main__":
