@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnorm import names
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, empty_store, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def analysed(tmp_path_factory):
     """A custom sweep (bn, gn x 2 seeds, 1 epoch at 8 px, ResNet-8) in Default, one gn seed
     marked FAILED afterwards, then `mlflow run . -e analyze` on it."""
     folder = tmp_path_factory.mktemp("analysis")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store(folder / "mlflow.db")
     proc = mlflow_project("sweep", SMALL, uri, folder)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(uri)

@@ -46,6 +46,7 @@ from tests.conftest import (
     MlflowServer,
     assert_one_line,
     command,
+    empty_store,
     free_port,
     make_class_tree,
     nothing_left_behind,
@@ -354,7 +355,7 @@ def test_a_server_that_refuses_the_user_is_one_line_before_any_work(tmp_path, mo
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
     }
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, "--app-name", "basic-auth", env=env).start()
+    server = MlflowServer(empty_store(tmp_path / "server.db"), tmp_path, "--app-name", "basic-auth", env=env).start()
     try:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnorm import machine, names, snapshots
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, empty_store, subprocess_env
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
@@ -75,7 +75,7 @@ def reference(tmp_path_factory):
     """What an uninterrupted run of CONFIG logs (``comparable``), trained once for the module in a
     store of its own."""
     folder = tmp_path_factory.mktemp("reference")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store(folder / "mlflow.db")
     env = {**subprocess_env(uri), "RESNORM_HOME": str(folder / "home")}
     proc = subprocess.run(TRAIN + ARGS + THREADS, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,6 +20,7 @@ from tests.conftest import (
     TINY,
     MlflowServer,
     command,
+    empty_store,
     mlflow_run_args,
     one_line,
     run_command,
@@ -49,7 +50,7 @@ def children_of(client, parent_id, status=None):
 def quick_sweep(tmp_path_factory):
     """A finished quick sweep (every norm, 1 epoch, 8 px) in its own SQLite store."""
     folder = tmp_path_factory.mktemp("quick")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store(folder / "mlflow.db")
     proc = mlflow_run("sweep", ["-P", "preset=quick", *QUICK], uri, folder)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(uri)
@@ -207,7 +208,7 @@ def test_analyze_without_a_sweep_says_so(capsys):
 def seeded_sweep(tmp_path_factory):
     """Two configurations x two seeds (1 epoch, 8 px) and its report, in a store of their own."""
     folder = tmp_path_factory.mktemp("seeded")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store(folder / "mlflow.db")
     proc = script(
         "sweep",
         [

@@ -13,7 +13,7 @@ from resnorm import names
 from resnorm.data import synthetic
 from resnorm.norms import NORM_NAMES
 from resnorm.runlog import RunLogger
-from tests.conftest import PYTHON, ROOT, MlflowServer, subprocess_env
+from tests.conftest import PYTHON, ROOT, MlflowServer, empty_store, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def check_writers(server: MlflowServer, procs: list[subprocess.Popen]) -> None:
 def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
     """The server adds an unseen dataset with check-then-insert; runs that race on it must still
     all record their inputs (without the retry, three runs of this test out of three failed)."""
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+    server = MlflowServer(empty_store(tmp_path / "server.db"), tmp_path).start()
     try:
         client = MlflowClient(server.url)
         experiment = client.create_experiment("race")
@@ -134,7 +134,7 @@ def test_eight_writers_on_sqlite_and_eight_on_postgresql(postgres_store, tmp_pat
     for folder in folders.values():
         folder.mkdir()
     servers = {
-        "sqlite": MlflowServer(f"sqlite:///{folders['sqlite'] / 'server.db'}", folders["sqlite"]),
+        "sqlite": MlflowServer(empty_store(folders["sqlite"] / "server.db"), folders["sqlite"]),
         "postgresql": MlflowServer(postgres_store, folders["postgresql"]),
     }
     try:
