@@ -122,10 +122,12 @@ def empty_store(path: Path) -> str:
 
 @contextlib.contextmanager
 def tracking_store(folder: Path) -> Iterator[str]:
-    """A real, empty MLflow SQLite store in ``folder``, which is also the working directory (and
-    holds RESNORM_HOME) while it is active. The ``mlflow_env`` fixture for one test; module-scoped
-    fixtures use it directly to train once for many tests."""
-    uri = empty_store(folder / "mlflow.db")
+    """The MLflow SQLite store ``folder/mlflow.db`` (a new, empty one unless it is there already),
+    with ``folder`` the working directory (and holding RESNORM_HOME) while it is active. The
+    ``mlflow_env`` fixture for one test; module-scoped fixtures use it directly to train once for
+    many tests, or to work in this process on a store a process made."""
+    path = folder / "mlflow.db"
+    uri = f"sqlite:///{path}" if path.exists() else empty_store(path)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)

@@ -76,6 +76,9 @@ def test_quick_sweep_nests_one_ordinary_training_run_per_norm(quick_sweep):
         assert (r.data.params["epochs"], r.data.params["image_size"], r.data.params["data"]) == ("1", "8", "digits")
         assert [m.step for m in client.get_metric_history(r.info.run_id, names.VAL_LOSS)] == [1]
         assert names.final_metric("test", "macro_f1") in r.data.metrics
+        # Two children at once (no GPU: parallel 2) share the cores: each trains on its half.
+        per_child = str(max(1, len(os.sched_getaffinity(0)) // 2))
+        assert (r.data.params[names.PARAM_THREADS], r.data.params[names.PARAM_TORCH_THREADS]) == (per_child, per_child)
 
 
 @pytest.mark.slow
