@@ -212,8 +212,11 @@ class MlflowServer:
     """A real ``mlflow server`` on loopback in its own process group, which a test may kill
     (every worker with it, as a crash would) and start again on the same port and store."""
 
-    def __init__(self, backend_uri: str, folder: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.backend_uri, self.folder, self.extra = backend_uri, folder, extra
+    def __init__(
+        self, backend_uri: str, folder: Path, *extra: str, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
+        """One uvicorn worker unless asked (a second one costs 3.5 s and a process to start on 2 cores)."""
+        self.backend_uri, self.folder, self.extra, self.workers = backend_uri, folder, extra, workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env or subprocess_env(self.url)
@@ -234,7 +237,7 @@ class MlflowServer:
             "--port",
             str(self.port),
             "--workers",
-            "2",
+            str(self.workers),
             "--artifacts-destination",
             str(self.folder / "artifacts"),
             *self.extra,

@@ -94,7 +94,7 @@ def check_writers(server: MlflowServer, procs: list[subprocess.Popen]) -> None:
 def test_runs_that_log_one_new_dataset_at_once_all_record_it(tmp_path):
     """The server adds an unseen dataset with check-then-insert; runs that race on it must still
     all record their inputs (without the retry, three runs of this test out of three failed)."""
-    server = MlflowServer(empty_store(tmp_path / "server.db"), tmp_path).start()
+    server = MlflowServer(empty_store(tmp_path / "server.db"), tmp_path, workers=2).start()
     try:
         client = MlflowClient(server.url)
         experiment = client.create_experiment("race")
@@ -134,8 +134,9 @@ def test_eight_writers_on_sqlite_and_eight_on_postgresql(postgres_store, tmp_pat
     for folder in folders.values():
         folder.mkdir()
     servers = {
-        "sqlite": MlflowServer(empty_store(folders["sqlite"] / "server.db"), folders["sqlite"]),
-        "postgresql": MlflowServer(postgres_store, folders["postgresql"]),
+        # Two uvicorn workers each: writers also race across the server's processes.
+        "sqlite": MlflowServer(empty_store(folders["sqlite"] / "server.db"), folders["sqlite"], workers=2),
+        "postgresql": MlflowServer(postgres_store, folders["postgresql"], workers=2),
     }
     try:
         for server in servers.values():
