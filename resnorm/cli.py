@@ -34,8 +34,8 @@ def main(command: click.Command) -> NoReturn:
 def leave(code: int) -> NoReturn:
     """Exit once the job is done and answered for: the exit handlers run (logging, temporary
     folders, MLflow's, Ray's) and the output is flushed, but the interpreter's teardown of torch,
-    torch._dynamo, MLflow and matplotlib is skipped, as multiprocessing's workers skip it: 2.6 s of
-    a 13 s one-epoch training process (`benchmarks/startup.py` shows it as "process exit")."""
+    torch._dynamo, MLflow and matplotlib is skipped, as multiprocessing's workers skip it (a one-epoch
+    ``train`` process: 12.7 s with it, 10.6 s without; `benchmarks/startup.py` times "process exit")."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
@@ -94,8 +94,14 @@ def guard(job: Callable[[], object], run_id: str | None = None) -> int:
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
+    stopping = []
+
     def interrupt(signum, frame):
-        raise Interrupted("stopped by SIGTERM")
+        # Once: a second SIGTERM (a supervisor repeating itself, the parent-death signal after a
+        # SIGTERM to the process group) must not cut short the first one's ending of the run KILLED.
+        if not stopping:
+            stopping.append(signum)
+            raise Interrupted("stopped by SIGTERM")
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
@@ -152,4 +158,10 @@ def _fail(
 
         with contextlib.suppress(Exception):  # the store itself may be what failed
             fail_pending_run(run_id, line, error, interrupted)
+    if "mlflow" in sys.modules:  # a run the job left open (its own ending cut short) ends as it failed;
+        import mlflow  # MLflow's exit handler, and a worker's next child, would end it FINISHED
+
+        with contextlib.suppress(Exception):
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED" if interrupted else "FAILED")
     return code

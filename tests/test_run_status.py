@@ -158,3 +158,44 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     kids = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert [k.info.run_id for k in kids] == [child] and kids[0].info.status == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_second_sigterm_does_not_cut_short_the_first_ones_ending():
+    """CI once saw a run stopped by SIGTERM end FINISHED: a second SIGTERM came while the first
+    one's handler was ending the run KILLED, cut it short, and MLflow's exit handler then ended the
+    still-open run FINISHED. A stop under way now lets its ending finish."""
+    import os
+    import time
+
+    from resnorm.cli import guard
+
+    ended = []
+
+    def job():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the first SIGTERM interrupts this
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one while the run is being ended
+            time.sleep(0.2)
+            ended.append("KILLED")
+            raise
+
+    assert guard(job) == 130 and ended == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_a_run_left_open_by_a_cut_short_ending_is_not_left_for_mlflow_to_finish(mlflow_env):
+    """Whatever cut a job's own ending short, the run it left open ends KILLED (FAILED for an
+    error), not FINISHED by MLflow's exit handler or left active for a worker's next child."""
+    from resnorm.cli import guard
+
+    def job(error):
+        mlflow.start_run()
+        raise error
+
+    assert guard(lambda: job(KeyboardInterrupt())) == 130
+    assert guard(lambda: job(RuntimeError("boom"))) == 1
+    assert mlflow.active_run() is None
+    runs = MlflowClient().search_runs(["0"], order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FAILED"]

@@ -1,5 +1,5 @@
-"""A training's CPU threads: from the CPUs it was given, logged, shared by a sweep's children;
-and the two benchmarks of this area run end to end."""
+"""A training's CPU threads: from the CPUs it was given, and logged (shared by a sweep's children:
+tests/test_sweep_cli.py's quick sweep); and the two benchmarks of this area run end to end."""
 
 import json
 import os
