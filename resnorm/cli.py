@@ -161,7 +161,9 @@ def _fail(
     if "mlflow" in sys.modules:  # a run the job left open (its own ending cut short) ends as it failed;
         import mlflow  # MLflow's exit handler, and a worker's next child, would end it FINISHED
 
+        from resnorm.tracking import FAILED, KILLED
+
         with contextlib.suppress(Exception):
             while mlflow.active_run() is not None:
-                mlflow.end_run("KILLED" if interrupted else "FAILED")
+                mlflow.end_run(KILLED if interrupted else FAILED)
     return code

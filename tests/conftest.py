@@ -1,7 +1,10 @@
 import contextlib
+import functools
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,22 +104,20 @@ def split_folder(tmp_path):
     return root
 
 
-_EMPTY_STORE: list = []  # (folder, file) of this process's migrated empty store, made on first use
+@functools.cache
+def _migrated_store() -> tempfile.TemporaryDirectory:
+    """This process's empty store (``mlflow.db`` in the folder), its tables made once by MLflow;
+    the folder is removed when the process ends."""
+    folder = tempfile.TemporaryDirectory(prefix="resnorm-empty-store-")
+    MlflowClient(f"sqlite:///{folder.name}/mlflow.db").search_experiments()
+    return folder
 
 
 def empty_store(path: Path) -> str:
-    """The URI of a real, empty MLflow SQLite store at ``path``: a copy of one that this process had
-    MLflow create (its tables and migrations), since creating them takes 1.5-5 s per store on 2
-    cores and copying the file 0.06 s. The README's commands start from no store at all."""
-    import shutil
-    import tempfile
-
-    if not _EMPTY_STORE:
-        folder = tempfile.TemporaryDirectory(prefix="resnorm-empty-store-")  # removed when this process ends
-        template = Path(folder.name) / "mlflow.db"
-        MlflowClient(f"sqlite:///{template}").search_experiments()
-        _EMPTY_STORE.extend([folder, template])
-    shutil.copyfile(_EMPTY_STORE[1], path)
+    """The URI of a real, empty MLflow SQLite store at ``path``: a copy of the one MLflow created
+    for this process, since creating the tables takes 1.5-5 s per store on 2 cores and copying the
+    file 0.06 s. The README's commands start from no store at all."""
+    shutil.copyfile(Path(_migrated_store().name) / "mlflow.db", path)
     return f"sqlite:///{path}"
 
 
