@@ -20,6 +20,12 @@ from resnorm.machine import prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP; the children inherit it with the environment
 
+if __name__ == "__main__":  # not when a forked worker re-reads this file as multiprocessing's __mp_main__
+    from resnorm.sweep import forkserver
+
+    if forkserver.needed(sys.argv[1:]):
+        forkserver.start()  # the workers' imports, from now on, beside this process's own
+
 from resnorm import cli  # noqa: E402
 from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402

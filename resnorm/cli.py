@@ -11,8 +11,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -54,6 +56,25 @@ def stop_with_parent(parent_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != parent_pid:  # it died before the line above took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_when_gone(pid: int) -> None:
+    """Send this process SIGTERM when process ``pid`` (not its parent: a forked sweep worker's parent
+    is the fork server) ends, as ``stop_with_parent`` does for a parent: a thread waits on the
+    process's pidfd (Linux 5.3 and later; elsewhere nothing)."""
+    try:
+        watched = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except (AttributeError, OSError):  # no pidfds here
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name=f"stop-when-{pid}-ends", daemon=True).start()
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:

@@ -113,14 +113,8 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
 
 
-@pytest.mark.slow
-def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
-    client = MlflowClient()
-    env = subprocess_env(mlflow_env)
-    args = ["--preset", "custom", "--grid", "seed=0", *SMALL[:-2]]  # a sweep sets its children's threads itself
-    sweep = subprocess.Popen(
-        SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def first_child_at_epoch_1(client, sweep) -> tuple[str, str]:
+    """The (child, parent) run ids of a running sweep's first child, once it has logged epoch 1."""
     found = {}
 
     def child_at_epoch_1():
@@ -132,7 +126,18 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
         return False
 
     wait_for(child_at_epoch_1, 300, "the child's epoch 1", sweep)
-    child, parent = found["child"], found["parent"]
+    return found["child"], found["parent"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
+    client = MlflowClient()
+    env = subprocess_env(mlflow_env)
+    args = ["--preset", "custom", "--grid", "seed=0", *SMALL[:-2]]  # a sweep sets its children's threads itself
+    sweep = subprocess.Popen(
+        SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    child, parent = first_child_at_epoch_1(client, sweep)
     trainer = trainer_of(child)  # the sweep's worker that trains it
     assert trainer
     sweep.send_signal(signal.SIGTERM)  # to the sweep's own process only, as Kubernetes does
@@ -158,6 +163,34 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     kids = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert [k.info.run_id for k in kids] == [child] and kids[0].info.status == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_outright_leaves_no_worker_training_on(mlflow_env, tmp_path):
+    """kill -9 to the sweep's own process, which then cannot stop its workers: the worker training
+    its child (forked by the sweep's fork server, so not the sweep's child) notices all the same,
+    ends the child KILLED and resumable, and exits; no orphan trains on holding the run's lock."""
+    client = MlflowClient()
+    args = ["--preset", "custom", "--grid", "seed=0", *SMALL[:-2]]
+    sweep = subprocess.Popen(
+        SWEEP + args,
+        cwd=tmp_path,
+        env=subprocess_env(mlflow_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child, _ = first_child_at_epoch_1(client, sweep)
+    trainer = trainer_of(child)
+    assert trainer and trainer != sweep.pid
+    sweep.kill()
+    sweep.wait()
+    wait_for(lambda: not Path(f"/proc/{trainer}").exists(), 60, "the orphaned worker's end")
+    run = client.get_run(child)
+    assert run.info.status == "KILLED" and run.data.tags[names.TAG_ERROR].startswith("stopped by SIGTERM")
+    assert snapshots.path_for(child).exists() and logged_epochs(client, child) < EPOCHS
+    errors = [line for line in sweep.stderr.read().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: stopped by SIGTERM; continue it with"), errors
 
 
 def test_a_second_sigterm_does_not_cut_short_the_first_ones_ending():

@@ -2,7 +2,8 @@
 child after another (``resnorm.sweep.worker``), as Ray Tune reuses its actors.
 
 A child costs its epochs and its model logging; the imports (torch, MLflow, scikit-learn,
-matplotlib: seconds) are paid once per worker. Each child is still its own MLflow run, made here
+matplotlib: seconds) are paid once, by the fork server the workers are forked from
+(``resnorm.sweep.forkserver``). Each child is still its own MLflow run, made here
 first (``child.create_child_run``) and trained by the same function as the ``train`` entry point.
 A worker that dies (``kill -9``, out of memory) fails only its child - FAILED, with the reason, and
 resumable from its snapshot by a re-run of the sweep - and is replaced. Interrupted (SIGTERM,
@@ -20,10 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from multiprocessing import reduction
+from multiprocessing.process import BaseProcess
 
 from mlflow.tracking import MlflowClient
 
 from resnorm import home
+from resnorm.sweep import forkserver
 from resnorm.sweep.child import Child, SweepContext, absolute_tracking_uri, create_child_run, request, settle
 
 STOP_SECONDS = 120.0  # how long a stopped child may take to close its run
@@ -47,27 +51,43 @@ def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
 
 
 class Worker:
-    """One worker process and the child it is training, if any."""
+    """One worker process and the child it is training, if any: forked by the fork server (the
+    local pool), or started as ``python -m resnorm.sweep.worker`` (a Ray trial, whose process is
+    Ray's: no fork server there)."""
 
-    def __init__(self, project_dir: str, gpu: int | None) -> None:
-        read, write = os.pipe()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "resnorm.sweep.worker", str(write), str(os.getpid())],
-            stdin=subprocess.PIPE,
-            text=True,
-            pass_fds=(write,),
-            env=worker_env(project_dir, gpu),
-            start_new_session=True,
-        )
-        os.close(write)  # the worker holds the only write end: its death is an end of file here
-        self.replies = os.fdopen(read)
+    def __init__(self, project_dir: str, gpu: int | None, forked: bool = True) -> None:
+        env = worker_env(project_dir, gpu)
+        replies, reply_end = os.pipe()
+        if forked:
+            requests_end, requests = os.pipe()
+            process = forkserver.context().Process(
+                target=forkserver.work,
+                args=(env, os.getpid(), *map(_Inherited, (requests_end, reply_end, 1, 2))),
+                name="resnorm-sweep-worker",
+            )
+            process.start()
+            os.close(requests_end)
+            self.proc: subprocess.Popen | _Forked = _Forked(process)
+            self.requests = os.fdopen(requests, "w")
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "resnorm.sweep.worker", str(reply_end), str(os.getpid())],
+                stdin=subprocess.PIPE,
+                text=True,
+                pass_fds=(reply_end,),
+                env=env,
+                start_new_session=True,
+            )
+            self.requests = self.proc.stdin
+        os.close(reply_end)  # the worker holds the only write end: its death is an end of file here
+        self.replies = os.fdopen(replies)
         self.child: Child | None = None
         self.run_id = ""
 
     def give(self, child: Child, run_id: str) -> None:
         self.child, self.run_id = child, run_id
-        self.proc.stdin.write(request(child, run_id))
-        self.proc.stdin.flush()
+        self.requests.write(request(child, run_id))
+        self.requests.flush()
 
     def read_reply(self) -> dict | None:
         """The reply to the current child, or None when the worker died first."""
@@ -85,20 +105,25 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM to the worker's session (the child it trains ends KILLED)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         self.proc.wait()
         self.replies.close()
 
+    def _signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:  # forked a moment ago: not yet in a session of its own
+                os.kill(self.proc.pid, signum)
+
     def end_input(self) -> None:
         """No more children: the worker ends once it has answered for the one it trains."""
-        if self.proc.poll() is None and not self.proc.stdin.closed:
+        if not self.requests.closed:
             try:
-                self.proc.stdin.close()
+                self.requests.close()
             except BrokenPipeError:
                 pass
 
@@ -107,14 +132,44 @@ class Worker:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.kill()
         self.replies.close()
 
 
+class _Forked:
+    """A forked worker's ``multiprocessing.Process`` with the part of ``Popen`` the pool uses."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process, self.pid = process, process.pid
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("resnorm.sweep.worker", timeout)
+        return self.process.exitcode
+
+
+class _Inherited:
+    """One of this process's file descriptors, handed to a forked worker (multiprocessing passes it
+    through the fork server's socket); the worker receives it as a descriptor number."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self):
+        return _received, (reduction.DupFd(self.fd),)
+
+
+def _received(dup) -> int:
+    return dup.detach()
+
+
 class Pool:
-    """``size`` worker processes, started at once, so that their imports overlap whatever the sweep
-    does meanwhile (its parent run, its plan); with GPUs, worker i sees GPU i % gpus."""
+    """``size`` worker processes, forked at once (this waits for the fork server's imports if they
+    are still under way); with GPUs, worker i sees GPU i % gpus."""
 
     def __init__(self, project_dir: str, size: int, gpus: int = 0) -> None:
         self.project_dir, self.gpus = project_dir, gpus

@@ -3,7 +3,6 @@ ones, run the rest, and end the parent with a true status."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import PROJECT_ROOT, machine, names, snapshots
 from resnorm.config import FIELD_TYPES, Launch, TrainConfig, parse_value, resolve_device
 from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
+from resnorm.sweep import forkserver
 from resnorm.sweep.child import Child, SweepContext, sweep_children
 from resnorm.sweep.planner import child_name, config_label, plan, varying
 from resnorm.sweep.pool import Pool
@@ -132,22 +132,20 @@ def run_sweep(spec: SweepSpec) -> None:
         check_ray_address(spec.ray_address)
     gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
     parallel = spec.parallel or default_parallel(gpus)
-    with contextlib.ExitStack() as stack:
-        # The local workers start first: their imports overlap the sweep's own setup below.
-        local = spec.executor == "local"
-        pool = stack.enter_context(Pool(str(PROJECT_ROOT), min(parallel, len(configs)), gpus)) if local else None
-        check_tracking_server()
-        pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
-        if pointer:
-            check_own_sweep_run(pointer)
-        else:
-            use_default_experiment()
-        # No run_name here: resuming a run with a name renames it, before the parameters are checked.
-        with mlflow.start_run(run_id=pointer or None) as parent:
-            _run_under(parent, spec, parallel, gpus, configs, pool)
+    if spec.executor == "local":
+        forkserver.start()  # its imports overlap the setup below (the entry point started it earlier still)
+    check_tracking_server()
+    pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
+    if pointer:
+        check_own_sweep_run(pointer)
+    else:
+        use_default_experiment()
+    # No run_name here: resuming a run with a name renames it, before the parameters are checked.
+    with mlflow.start_run(run_id=pointer or None) as parent:
+        _run_under(parent, spec, parallel, gpus, configs)
 
 
-def _run_under(parent, spec: SweepSpec, parallel: int, gpus: int, configs: list[TrainConfig], pool: Pool | None):
+def _run_under(parent, spec: SweepSpec, parallel: int, gpus: int, configs: list[TrainConfig]) -> None:
     """The sweep inside its parent run, which it ends with a true status."""
     client, run_id = MlflowClient(), parent.info.run_id
     try:
@@ -155,15 +153,16 @@ def _run_under(parent, spec: SweepSpec, parallel: int, gpus: int, configs: list[
         ctx = SweepContext(run_id, parent.info.experiment_id, spec.preset, str(PROJECT_ROOT))
         mark_model_training(client, parent.info.experiment_id)
         # Each child's threads: the CPUs Ray gives a trial, or this machine's shared by `parallel`.
-        per_child = RAY_CPUS_PER_TRIAL if pool is None else machine.share(parallel)
+        per_child = machine.share(parallel) if spec.executor == "local" else RAY_CPUS_PER_TRIAL
         planned = planned_children(spec, configs, per_child)
         client.log_dict(run_id, plan_record(spec, planned, run_id, parallel), names.SWEEP_PLAN)
         children = _to_run(client, ctx, spec, planned)
-        if pool is None:
+        if spec.executor == "local":
+            with Pool(str(PROJECT_ROOT), min(parallel, len(children)), gpus) as pool:
+                statuses = pool.run(ctx, children) if children else {}
+        else:
             per_gpu = max(1, parallel // max(1, gpus))
             statuses = run_ray(ctx, children, spec.ray_address, gpus, per_gpu, spec.storage_path)
-        else:
-            statuses = pool.run(ctx, children)
         _check_finished(statuses, len(children), run_id)
     except KeyboardInterrupt as e:
         reason = (

@@ -1,23 +1,28 @@
 """A sweep's worker: one long-lived process that trains the children it is given, one after another.
 
+The local pool forks its workers from the fork server (``resnorm.sweep.forkserver``), which has
+imported this module and so everything a training needs; a Ray trial starts one as a new process:
+
     python -m resnorm.sweep.worker REPLY_FD SWEEP_PID
 
-It reads one request per line on stdin (JSON: the run made for the child, its ``TrainConfig``
-fields and its ``Launch``), trains it with ``resnorm.job.train_job`` - the function the ``train``
-entry point calls, inside the same error boundary (``resnorm.cli.guard``) - and writes one reply
-per child on the file descriptor ``REPLY_FD`` (JSON: the run id and the exit code the entry point
-would have had). It ends when stdin closes. Imports are paid once per worker, not once per child.
+Either way it reads one request per line (JSON: the run made for the child, its ``TrainConfig``
+fields and its ``Launch``; on stdin for the command above), trains it with
+``resnorm.job.train_job`` - the function the ``train`` entry point calls, inside the same error
+boundary (``resnorm.cli.guard``) - and writes one reply per child (JSON: the run id and the exit
+code the entry point would have had). It ends when its requests end.
 
 SIGTERM while a child trains ends that child KILLED (resumable) and the worker with it, as it
-ends a ``train`` process. The pool (``resnorm.sweep.pool``) starts workers in sessions of their
-own, so a terminal's Ctrl-C reaches only the sweep, which stops its workers itself; a sweep that
-dies without doing so (``kill -9``) has the kernel send its workers SIGTERM (Linux's parent-death
-signal), so none trains on as an orphan holding its run's lock.
+ends a ``train`` process. Workers run in sessions of their own, so a terminal's Ctrl-C reaches
+only the sweep, which stops its workers itself; a sweep that dies without doing so (``kill -9``)
+has its workers sent SIGTERM (``resnorm.cli.stop_with_parent``, ``stop_when_gone``), so none
+trains on as an orphan holding its run's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import os
 import sys
@@ -27,21 +32,46 @@ from resnorm.machine import prefer_passive_wait
 prefer_passive_wait()  # before torch loads OpenMP (the pool sets it in the environment too)
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402, F401 - every training's optimizer loads it: once in the fork server
 
-from resnorm.cli import guard, leave, stop_with_parent  # noqa: E402
+from resnorm.cli import guard, leave, stop_when_gone, stop_with_parent  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
 
+# What a process's first training loads on first use (1.2 s on one core, measured by
+# comparing sys.modules before and after one): loaded here, so that the fork server pays it once
+# for every worker. A name that is not there (IPython is optional) is skipped.
+FIRST_USE = (
+    "mlflow.store.tracking.sqlalchemy_store",  # the SQL stores (SQLAlchemy, alembic)
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "mlflow.system_metrics.system_metrics_monitor",
+    "mlflow.models.display_utils",
+    "git",  # a run's source commit
+    "IPython",  # MLflow's start_run looks for Databricks' dbutils through it, when it is installed
+    "torch.export._trace",  # torch.export, and what its tracing and saving load
+    "torch.export.pt2_archive",
+    "torch._export.serde.serialize",
+    "torch._functorch.partitioners",
+    "torch._inductor.ir",
+    "matplotlib.backends.backend_agg",
+    "matplotlib.pyplot",
+)
+for _name in FIRST_USE:
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_name)
 
-def serve(requests, replies) -> None:
-    """Train every request of ``requests`` (lines), answering each on ``replies``."""
+
+def serve(requests, replies: int) -> None:
+    """Train every request of ``requests`` (lines), answering each on the descriptor ``replies``."""
     for line in requests:
         cfg, launch, run_id = read_request(line)
         code = guard(functools.partial(_train, cfg, launch, run_id), run_id)
         sys.stdout.flush()
         sys.stderr.flush()
-        replies.write(json.dumps({"run_id": run_id, "code": code}) + "\n")
-        replies.flush()
+        try:  # one short line: one write, whole or not at all
+            os.write(replies, (json.dumps({"run_id": run_id, "code": code}) + "\n").encode())
+        except BrokenPipeError:  # the sweep is gone (killed): no one to answer, nothing more to train
+            return
         if code == 130:  # stopped (SIGTERM, Ctrl-C): the sweep is stopping; so does the worker
             return
         torch.compiler.reset()  # a compiled child's graphs are of its model only; let them go
@@ -51,11 +81,25 @@ def _train(cfg, launch, run_id: str) -> None:
     print(train_job(None if launch.resume else cfg, launch, run_id).summary(), flush=True)
 
 
+def forked(env: dict[str, str], sweep_pid: int, requests: int, replies: int, stdout: int, stderr: int) -> None:
+    """A worker the fork server forked for the sweep ``sweep_pid``: its own session, the sweep's
+    ``env`` and output streams, requests and replies on the pipe ends ``requests`` and ``replies``."""
+    os.setsid()
+    for fd, target in ((stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    stop_when_gone(sweep_pid)
+    with os.fdopen(requests) as lines:
+        serve(lines, replies)
+    leave(0)
+
+
 def main() -> None:
     reply_fd, sweep_pid = int(sys.argv[1]), int(sys.argv[2])
     stop_with_parent(sweep_pid)
-    with os.fdopen(reply_fd, "w") as replies:
-        serve(sys.stdin, replies)
+    serve(sys.stdin, reply_fd)
     leave(0)  # every child's run is closed and answered for
 
 

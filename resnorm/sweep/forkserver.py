@@ -1,0 +1,70 @@
+"""Where the local pool's workers come from: one fork server per sweep process (Python's
+``multiprocessing`` "forkserver" start method) that imports what a training needs once - torch,
+torch._dynamo, MLflow, scikit-learn, matplotlib, resnorm: ``resnorm.sweep.worker`` and what it
+loads, about 5 s on one core - and then forks each worker ready to train. Without it every worker
+imported all of that itself, beside the sweep's own imports, on the same cores.
+
+``start`` launches the server without waiting for its imports, so that they overlap the sweep's
+own start (the sweep entry point calls it before it imports torch). The server never touches CUDA:
+each worker still picks its GPU (``CUDA_VISIBLE_DEVICES``) after the fork. It serves every sweep of
+the process that started it and ends with that process.
+
+Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from multiprocessing import forkserver
+
+PRELOAD = ["resnorm.sweep.worker"]  # imported by the server before it forks anything
+
+
+def context() -> multiprocessing.context.BaseContext:
+    """The ``multiprocessing`` context whose processes are forked by the server."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start() -> None:
+    """Start the fork server now, if it is not running; returns at once (its imports go on).
+
+    It starts with its standard output and error on ``os.devnull``: it says nothing (each worker is
+    handed the sweep's streams), and a server holding them would keep whoever reads this process's
+    output waiting until it, too, has exited."""
+    context()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        forkserver.ensure_running()
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+
+
+def needed(argv: Sequence[str]) -> bool:
+    """Whether the sweep command line ``argv`` will fork local workers (not ``--help``, ``--executor``
+    absent or ``local``): the entry point's guess before click parses it; a wrong one costs time only."""
+    if "--help" in argv or "-h" in argv:
+        return False
+    for i, arg in enumerate(argv):
+        if arg == "--executor" and i + 1 < len(argv):
+            return argv[i + 1] == "local"
+        if arg.startswith("--executor="):
+            return arg.split("=", 1)[1] == "local"
+    return True
+
+
+def work(*args) -> None:
+    """A forked worker's first call (``multiprocessing.Process`` target): ``resnorm.sweep.worker.forked``,
+    named here so that the sweep never imports the worker module itself."""
+    from resnorm.sweep.worker import forked
+
+    forked(*args)
