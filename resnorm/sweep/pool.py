@@ -52,10 +52,10 @@ def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
 
 class Worker:
     """One worker process and the child it is training, if any: forked by the fork server (the
-    local pool), or started as ``python -m resnorm.sweep.worker`` (a Ray trial, whose process is
-    Ray's: no fork server there)."""
+    local pool), or started as ``python -m resnorm.sweep.worker`` (a Ray trial, which trains one
+    child: a fork server would save it nothing)."""
 
-    def __init__(self, project_dir: str, gpu: int | None, forked: bool = True) -> None:
+    def __init__(self, project_dir: str, gpu: int | None, *, forked: bool) -> None:
         env = worker_env(project_dir, gpu)
         replies, reply_end = os.pipe()
         if forked:
@@ -176,7 +176,7 @@ class Pool:
         self.workers = [self._spawn(i) for i in range(size)]
 
     def _spawn(self, slot: int) -> Worker:
-        return Worker(self.project_dir, slot % self.gpus if self.gpus else None)
+        return Worker(self.project_dir, slot % self.gpus if self.gpus else None, forked=True)
 
     def __enter__(self) -> Pool:
         return self

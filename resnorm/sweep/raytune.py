@@ -75,7 +75,8 @@ def _ray_trial(trial_config: dict) -> None:
     if run_id and snapshots.stored(client, run_id):
         child = dataclasses.replace(child, launch=dataclasses.replace(child.launch, resume=run_id))
     run_id = run_id or create_child_run(client, ctx, child, {names.TAG_TRIAL: trial_id})
-    worker = Worker(ctx.project_dir, gpu=None)  # Ray has set the trial's CUDA_VISIBLE_DEVICES already
+    # Ray has set the trial's CUDA_VISIBLE_DEVICES already; a new process, not a fork (see Worker)
+    worker = Worker(ctx.project_dir, gpu=None, forked=False)
     try:
         worker.give(child, run_id)
         answered = worker.read_reply() is not None
