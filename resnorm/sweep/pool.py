@@ -62,7 +62,7 @@ class Worker:
             requests_end, requests = os.pipe()
             process = forkserver.context().Process(
                 target=forkserver.work,
-                args=(env, os.getpid(), *map(_Inherited, (requests_end, reply_end, 1, 2))),
+                args=(env, os.sched_getaffinity(0), os.getpid(), *map(_Inherited, (requests_end, reply_end, 1, 2))),
                 name="resnorm-sweep-worker",
             )
             process.start()

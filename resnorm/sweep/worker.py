@@ -81,10 +81,14 @@ def _train(cfg, launch, run_id: str) -> None:
     print(train_job(None if launch.resume else cfg, launch, run_id).summary(), flush=True)
 
 
-def forked(env: dict[str, str], sweep_pid: int, requests: int, replies: int, stdout: int, stderr: int) -> None:
+def forked(
+    env: dict[str, str], cpus: set[int], sweep_pid: int, requests: int, replies: int, stdout: int, stderr: int
+) -> None:
     """A worker the fork server forked for the sweep ``sweep_pid``: its own session, the sweep's
-    ``env`` and output streams, requests and replies on the pipe ends ``requests`` and ``replies``."""
+    ``env``, CPUs and output streams (what a process the sweep started would have had, not what the
+    server started with), requests and replies on the pipe ends ``requests`` and ``replies``."""
     os.setsid()
+    os.sched_setaffinity(0, cpus)
     for fd, target in ((stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
         os.close(fd)
