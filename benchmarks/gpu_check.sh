@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 5's measurements in one prepared run on a GPU machine (results under $OUT):
 #   bash ../shared/gpu/fetch-wheels.sh              # here, once: MLflow + captum wheels into .whl/
-#   run: bash benchmarks/gpu_check.sh              # there, with carry [".whl"]; about 8 minutes
+#   run: bash benchmarks/gpu_check.sh              # there, with carry [".whl"]; about 10 minutes
 # Knobs (environment): SIZE (256), IMAGES (30000), EPOCHS (3), BENCH (extra bench options),
-# SKIP (space-separated parts to skip: tests bench folder train).
+# SKIP (space-separated parts to skip: tests bench folder train sweep).
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 SIZE=${SIZE:-256}; IMAGES=${IMAGES:-30000}; EPOCHS=${EPOCHS:-3}; SKIP=${SKIP:-}
@@ -52,5 +52,12 @@ cols = [c for c in runs.columns if c.split(".")[-1] in (
 runs["wall_s"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
 print(runs[["tags.resnorm.speed", "wall_s", *cols]].to_string())
 PY
+fi
+if want sweep; then  # the local pool forks its workers from a server that never touched CUDA: each must reach the GPU
+  log "local sweep on CUDA: bn and gn, two forked workers sharing the GPU"
+  timeout 300 python3 entrypoints/sweep.py --preset custom --grid norm=bn,gn --epochs 1 --image-size 32 \
+    --device cuda --parallel 2 > "$OUT/sweep.txt" 2>&1
+  echo "rc $?" | tee -a "$OUT/summary.txt"
+  grep -E '^\[|^error|^fast' "$OUT/sweep.txt" | tail -8 | tee -a "$OUT/summary.txt"
 fi
 log done
