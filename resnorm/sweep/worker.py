@@ -52,7 +52,6 @@ FIRST_USE = (
     "torch.export.pt2_archive",
     "torch._export.serde.serialize",
     "torch._functorch.partitioners",
-    "torch._inductor.ir",
     "matplotlib.backends.backend_agg",
     "matplotlib.pyplot",
 )
