@@ -39,7 +39,12 @@ _load_torch_with_sleeping_threads()
 
 
 def pytest_configure(config):
-    """Under pytest-xdist, each worker's own training threads get their share of the cores."""
+    """Under pytest-xdist, each worker's own training threads get their share of the cores; the
+    controller hands out test files in the order ``pytest_collection_modifyitems`` gives them."""
+    # pytest-xdist 3.7 and later reorder loadfile's files by their number of tests unless told not
+    # to: the two-test README file then started last, and one worker ran alone for four minutes.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
@@ -71,9 +76,24 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
     return root
 
 
-# The longest test files first: `pytest -n 2 --dist loadfile` hands files to its workers in this
-# order, and one long file started last would finish alone.
-FIRST = ("test_readme.py", "test_distributed.py", "test_writers.py", "test_recovery.py")
+# The longest test files first, longest first (seconds in a suite run on 2 cores, 2026-11-30):
+# `pytest -n 2 --dist loadfile` hands files to whichever worker is free in this order, and a long
+# file handed out last would finish alone. Re-rank when the `--durations` figures change.
+FIRST = (
+    "test_readme.py",  # 359 (226 alone: its commands run one after another)
+    "test_recovery.py",  # 184
+    "test_sweep_cli.py",  # 156
+    "test_distributed.py",  # 88
+    "test_fast.py",  # 86
+    "test_run_status.py",  # 67
+    "test_writers.py",  # 126 before its writers were one sweep's workers; 56 alone since
+    "test_analysis_e2e.py",  # 49
+    "test_cli.py",  # 47
+    "test_truthful.py",  # 43
+    "test_threads.py",  # 43
+    "test_bad_input.py",  # 30
+    "test_engine.py",  # 28
+)
 
 
 def pytest_collection_modifyitems(items):
