@@ -72,11 +72,16 @@ def check_writers(server: MlflowServer, sweep: subprocess.Popen) -> None:
     assert parent.data.params["parallel"] == str(WRITERS)
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(runs) == WRITERS
+    first_epochs = []
     for r in runs:
         assert r.info.status == "FINISHED", r.info.run_name
         for key in names.EPOCH_METRICS:
             assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == list(range(1, EPOCHS + 1))
+        # An epoch's points carry the time it ended.
+        first_epochs.append(min(m.timestamp for m in client.get_metric_history(r.info.run_id, names.EPOCH_SECONDS)))
         assert names.final_metric("test", "accuracy") in r.data.metrics
+    # At once: every writer had trained an epoch before any of them ended its run.
+    assert max(first_epochs) < min(r.info.end_time for r in runs)
     versions = [v for n in NORMS for v in client.search_model_versions(f"name = '{names.registered_model(n)}'")]
     registered = sorted(v.run_id for v in versions)
     assert registered == sorted(r.info.run_id for r in runs), "every writer registered its model"
