@@ -70,6 +70,21 @@ def wait_for(predicate, timeout, what, proc=None):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def sweep_child_at_epoch(client, sweep, epoch: int) -> tuple[str, str]:
+    """The (child, parent) run ids of the child a running sweep lists first, once it has logged ``epoch``."""
+    found = {}
+
+    def at_epoch():
+        everywhere = [e.experiment_id for e in client.search_experiments()]
+        for r in client.search_runs(everywhere, "tags.mlflow.parentRunId != ''"):
+            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
+            return logged_epochs(client, r.info.run_id) >= epoch
+        return False
+
+    wait_for(at_epoch, 300, f"a child's epoch {epoch}", sweep)
+    return found["child"], found["parent"]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """What an uninterrupted run of CONFIG logs (``comparable``), trained once for the module in a
@@ -137,17 +152,7 @@ def test_a_rerun_sweep_resumes_its_interrupted_child(reference, mlflow_env, tmp_
         text=True,
         start_new_session=True,
     )
-    found = {}
-
-    def child_at_epoch_2():
-        exp = client.get_experiment_by_name(names.EXPERIMENT)
-        for r in client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []:
-            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
-            return logged_epochs(client, r.info.run_id) >= 2
-        return False
-
-    wait_for(child_at_epoch_2, 300, "the child's epoch 2", sweep)
-    child, parent = found["child"], found["parent"]
+    child, parent = sweep_child_at_epoch(client, sweep, 2)
     # The sweep and its worker at once, as a lost machine would: the worker is held first, so it
     # cannot act on the SIGTERM the kernel sends it when its sweep dies.
     worker = trainer_of(child)
@@ -199,41 +204,32 @@ def test_a_dead_worker_fails_only_its_child_and_a_new_one_trains_the_rest(mlflow
     sweep = subprocess.Popen(
         SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    found = {}
-
-    def a_child_at_epoch_1():
-        exp = client.get_experiment_by_name(names.EXPERIMENT)
-        for r in client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []:
-            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
-            return logged_epochs(client, r.info.run_id) >= 1
-        return False
-
-    wait_for(a_child_at_epoch_1, 300, "the first child's epoch 1", sweep)
-    worker = trainer_of(found["child"])
+    child, parent = sweep_child_at_epoch(client, sweep, 1)
+    worker = trainer_of(child)
     os.kill(worker, signal.SIGKILL)
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 1, err[-3000:]
     assert "Traceback" not in err and err.count("error:") == 1 and "1 of 2 children did not finish" in err, err[-3000:]
-    dead = client.get_run(found["child"])
+    dead = client.get_run(child)
     assert dead.info.status == "FAILED"
     assert dead.data.tags[names.TAG_ERROR].startswith(
         f"its sweep worker (pid {worker}) died while training it (signal SIGKILL)"
     )
-    kids = client.search_runs([dead.info.experiment_id], f"tags.mlflow.parentRunId = '{found['parent']}'")
+    kids = client.search_runs([dead.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED"]
 
     rerun = subprocess.run(
         SWEEP + args,
         cwd=tmp_path,
-        env={**env, "MLFLOW_RUN_ID": found["parent"]},
+        env={**env, "MLFLOW_RUN_ID": parent},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "1 resumed from a snapshot" in rerun.stdout
-    assert client.get_run(found["child"]).info.status == "FINISHED"
-    for key, points in curves(client, found["child"]).items():
+    assert client.get_run(child).info.status == "FINISHED"
+    for key, points in curves(client, child).items():
         assert [s for s, _ in points] == [1, 2, 3, 4], key  # every epoch once, across both workers
 
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names, snapshots
 from resnorm.cli import run_command
 from tests.conftest import PYTHON, ROOT, assert_one_line, subprocess_env
-from tests.test_recovery import curves, logged_epochs, start_training, trainer_of, wait_for
+from tests.test_recovery import curves, logged_epochs, start_training, sweep_child_at_epoch, trainer_of, wait_for
 
 TRAIN = [PYTHON, str(ROOT / "entrypoints" / "train.py")]
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
@@ -113,22 +113,6 @@ def test_sigterm_kills_a_run_resumably_a_refused_resume_touches_nothing_and_the_
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
 
 
-def first_child_at_epoch_1(client, sweep) -> tuple[str, str]:
-    """The (child, parent) run ids of a running sweep's first child, once it has logged epoch 1."""
-    found = {}
-
-    def child_at_epoch_1():
-        for r in client.search_runs(
-            ["0"] + [e.experiment_id for e in client.search_experiments()], "tags.mlflow.parentRunId != ''"
-        ):
-            found["child"], found["parent"] = r.info.run_id, r.data.tags["mlflow.parentRunId"]
-            return logged_epochs(client, r.info.run_id) >= 1
-        return False
-
-    wait_for(child_at_epoch_1, 300, "the child's epoch 1", sweep)
-    return found["child"], found["parent"]
-
-
 @pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_env, tmp_path):
     client = MlflowClient()
@@ -137,7 +121,7 @@ def test_sigterm_to_a_sweep_stops_its_children_and_a_rerun_resumes_them(mlflow_e
     sweep = subprocess.Popen(
         SWEEP + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    child, parent = first_child_at_epoch_1(client, sweep)
+    child, parent = sweep_child_at_epoch(client, sweep, 1)
     trainer = trainer_of(child)  # the sweep's worker that trains it
     assert trainer
     sweep.send_signal(signal.SIGTERM)  # to the sweep's own process only, as Kubernetes does
@@ -180,7 +164,7 @@ def test_a_sweep_killed_outright_leaves_no_worker_training_on(mlflow_env, tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    child, _ = first_child_at_epoch_1(client, sweep)
+    child, _ = sweep_child_at_epoch(client, sweep, 1)
     trainer = trainer_of(child)
     assert trainer and trainer != sweep.pid
     sweep.kill()
