@@ -17,6 +17,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnorm import cli  # noqa: E402
+from resnorm.options import MARGIN_POINTS  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -37,9 +38,9 @@ from resnorm import cli  # noqa: E402
 )
 @click.option(
     "--equivalence-margin",
-    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    type=MARGIN_POINTS,
     default=1.0,
-    help="Claim 3 (the hand-written bn matches torch's): the equivalence margin, in accuracy points.",
+    help=f"Claim 3 (the hand-written bn matches torch's): the equivalence margin, {MARGIN_POINTS.allowed}.",
 )
 def analyze(experiment: str, sweep_run_id: str, out: str, equivalence_margin: float) -> None:
     """Tables 1-6, Figures 1-6 and the study's claims of a sweep, as Markdown, CSV, LaTeX and HTML, logged to MLflow."""

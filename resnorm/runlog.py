@@ -40,6 +40,7 @@ from resnorm.resume import DATASET_CONTEXTS, split_sizes
 from resnorm.tracking import (
     FAILED,
     KILLED,
+    SYSTEM_METRICS_INTERVAL,
     check_own_run,
     check_tracking_server,
     give_up_quickly,
@@ -47,11 +48,11 @@ from resnorm.tracking import (
     mark_model_training,
     record_failure,
     sync_timeout,
+    system_metrics_interval,
     use_default_experiment,
 )
 
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
-SYSTEM_METRICS_SECONDS = 2
 
 
 def resume_command(run_id: str) -> str:
@@ -230,10 +231,9 @@ def _open(cfg: TrainConfig, resume: str, pointer: str | None):
         # A run made for this job exists: a run_name here would rename it, and a sweep's child would
         # lose its `-s{seed}`; log_config names a run that has no name of ours yet.
         named = None if resume or pointer else cfg.run_name()
-        # MLflow's system metrics (CPU, memory, and the GPU with nvidia-ml-py): cost beside accuracy.
-        # Sampled every SYSTEM_METRICS_SECONDS unless the user says otherwise: MLflow's 10 s would
-        # record nothing for a run shorter than that, and a quick sweep's children are.
-        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_SECONDS))
+        # MLflow's system metrics (CPU, memory, and the GPU with nvidia-ml-py): cost beside accuracy,
+        # sampled as often as the checked MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says (2 s if unset).
+        os.environ.setdefault(SYSTEM_METRICS_INTERVAL, f"{system_metrics_interval():g}")
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not three INFO lines a run
         run = mlflow.start_run(run_id=resume or pointer or None, run_name=named, log_system_metrics=True)
         mark_model_training(MlflowClient(), run.info.experiment_id)

@@ -48,10 +48,11 @@ def server_answers(uri: str, timeout: float = 5.0) -> str | None:
 
 
 def check_tracking_server(timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the tracking server does not answer.
-
-    MLflow's own client would retry for minutes before saying anything.
-    """
+    """Fail fast, naming the URI, when the tracking server does not answer (MLflow's own client
+    would retry for minutes before saying anything), or when the environment asks MLflow for what
+    would silently record nothing (``system_metrics_interval``): every entry point calls this before
+    any work, a sweep before its parent run."""
+    system_metrics_interval()
     uri = mlflow.get_tracking_uri()
     why = server_answers(uri, timeout)
     if why is not None:
@@ -298,3 +299,25 @@ def sync_timeout() -> float:
         if 0 <= (seconds := float(text)) < float("inf"):
             return seconds
     raise ConfigError(f"{SYNC_TIMEOUT}={text!r} is not a number of seconds >= 0; unset it or give e.g. 300")
+
+
+SYSTEM_METRICS_INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"  # MLflow's, in seconds
+# A training run's system metrics are sampled every 2 s unless the user says otherwise: MLflow's
+# 10 s would record nothing for a run shorter than that, and a quick sweep's children are.
+SYSTEM_METRICS_SECONDS = 2.0
+MIN_SYSTEM_METRICS_SECONDS = 0.5  # MLflow takes 0 as its 10 s and samples -1 about 80 times a second
+
+
+def system_metrics_interval() -> float:
+    """``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` in seconds (default 2); a value that is not a
+    number of seconds >= 0.5 is refused (MLflow would record nothing, or sample in a busy loop)."""
+    text = os.environ.get(SYSTEM_METRICS_INTERVAL)
+    if text is None:
+        return SYSTEM_METRICS_SECONDS
+    with contextlib.suppress(ValueError):
+        if MIN_SYSTEM_METRICS_SECONDS <= (seconds := float(text)) < float("inf"):
+            return seconds
+    raise ConfigError(
+        f"{SYSTEM_METRICS_INTERVAL}={text!r} is not a number of seconds >= {MIN_SYSTEM_METRICS_SECONDS:g} (how "
+        f"often MLflow samples a run's system metrics); unset it for {SYSTEM_METRICS_SECONDS:g} s or give e.g. 5"
+    )

@@ -56,6 +56,7 @@ from tests.conftest import (
 )
 
 NOT_IN_RANGE = "is not in the range"
+MARGIN_ALLOWED = "a finite number from 0.01 to 50 (accuracy points)"
 ONE = ["--preset", "custom", "--grid", "seed=0"]  # a one-point sweep: under a preset, its grid would decide
 
 # (entry point, arguments, fragments of the one error line: the value and what is allowed)
@@ -153,6 +154,12 @@ CASES = [
     ("analyze", ["--experiment", "nope"], ["there is no experiment 'nope'", "run a sweep first"]),
     ("analyze", ["--sweep-run-id", "0123456789abcdef"], ["run '0123456789abcdef' does not exist"]),
     ("analyze", ["--out", "{tmp}/a-file"], ["is a file"]),
+    # analyze: margins that pass a float check and make no sense (issue 26)
+    ("analyze", ["--equivalence-margin", "nan"], ["--equivalence-margin", "'nan' is not", MARGIN_ALLOWED]),
+    ("analyze", ["--equivalence-margin", "inf"], ["--equivalence-margin", "'inf' is not", MARGIN_ALLOWED]),
+    ("analyze", ["--equivalence-margin", "1e-12"], ["--equivalence-margin", "'1e-12' is not", MARGIN_ALLOWED]),
+    ("analyze", ["--equivalence-margin", "51"], ["--equivalence-margin", "'51' is not", MARGIN_ALLOWED]),
+    ("analyze", ["--equivalence-margin", "wide"], ["--equivalence-margin", "'wide' is not", MARGIN_ALLOWED]),
     # gradcam
     ("gradcam", ["--samples", "0"], ["--samples", f"0 {NOT_IN_RANGE} x>=1"]),
     ("gradcam", [], ["no registered resnorm-{norm} model has a 'champion' alias"]),
@@ -167,6 +174,17 @@ def test_a_bad_parameter_ends_in_one_line(entry, args, fragments, store, tmp_pat
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     one_line(entry, args, capsys, *[f.replace("{tmp}", str(tmp_path)) for f in fragments])
     nothing_left_behind(store)
+
+
+def test_the_margins_limits_are_in_help_and_every_margin_within_them_is_taken():
+    from click.testing import CliRunner
+
+    from resnorm.options import MARGIN_POINTS
+
+    result = CliRunner().invoke(command("analyze"), ["--help"])
+    assert result.exit_code == 0 and "from 0.01 to 50" in " ".join(result.output.split()), result.output
+    for value in ("0.01", "0.5", "1", "50"):
+        assert MARGIN_POINTS.convert(value, None, None) == float(value)
 
 
 def png_header(path, width: int, height: int) -> None:
@@ -314,6 +332,31 @@ def test_a_store_that_cannot_be_used_is_one_line_before_any_work(kind, entry, st
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     one_line(entry, ENTRY_ARGS[entry], capsys, f"tracking URI {uri!r}", *fragments)
+    nothing_left_behind(store)
+
+
+# MLflow's system metrics sampling interval: "abc" and "0" record nothing, "-1" samples 80 times a
+# second (issue 26). Refused before any work, in train and sweep: the data given does not exist, so
+# an error about the interval proves it was looked at first, and no run is made.
+SAMPLING = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+
+
+@pytest.mark.parametrize("entry", ["train", "sweep"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "0.1", "nan", "inf", ""])
+def test_a_system_metrics_interval_that_samples_nothing_or_too_often_is_one_line(
+    entry, value, store, monkeypatch, capsys
+):
+    client = MlflowClient(store)
+    before = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    monkeypatch.setenv(SAMPLING, value)
+    with pytest.raises(SystemExit) as exit_:
+        run_command(command(entry), ENTRY_ARGS[entry])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    assert f"{SAMPLING}={value!r}" in lines[0] and "a number of seconds >= 0.5" in lines[0], lines[0]
+    after = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert after == before, "a refused command made a run"
     nothing_left_behind(store)
 
 
