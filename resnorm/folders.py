@@ -10,6 +10,7 @@ and images byte-identical across splits are named. The decoded bundle is kept un
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -234,7 +235,10 @@ def _save_cached(path: Path, data: DataBundle) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)  # whole or absent, also with several runs writing it at once
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a folder it cannot write as a RuntimeError
-        tmp.unlink(missing_ok=True)
+        # A read-only file system refuses even the removal of a file never written there (EROFS):
+        # the cleanup is best effort, and the run goes on with the images it decoded.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         warn(f"could not keep the decoded images in {path} (the next run decodes them again): {one_line(e)[:300]}")
 
 

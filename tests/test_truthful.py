@@ -218,26 +218,32 @@ def test_a_cache_file_whose_content_changed_is_decoded_again(tmp_path):
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """A folder no one can write, root included (a read-only tmpfs)."""
+    """A folder no one can write, root included (a read-only tmpfs), holding an empty ``decoded/``
+    (as a container's read-only cache mount does)."""
     mount = tmp_path / "ro"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.strip()}")
+    (mount / "decoded").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
-def test_a_read_only_cache_folder_costs_a_decode_not_the_run(tmp_path, read_only_folder, monkeypatch, capsys):
+@pytest.mark.parametrize("cache", ["decoded", "decoded/not-yet"])
+def test_a_read_only_cache_folder_costs_a_decode_not_the_run(cache, tmp_path, read_only_folder, monkeypatch, capsys):
+    """The cache folder is there but read-only (every write and every cleanup fails with EROFS), or
+    not there and cannot be made."""
     root = two_classes(tmp_path / "d")
-    monkeypatch.setattr(folders.home, "decoded_dir", lambda: read_only_folder / "decoded")
+    monkeypatch.setattr(folders.home, "decoded_dir", lambda: read_only_folder / cache)
     data = load_data(str(root), 8)
     assert sum(len(data.split(s)) for s in ("train", "val", "test")) == 16
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "could not keep the decoded images" in warnings[0], warnings
-    assert "the next run decodes them again" in warnings[0]
+    assert "the next run decodes them again" in warnings[0] and "Read-only file system" in warnings[0]
 
 
 def interrupted_run(args, monkeypatch, capsys, after: int = 1) -> str:
