@@ -31,11 +31,11 @@ from resnorm import names, serving, snapshots, weights
 from resnorm.bundle import SPLITS, DataBundle
 from resnorm.config import Launch, TrainConfig
 from resnorm.engine import EpochStats, TrainResult
-from resnorm.errors import Interrupted, TrackingUnavailable, one_line
+from resnorm.errors import Interrupted, TrackingUnavailable, one_line, warn
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
-from resnorm.registry import promote_if_better
+from resnorm.registry import promote_if_better, withdraw
 from resnorm.resume import DATASET_CONTEXTS, split_sizes
 from resnorm.tracking import (
     FAILED,
@@ -72,6 +72,7 @@ class RunLogger:
         self.held: list[Metric] = []
         self._held_lock = threading.Lock()
         self.uploader = snapshots.Uploader(run_id, self.client, self.snapshot, self._release, mlflow.get_tracking_uri())
+        self.registered: tuple[str, int] | None = None  # (model, version) this run registered
 
     def log_config(self, cfg: TrainConfig, data: DataBundle, launch: Launch, device: torch.device) -> None:
         params = {
@@ -210,9 +211,26 @@ class RunLogger:
         accuracy and move ``champion`` to it if it is the best."""
         name = names.registered_model(norm)
         version = int(mlflow.register_model(model_uri, name).version)
+        self.registered = (name, version)  # withdrawn if the run does not finish (training_run)
         self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))
         promote_if_better(self.client, name, version, val_accuracy)
         return version
+
+    def withdraw(self) -> None:
+        """Delete the version this run registered, if any: a run that ends FAILED or KILLED (or is
+        left to a resume) keeps no registered version, and a champion it took goes back to the best
+        version left. Best effort: the store may be what failed, and then the line says so."""
+        if self.registered is None:
+            return
+        name, version = self.registered
+        try:
+            withdraw(self.client, name, version)
+            self.registered = None
+        except Exception as e:  # noqa: BLE001 - the run's own failure is the error to report
+            warn(
+                f"version {version} of {name} was registered by run {self.run_id}, which did not finish, and "
+                f"could not be deleted ({one_line(e)[:200]}); delete it: the run has no model to stand for"
+            )
 
 
 def _open(cfg: TrainConfig, resume: str, pointer: str | None):
@@ -264,13 +282,19 @@ def training_run(
             logger.log_config(cfg, data, launch, device)
             logger.log_dataset(data)
         yield logger
+        logger.close()
+        if launch.resume and names.TAG_ERROR in logger.client.get_run(logger.run_id).data.tags:
+            logger.client.delete_tag(logger.run_id, names.TAG_ERROR)  # an earlier attempt's reason no longer holds
+        mlflow.end_run()
     except TrackingUnavailable:
         give_up_quickly()
         logger.close()
+        logger.withdraw()
         _release(held)
         raise
     except KeyboardInterrupt as e:
         logger.close()
+        logger.withdraw()
         reason = f"{str(e) or 'interrupted'}; continue it with `{resume_command(logger.run_id)}`"
         record_failure(logger.client, logger.run_id, reason)
         mlflow.end_run(KILLED)
@@ -278,14 +302,11 @@ def training_run(
         raise Interrupted(reason) from e
     except BaseException as e:
         logger.close()
+        logger.withdraw()
         record_failure(logger.client, logger.run_id, one_line(e), e)
         mlflow.end_run(FAILED)
         _release(held)
         raise
-    logger.close()
-    if launch.resume and names.TAG_ERROR in logger.client.get_run(logger.run_id).data.tags:
-        logger.client.delete_tag(logger.run_id, names.TAG_ERROR)  # an earlier attempt's reason no longer holds
-    mlflow.end_run()
     # The run is complete in MLflow; nothing left to resume (a FINISHED run is never resumed, so a
     # copy that outlives this, here or in the store, is ignored).
     snapshots.forget(logger.client, logger.run_id)

@@ -27,6 +27,7 @@ from resnorm.config import TrainConfig
 from resnorm.errors import ModelError
 from resnorm.model import ResNet, resnet
 from resnorm.norms import NORM_NAMES
+from resnorm.registry import read_run
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
@@ -94,6 +95,11 @@ def resolve(uri: str, client: MlflowClient | None = None) -> tuple[str, str | No
             if e.error_code not in _MISSING:
                 raise
             raise ModelError(f"model {name!r} has no version {version!r} (in {uri!r})") from None
+        if (gone := read_run(client, mv.run_id)[1]) is not None:
+            raise ModelError(
+                f"{uri!r} is version {mv.version} of {name!r}, whose run {mv.run_id} is {gone}; "
+                + _instead(name, m["alias"])
+            )
         return mv.run_id, str(mv.version)
     if uri.startswith("models:/"):
         raise ModelError(f"cannot read model URI {uri!r}; use models:/<name>@<alias> or models:/<name>/<version>")
@@ -108,6 +114,15 @@ def resolve(uri: str, client: MlflowClient | None = None) -> tuple[str, str | No
             "runs:/<run_id> or a run id"
         ) from None
     return run_id, None
+
+
+def _instead(name: str, alias: str | None) -> str:
+    """What to explain instead of a registered version whose run is gone."""
+    norm = next((n for n in NORM_NAMES if names.registered_model(n) == name), None)
+    if alias == names.CHAMPION and norm is not None:
+        # The next version registered takes the alias from a version whose run is gone (resnorm.registry).
+        return f"train {norm} again (python entrypoints/train.py --norm {norm}): its new version becomes the champion"
+    return "give another version, or a run id"
 
 
 def _known_models(client: MlflowClient) -> str:

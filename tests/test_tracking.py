@@ -3,18 +3,23 @@
 import json
 
 import mlflow
+import mlflow.cli
 import mlflow.pytorch
 import pytest
 import torch
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from resnorm import names
+from resnorm import names, registry
 from resnorm.config import Launch, TrainConfig
 from resnorm.data import synthetic
 from resnorm.engine import train
 from resnorm.errors import TrainingDiverged
 from resnorm.registry import promote_if_better
 from resnorm.runlog import training_run
+from resnorm.weights import load_trained
+from tests.conftest import TINY, command, one_line, run_command
 
 CPU = torch.device("cpu")
 
@@ -174,3 +179,67 @@ def test_eight_runs_promoting_a_model_without_a_champion_at_once_all_succeed(mlf
             t.join()
         assert not errors
         assert int(client.get_model_version_by_alias(name, names.CHAMPION).version) == versions[-1]
+
+
+# A champion whose run is gone (issue 26): `mlflow gc` of the champion's run once broke its norm for
+# good, every later run training all its epochs and then failing to read the old champion's run.
+
+
+def train_nn(*extra: str) -> None:
+    """One tiny real training of ``nn`` through the train entry point, in this process."""
+    run_command(command("train"), ["--norm", "nn", *TINY, *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gone", ["deleted", "garbage-collected"])
+def test_a_champion_whose_run_is_gone_is_no_champion(gone, mlflow_env, capsys):
+    client, name, key = MlflowClient(), names.registered_model("nn"), names.final_metric("val", "accuracy")
+    train_nn()
+    old = client.get_model_version_by_alias(name, names.CHAMPION)
+    client.log_metric(old.run_id, key, 1.0)  # a champion no later run can beat...
+    client.set_model_version_tag(name, old.version, key, "1.0")
+    client.delete_run(old.run_id)  # ...whose run is then deleted, and perhaps collected for good
+    if gone == "garbage-collected":
+        collected = CliRunner().invoke(mlflow.cli.gc, ["--backend-store-uri", mlflow_env, "--run-ids", old.run_id])
+        assert collected.exit_code == 0, collected.output
+    capsys.readouterr()
+
+    # GradCAM of the champion says which version and run are gone, and what makes a new champion.
+    line = one_line("gradcam", ["--models", f"models:/{name}@champion"], capsys, f"version {old.version}", old.run_id)
+    assert "python entrypoints/train.py --norm nn" in line and "becomes the champion" in line, line
+
+    train_nn()  # ends without an error (SystemExit) and takes the alias
+    err = capsys.readouterr().err
+    new = client.get_model_version_by_alias(name, names.CHAMPION)
+    assert int(new.version) == int(old.version) + 1 and client.get_run(new.run_id).info.status == "FINISHED"
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    for fragment in (f"version {old.version}", old.run_id, f"version {new.version} is the champion now"):
+        assert fragment in warnings[0], warnings[0]
+    assert load_trained(f"models:/{name}@champion").run_id == new.run_id  # what training again promised
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_after_registering_its_model_keeps_no_version(mlflow_env, monkeypatch, capsys):
+    """The store fails right after the run moved the alias to its new version: the run ends FAILED
+    without that version, and the alias is back on the best version left."""
+    client, name = MlflowClient(), names.registered_model("nn")
+    champion = _version_with(client, name, 0.0)  # any trained run beats it
+    assert promote_if_better(client, name, champion, 0.0)
+    real, calls = registry.best_version, []
+
+    def fails_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("the store went away")
+        return real(*args)
+
+    monkeypatch.setattr(registry, "best_version", fails_once)
+    with pytest.raises(SystemExit) as exit_:
+        train_nn()
+    assert exit_.value.code == 1
+    experiment = client.get_experiment_by_name(names.EXPERIMENT).experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "FAILED" and "the store went away" in run.data.tags[names.TAG_ERROR]
+    assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [champion]
+    assert int(client.get_model_version_by_alias(name, names.CHAMPION).version) == champion
