@@ -27,10 +27,64 @@ from resnorm.errors import ConfigError, Interrupted, ResnormError, RunBusy, one_
 def main(command: click.Command) -> NoReturn:
     """An entry point's ``main``: under ``mlflow run`` (which sets ``MLFLOW_RUN_ID``) it ends with the
     ``mlflow run`` process that launched it (``docker stop`` and Kubernetes SIGTERM only that one,
-    the container's first process); runs the command as ``run_command`` does, then leaves at once."""
+    the container's first process); prints best effort (``best_effort_output``); runs the command as
+    ``run_command`` does, then leaves at once."""
     if os.environ.get("MLFLOW_RUN_ID"):
         stop_with_parent(os.getppid())
+    best_effort_output()
     leave(_run(command, None))
+
+
+def best_effort_output() -> None:
+    """Make this process's printing best effort: once its standard output or error cannot be
+    written (``| head -1`` closed the pipe, the terminal went away), what is printed there goes
+    nowhere instead of raising in whatever was printing - a training's epoch line, its summary. The
+    job's outcome comes from its work, not from whether anyone read about it. Entry points call
+    it through ``main``; a sweep's worker once it has the sweep's streams."""
+    sys.stdout = best_effort(sys.stdout)
+    sys.stderr = best_effort(sys.stderr)
+
+
+def best_effort(stream):
+    """``stream`` (a text stream) whose writes and flushes never raise (``_BestEffort``)."""
+    return stream if stream is None or isinstance(stream, _BestEffort) else _BestEffort(stream)
+
+
+class _BestEffort:
+    """A text stream's stand-in that never raises on a write or a flush: the first that fails points
+    the stream's descriptor at ``os.devnull`` (as Python's documentation advises for SIGPIPE, so that
+    no later write by anyone, the interpreter's own flush included, fails again) and drops what failed.
+    Everything else (``fileno``, ``isatty``, ``encoding``, ...) is the stream's own."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # EPIPE, EIO (a terminal gone), a closed stream
+            self._silence()
+            return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._silence()
+
+    def _silence(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed stream has no descriptor left to point
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+            self._stream.flush()  # what the buffer still holds goes to os.devnull now
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def leave(code: int) -> NoReturn:

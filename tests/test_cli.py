@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import names
 from resnorm.data import load_data
 from resnorm.norms import NORM_NAMES
-from tests.conftest import command, mlflow_run_args, one_line, run_command, subprocess_env
+from tests.conftest import PYTHON, ROOT, command, mlflow_run_args, one_line, run_command, subprocess_env
 
 SMALL = ["--epochs", "2", "--image-size", "8", "--n", "1"]  # the shallowest ResNet (6n+2 = 8) on 8 px digits
 
@@ -120,3 +120,50 @@ def test_a_training_run_records_the_machines_cost_beside_its_accuracy(mlflow_env
     run_command(command("train"), ["--norm", "bn", "--epochs", "3", "--image-size", "16", "--n", "1"])
     r = only_run(MlflowClient())
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(r.data.metrics)
+
+
+# Printing is not the work (issue 26): `train ... | head -1`, or a terminal that goes away, once
+# ended a run that had trained every epoch FAILED "[Errno 32] Broken pipe", exit 1, nothing said.
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_does_not_fail_the_training(mlflow_env, tmp_path):
+    """As `python entrypoints/train.py ... | head -1`: the reader takes the first line and goes; the
+    epoch lines and the summary after it have nowhere to go, and the run finishes all the same."""
+    proc = subprocess.Popen(
+        [PYTHON, str(ROOT / "entrypoints" / "train.py"), "--norm", "nn", *SMALL],
+        cwd=tmp_path,
+        env=subprocess_env(mlflow_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("epoch 1/2")
+    proc.stdout.close()  # the epoch 2 line is printed after this
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, err[-3000:]
+    assert "error:" not in err and "Traceback" not in err, err[-3000:]
+    client = MlflowClient()
+    r = only_run(client)
+    assert r.info.status == "FINISHED" and names.TAG_ERROR not in r.data.tags
+    version = client.get_model_version_by_alias(names.registered_model("nn"), names.CHAMPION)
+    assert version.run_id == r.info.run_id
+
+
+def test_output_is_best_effort_once_its_reader_is_gone():
+    """The mechanism, on a real pipe: writes after the reader closed its end neither raise nor reach
+    the pipe (its descriptor now points at os.devnull), and the stream still says what it is."""
+    import io
+    import os
+
+    from resnorm.cli import best_effort
+
+    read, write = os.pipe()
+    os.close(read)
+    stream = best_effort(io.TextIOWrapper(io.FileIO(write, "w"), encoding="utf-8", line_buffering=True))
+    assert best_effort(stream) is stream  # once is enough
+    print("a line no one reads", file=stream, flush=True)
+    stream.write("and another\n")
+    stream.flush()
+    assert os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    assert stream.encoding == "utf-8" and not stream.isatty()
