@@ -90,10 +90,11 @@ def _in_fork_server() -> bool:
 def _end_at_once() -> None:
     """When the sweep process exits, its server reads the end of its alive pipe and raises
     SystemExit: the interpreter's full teardown of torch, MLflow and the rest followed, keeping a
-    core busy for seconds after the sweep had ended (2 s on an idle 2-core machine, 4 s beside a
-    busy one). The server holds nothing to clean up (no runs, no files: it only forks), so once the
-    other exit handlers have run it leaves without that teardown, as ``resnorm.cli.leave`` does. A
-    worker forked from the server inherits this handler, and is left alone by it: its pid differs."""
+    core busy after the sweep had ended (2 to 3 s on an idle 2-core machine, 4 to 6.5 s beside a
+    busy process; 0.02 to 0.06 s since). The server holds nothing to clean up (no runs, no files: it
+    only forks), so once the other exit handlers have run it leaves without that teardown, as
+    ``resnorm.cli.leave`` does. A worker forked from the server inherits this handler, and is left
+    alone by it: its pid differs."""
     server = os.getpid()
 
     def end() -> None:
