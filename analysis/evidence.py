@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from analysis import stats
+from analysis.decisions import MIN_SEEDS
 from analysis.groups import Group, describe, differing
 from analysis.tables import ACCURACY, Row, matches, points
 from resnorm import names
@@ -15,8 +15,7 @@ from resnorm.config import TrainConfig
 from resnorm.norms import NORM_NAMES
 
 TRAIN_ACCURACY = names.final_metric("train", "accuracy")
-MIN_SEEDS = 2  # a sample variance needs two seeds
-MARGIN = 0.01  # claim 3's equivalence margin: one accuracy point
+MARGIN = 0.01  # the smallest effect of interest, every claim's: one accuracy point
 NOT_TESTABLE, INCONCLUSIVE = "not testable", "inconclusive"
 
 
@@ -45,6 +44,15 @@ AUG_ON = _row("augmentation on", "augment", norm="torch_bn", augment=True)
 BATCH = {(n, b): _row(f"{n} batch {b}", "batch_size", norm=n, batch_size=b) for n in ("bn", "gn") for b in (8, 128)}
 COSINE = _row("cosine schedule", "scheduler", norm="torch_bn", scheduler="cosine")
 STEP = _row("step schedule", "scheduler", norm="torch_bn", scheduler="step")
+# The configurations each claim compares: an adaptive sweep adds seeds to these while the claim is open.
+ROWS = {
+    1: (AUG_OFF, AUG_ON),
+    2: (*SGD.values(), *ADAM.values(), *SLOW_SGD.values()),
+    3: (SGD["bn"], SGD["torch_bn"]),
+    4: tuple(SGD.values()),
+    5: tuple(BATCH.values()),
+    6: (COSINE, STEP),
+}
 
 
 class Skip(Exception):
@@ -108,7 +116,7 @@ def samples(
 
 
 def band(margin: float) -> str:
-    """The equivalence margin in words: ``±1 accuracy point``."""
+    """The margin in words: ``±1 accuracy point``."""
     points_ = round(margin * 100, 9)
     return f"±{points_:g} accuracy point{'' if points_ == 1 else 's'}"
 
@@ -123,14 +131,17 @@ STATEMENTS = {
 }
 
 
-def phrases(alpha: float = stats.ALPHA, margin: float = MARGIN) -> dict[int, str]:
+def phrases(margin: float = MARGIN) -> dict[int, str]:
     """Claim id -> the test used on it, in one phrase (the same whether or not the sweep allows it)."""
-    level = f"{(1 - alpha) * 100:g} %"
+    m = band(margin)
     return {
-        1: f"Welch's t-test on torch_bn's train-test gap, off minus on, two-sided, alpha {alpha:g}",
-        2: f"Welch's t-tests on test accuracy, SGD lr 0.1 minus each alternative, Holm over all, alpha {alpha:g}",
-        3: f"TOST equivalence (two one-sided Welch t-tests), margin {band(margin)}, alpha {alpha:g}",
-        4: f"probability of improvement of adjacent ranks, {level} percentile bootstrap CI",
-        5: f"interaction (bn 8 - 128) - (gn 8 - 128), Welch-Satterthwaite {level} CI",
-        6: f"Welch's t-test on torch_bn's test accuracy, cosine minus step, two-sided, alpha {alpha:g}",
+        1: f"effect on torch_bn's train-test gap, off minus on: Welch t, found beyond 0 or negligible within {m}",
+        2: f"14 effects, SGD lr 0.1 minus each alternative: Welch t, found beyond 0 or negligible within {m}, "
+        "Holm over all",
+        3: f"equivalence within {m}: TOST (two one-sided Welch t-tests)",
+        4: f"each adjacent pair of the ranking: Welch t, better (beyond 0) or tied within {m} (TOST), "
+        "Holm over the pairs",
+        5: f"bn's batch effect found, gn's equivalent within {m} (TOST), and their interaction found: "
+        "Holm over the three",
+        6: f"non-inferiority of cosine minus step at -{m.lstrip('±')}: one-sided Welch t",
     }

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis import stats
-from analysis.claims import MARGIN, PROBABILITY, Claim, band
-from analysis.stats import BOOTSTRAP_RESAMPLES
+from analysis.claims import MARGIN, Claim, band
 from analysis.tables import ACCURACY, SHOWN, Table, TableRow, ordered
 from resnorm import names
 from resnorm.markdown import table as to_markdown  # noqa: F401 (used as present.to_markdown)
 
 SPREAD = "mean ± sd"
 INCOMPLETE_MARK = "†"
+ALIKE_MARK = "‡"  # the seeds scored alike: the CI shown is the test split's binomial interval
 SPLIT_SCORES = tuple(
     (split, score) for split in ("train", "val", "test") for score in names.SCORES
 )  # a row with a seed that did not finish: not ranked
@@ -52,7 +52,7 @@ def display(table: Table) -> pd.DataFrame:
         for key, label in SHOWN.items():
             record[f"{label}, {SPREAD}"] = _pct(row.mean.get(key, math.nan), row.std.get(key, math.nan))
             if key == ACCURACY:
-                record["95 % CI"] = _ci(row.ci.get(key, (math.nan, math.nan)))
+                record["95 % CI"] = _ci(row.ci.get(key, (math.nan, math.nan))) + (f" {ALIKE_MARK}" if row.alike else "")
                 record["group"] = row.letters or "–"
         record["s/epoch"] = _num(row.cost.get("epoch_seconds", math.nan), 2)
         record["img/s"] = _num(row.cost.get("images_per_second", math.nan), 0)
@@ -109,6 +109,8 @@ LATEX_SPECIAL = {
     "–": "--",
     "—": "---",
     "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "≈": r"$\approx$",
     "≥": r"$\geq$",
     "≤": r"$\leq$",
     "−": "-",
@@ -187,37 +189,40 @@ def headline(table: Table) -> dict[str, float]:
 
 
 def method_text(margin: float = MARGIN, alpha: float = stats.ALPHA) -> str:
-    """Every claim's test, margin and correction in plain words, for the report (check_claims' arguments)."""
-    level, inner = f"{(1 - alpha) * 100:g} %", f"{(1 - 2 * alpha) * 100:g} %"
+    """How every claim is decided, in plain words (check_claims' rules, at ``margin`` and ``alpha``)."""
+    m, wide, narrow = band(margin), f"{(1 - alpha) * 100:g} %", f"{(1 - 2 * alpha) * 100:g} %"
     return " ".join(
         (
-            "Each of the study's six claims is tested on the finished seeds of the configurations it compares;",
-            f"effects are in accuracy points with {level} confidence intervals, alpha {alpha:g}.",
+            f"Every claim is read against one smallest effect of interest, the margin of {m}; effects are in",
+            "accuracy points, from the finished seeds of the configurations a claim compares (Welch's t, with",
+            "Welch-Satterthwaite degrees of freedom for the four-way interaction). An effect is found when its",
+            f"{wide} interval lies beyond zero, and negligible when its {narrow} interval lies inside the margin",
+            "(two one-sided tests, TOST: Schuirmann 1987). A claim that an effect exists is supported when the",
+            "effect is found in the claimed direction and contradicted when it is found the other way or is",
+            "negligible; an effect that is both found and negligible is real but smaller than the margin, no",
+            "effect worth the name, and contradicts the claim. A claim of equality is supported when the",
+            f"difference is negligible (its {narrow} interval inside the margin) and contradicted when its {wide}",
+            "interval lies wholly outside the margin; a difference that is not significant is not evidence of",
+            "equality. Otherwise a claim is inconclusive, and its line says about how many seeds per",
+            "configuration would decide it (80 % power at the observed spread and effect, an estimate from the",
+            "seeds there are). Seeds that all scored alike carry no estimate of their spread: such a comparison",
+            "is not tested (identical seeds are not certainty).",
             "(1) Augmentation reduces overfitting: torch_bn's train-minus-test accuracy gap per seed, without",
-            "augmentation minus with, by Welch's two-sided t-test and its interval: supported when the gap shrinks",
-            "significantly, contradicted when it grows significantly.",
-            "(2) SGD lr 0.1 beats Adam lr 1e-4 and SGD lr 1e-4 for every norm: one two-sided Welch t-test on test",
-            "accuracy per norm and alternative, Holm's step-down correction over all of them together (the intervals",
-            "shown are not adjusted); supported only when every comparison is significant in favour of SGD lr 0.1,",
-            "contradicted when any one is significant against it.",
-            "(3) The hand-written bn matches torch_bn: an equivalence test, two one-sided Welch t-tests (TOST,",
-            f"Schuirmann 1987) on test accuracy with a margin of {band(margin)}; equivalent when both reject, i.e.",
-            f"the {inner} interval lies inside the margin; contradicted when the {level} interval lies wholly outside",
-            "it. A difference that is not significant is not evidence of equality: only the equivalence test can",
-            "support this claim.",
-            "(4) The ranking of the seven norms (SGD lr 0.1, by mean test accuracy): for each pair of adjacent ranks",
-            "the probability of improvement P(X > Y) + 0.5 P(X = Y) over all pairs of seeds (the normalised",
-            "Mann-Whitney U statistic, as rliable defines it: Agarwal et al. 2021), with a",
-            f"{level} percentile bootstrap interval (the two samples resampled independently, {BOOTSTRAP_RESAMPLES}",
-            "times, fixed seed); supported only when every adjacent pair's interval lies above 0.5. With few seeds",
-            "the bootstrap interval is too narrow (3 seeds that all beat 3 others give [1, 1]): read it with the",
-            "seed counts.",
-            "(5) Batch size matters for bn, not for gn: the interaction (bn at batch 8 minus 128) minus (gn at 8",
-            "minus 128) in test accuracy, four independent means with a Welch-Satterthwaite t interval; supported",
-            "when it excludes 0 and bn's effect is the larger in size, contradicted when it excludes 0 and gn's is.",
-            "(6) Cosine is at least as good as the step schedule: cosine minus step test accuracy of torch_bn by",
-            "Welch's two-sided t-test: supported when cosine is significantly better, contradicted when it is",
-            "significantly worse, inconclusive otherwise (a tie is not support).",
+            "augmentation minus with, must be found above zero.",
+            "(2) SGD lr 0.1 beats Adam lr 1e-4 and SGD lr 1e-4 for every norm: 14 effects (SGD lr 0.1 minus each",
+            "alternative, per norm) with Holm's step-down correction over them (the intervals shown are not",
+            "adjusted); supported when every one is found in favour of SGD lr 0.1, contradicted when one is",
+            "found against it or negligible.",
+            "(3) The hand-written bn matches torch_bn: an equality claim on their test accuracy.",
+            "(4) The seven norms rank in a clear order (SGD lr 0.1, by mean test accuracy): each adjacent pair is",
+            "better (the upper one's lead found) or tied (negligible), Holm over the six pairs; supported when",
+            "every pair is decided and one at least is better (the ranking, ties and all, is the answer),",
+            "contradicted when every pair is tied.",
+            "(5) Batch size matters for bn, not for gn: bn's effect of batch 8 against 128 must be found (either",
+            "way), gn's must be negligible, and the interaction (bn 8 - 128) - (gn 8 - 128) must be found in bn's",
+            "direction; Holm over the three; contradicted when any one goes against the claim.",
+            "(6) Cosine is at least as good as step: non-inferiority of torch_bn's test accuracy, cosine minus step,",
+            f"supported when its {narrow} interval starts above -{m.lstrip('±')}, contradicted when it ends below.",
             "A claim with fewer than 2 finished seeds on a side gets no verdict; a configuration with seeds that did",
             "not finish is tested on those that did, and its line says so; configurations that differ in anything",
             "but the seed (e.g. epochs) are never pooled.",
@@ -231,22 +236,23 @@ METHOD_TEXT = method_text()
 def _effect(claim: Claim) -> str:
     if math.isnan(claim.effect):
         return "–"
-    if claim.unit == PROBABILITY:
-        shown = f"P = {claim.effect:.2f}"
-        return shown if math.isnan(claim.ci[0]) else f"{shown} [{claim.ci[0]:.2f}, {claim.ci[1]:.2f}]"
+    if math.isnan(claim.ci[0]):
+        return f"{claim.effect:+.2f} pts (no interval)"
     return f"{claim.effect:+.2f} pts [{claim.ci[0]:+.2f}, {claim.ci[1]:+.2f}]"
 
 
 def claims_table(claims: Sequence[Claim]) -> pd.DataFrame:
-    """One row per claim (claim, test, verdict, effect [95 % CI], seeds), ready for Markdown, HTML or LaTeX."""
+    """One row per claim (claim, test, verdict, effect [CI], seeds, what would decide it), for Markdown,
+    HTML or LaTeX."""
     return pd.DataFrame.from_records(
         [
             {
                 "claim": f"{c.id}. {c.statement}",
                 "test": c.test,
-                "verdict": c.verdict,
-                "effect [95 % CI]": _effect(c),
+                "verdict": c.verdict + (f" ({c.look})" if c.look else ""),
+                "effect [CI]": _effect(c),
                 "seeds": c.seeds or "–",
+                "to decide it": c.needed or "–",
             }
             for c in claims
         ]

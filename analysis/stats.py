@@ -1,38 +1,45 @@
-"""Uncertainty and significance of a table's scores: confidence intervals, Welch tests, Holm's
-correction and a compact letter display. Distributions come from scipy.stats."""
+"""Uncertainty and significance: the tables' intervals and letter groups, and the effects the
+claims test (contrasts of independent means with their one- and two-sided p-values, and the power
+of a test at a number of seeds). Distributions come from scipy (Student's t through scipy.special's
+stdtr, the function behind scipy.stats.t, at a fraction of its cost); Holm's correction by hand (see ``holm``),
+power from statsmodels."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
+from statsmodels.stats.power import TTestPower
 
 LEVEL = 0.95
 ALPHA = 0.05
-BOOTSTRAP_SEED = 0  # fixed, so a report rebuilt from the same runs shows the same intervals
-BOOTSTRAP_RESAMPLES = 9999
 NAN_CI = (math.nan, math.nan)
 METHOD_TEXT = (
     "Spread: sample standard deviation over seeds (n = finished seeds). 95 % CI: Student's t over "
-    "seeds (shown cut at 0 and 100); with one seed, the Clopper-Pearson binomial interval of the test split. "
+    "seeds (shown cut at 0 and 100); with one seed, or seeds that all scored alike (marked ‡: identical "
+    "scores are not a zero-width interval), the Clopper-Pearson binomial interval of the test split. "
     "Rows sharing a letter cannot be told apart: two-sided Welch t-tests on test accuracy between every pair of "
-    "complete rows with at least 2 seeds, Holm's step-down correction per table, alpha 0.05."
+    "complete rows with at least 2 seeds that differ among themselves, Holm's step-down correction per table, "
+    "alpha 0.05."
 )
 
 
+def spread(values: Sequence[float]) -> bool:
+    """Whether ``values`` (two or more) differ among themselves: equal seeds carry no estimate of their spread."""
+    return len(values) > 1 and float(np.ptp(np.asarray(values, dtype=float))) > 0
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
-    """Student's t confidence interval of the mean of ``values`` (two or more)."""
+    """Student's t confidence interval of the mean of ``values`` (two or more that differ)."""
+    if not spread(values):
+        raise ValueError(f"a t interval needs two or more values that differ; got {list(values)}")
     n = len(values)
     mean = sum(values) / n
-    sem = stats.sem(values)  # sample std / sqrt(n)
-    if sem == 0:
-        return mean, mean
-    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sem)
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(values))
     return float(low), float(high)
 
 
@@ -44,29 +51,47 @@ def binomial_interval(accuracy: float, n_images: int, level: float = LEVEL) -> t
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test; 1.0 when both samples are constant and equal."""
-    result = stats.ttest_ind(a, b, equal_var=False)
-    p = float(result.pvalue)
-    if math.isnan(p):  # zero variance in both: equal means cannot be told apart, unequal ones can
-        return 1.0 if sum(a) / len(a) == sum(b) / len(b) else 0.0
-    return p
+    """Two-sided p-value of Welch's t-test; NaN (no test) when either sample has no spread: its seeds
+    scored alike, which estimates no variance (scipy would warn of catastrophic cancellation)."""
+    if not (spread(a) and spread(b)):
+        return math.nan
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def holm(pvalues: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], float]:
-    """Holm's step-down adjusted p-values: the k-th smallest of m is multiplied by m - k + 1,
-    made non-decreasing, and capped at 1."""
-    ordered = sorted(pvalues.items(), key=lambda kv: kv[1])
+# Holm's step-down procedure. statsmodels' ``multipletests(method="holm")`` computes the same (the tests
+# check it against it), but runs ``gc.collect()`` on every call: 0.17 s in a process that holds torch,
+# seconds per report and hours per simulation of the adaptive design.
+
+
+def holm(pvalues: Mapping) -> dict:
+    """Holm's step-down adjusted p-values, by key: the k-th smallest of m times m - k + 1, made
+    non-decreasing, capped at 1."""
+    ordered = sorted(pvalues, key=lambda k: pvalues[k])
     m, running, adjusted = len(ordered), 0.0, {}
-    for k, (pair, p) in enumerate(ordered):
-        running = max(running, min(1.0, (m - k) * p))
-        adjusted[pair] = running
-    return adjusted
+    for k, key in enumerate(ordered):
+        running = max(running, min(1.0, (m - k) * pvalues[key]))
+        adjusted[key] = running
+    return {k: adjusted[k] for k in pvalues}
+
+
+def holm_levels(pvalues: Sequence[float], alpha: float) -> list[float]:
+    """The level Holm's procedure at ``alpha`` rejects each hypothesis at, ``alpha / (m - k)`` for the
+    k-th smallest p-value (from 0) while every smaller one was rejected; 0 where it is not rejected."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    levels = [0.0] * len(pvalues)
+    for k, i in enumerate(order):
+        level = alpha / (len(pvalues) - k)
+        if not pvalues[i] <= level:
+            break
+        levels[i] = level
+    return levels
 
 
 def pairwise(samples: Mapping[str, Sequence[float]]) -> dict[tuple[str, str], float]:
-    """Holm-adjusted Welch p-values of every pair of ``samples`` (label -> values)."""
+    """Holm-adjusted Welch p-values of every pair of ``samples`` (label -> values) that can be tested;
+    a pair with a side that has no spread is left out (it cannot be told apart)."""
     raw = {(a, b): welch_p(samples[a], samples[b]) for a, b in itertools.combinations(samples, 2)}
-    return holm(raw)
+    return holm({k: p for k, p in raw.items() if not math.isnan(p)})
 
 
 def _maximal_cliques(nodes: list[str], linked: set[frozenset]) -> list[set[str]]:
@@ -92,11 +117,13 @@ def letters(
 ) -> dict[str, str]:
     """Compact letter display: rows that share a letter are not significantly different.
 
-    Each letter is a maximal group of rows with no significant difference between any two; the
-    letter ``a`` goes to the group holding the best mean, ``b`` to the next, and so on.
+    Each letter is a maximal group of rows with no significant difference between any two (a pair
+    missing from ``adjusted`` was not tested: not different); the letter ``a`` goes to the group
+    holding the best mean, ``b`` to the next, and so on.
     """
     nodes = sorted(means, key=lambda k: -means[k])
-    linked = {frozenset(pair) for pair, p in adjusted.items() if p >= alpha}
+    differ = {frozenset(pair) for pair, p in adjusted.items() if p < alpha}
+    linked = {frozenset(pair) for pair in itertools.combinations(nodes, 2)} - differ
     groups = _maximal_cliques(nodes, linked)
     groups.sort(key=lambda g: (min(nodes.index(v) for v in g), -len(g)))
     out = {v: "" for v in nodes}
@@ -106,84 +133,91 @@ def letters(
     return out
 
 
-# Effects the claims test (analysis.claims): contrasts of independent means, equivalence, and the
-# probability of improvement.
+# --- the effects the claims test (analysis.claims) ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A weighted sum of independent means with its Welch-Satterthwaite t interval and two-sided p (H0: 0)."""
+    """A weighted sum of independent means, sum_i w_i mean_i, with its standard error and
+    Welch-Satterthwaite degrees of freedom. ``se`` is 0 when no sample has any spread: then there
+    is no test at all (identical seeds are not certainty), and every p-value is NaN."""
 
     value: float
     se: float
     df: float
-    ci: tuple[float, float]
-    p: float
+    sd: float  # the standard deviation of one seed's contrast, sqrt(sum_i w_i^2 s_i^2): what power is planned with
+
+    @property
+    def testable(self) -> bool:
+        return self.se > 0
+
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of H0: effect = 0 (NaN without a test)."""
+        return min(1.0, 2 * min(self.p_above(0.0), self.p_below(0.0))) if self.testable else math.nan
+
+    def p_above(self, bound: float) -> float:
+        """One-sided p-value of H0: effect <= bound (small when the effect is surely above it)."""
+        return float(special.stdtr(self.df, (bound - self.value) / self.se)) if self.testable else math.nan
+
+    def p_below(self, bound: float) -> float:
+        """One-sided p-value of H0: effect >= bound (small when the effect is surely below it)."""
+        return float(special.stdtr(self.df, (self.value - bound) / self.se)) if self.testable else math.nan
+
+    def interval(self, level: float = LEVEL) -> tuple[float, float]:
+        """The two-sided ``level`` t interval (NaNs without a test)."""
+        if not self.testable:
+            return NAN_CI
+        half = float(special.stdtrit(self.df, 0.5 + level / 2)) * self.se
+        return self.value - half, self.value + half
 
 
-def contrast(samples: Sequence[Sequence[float]], weights: Sequence[float], level: float = LEVEL) -> Estimate:
+def contrast(samples: Sequence[Sequence[float]], weights: Sequence[float]) -> Estimate:
     """sum_i w_i mean_i over independent samples (each of 2 or more values): standard error
     sqrt(sum w_i^2 s_i^2 / n_i), degrees of freedom by Welch-Satterthwaite. Weights (1, -1) give
-    Welch's t-test; (1, -1, -1, 1) a 2x2 interaction. Zero variance everywhere: the estimate is exact."""
+    Welch's t-test; (1, -1, -1, 1) a 2x2 interaction. A sample whose values are all equal adds no
+    variance; when every sample is so, the estimate has no test (se 0)."""
     arrays = [np.asarray(s, dtype=float) for s in samples]
     value = float(sum(w * a.mean() for w, a in zip(weights, arrays)))
-    terms = [w * w * a.var(ddof=1) / len(a) for w, a in zip(weights, arrays)]
+    variances = [a.var(ddof=1) if spread(a) else 0.0 for a in arrays]
+    terms = [w * w * v / len(a) for w, v, a in zip(weights, variances, arrays)]
     se = math.sqrt(sum(terms))
+    sd = math.sqrt(sum(w * w * v for w, v in zip(weights, variances)))
     if se == 0:
-        return Estimate(value, 0.0, math.inf, (value, value), 1.0 if value == 0 else 0.0)
-    df = se**4 / sum(t * t / (len(a) - 1) for t, a in zip(terms, arrays))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    p = float(2 * stats.t.sf(abs(value) / se, df))
-    return Estimate(value, se, df, (value - half, value + half), p)
+        return Estimate(value, 0.0, math.nan, 0.0)
+    df = se**4 / sum(t * t / (len(a) - 1) for t, a in zip(terms, arrays) if t > 0)
+    return Estimate(value, se, df, sd)
 
 
-def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estimate:
+def welch(a: Sequence[float], b: Sequence[float]) -> Estimate:
     """mean(a) - mean(b) by Welch's unequal-variance t-test."""
-    return contrast([a, b], [1.0, -1.0], level)
+    return contrast([a, b], [1.0, -1.0])
 
 
-def tost(a: Sequence[float], b: Sequence[float], margin: float) -> tuple[float, float]:
-    """Two one-sided Welch t-tests (Schuirmann 1987) of d = mean(a) - mean(b): the p-values of
-    H0 d <= -margin and of H0 d >= +margin. Equivalence within ±margin at level alpha when both
-    are below alpha (the TOST p-value is the larger)."""
-    d = welch(a, b)
-    if d.se == 0:
-        return (0.0 if d.value > -margin else 1.0), (0.0 if d.value < margin else 1.0)
-    return float(stats.t.sf((d.value + margin) / d.se, d.df)), float(stats.t.cdf((d.value - margin) / d.se, d.df))
+# --- power: how many seeds a decision would take ---------------------------------------------------------------
+
+TARGET_POWER = 0.8
+MAX_SEEDS_ESTIMATE = 100_000  # "more than this" beyond it
+_T_POWER = TTestPower()
 
 
-def _improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)[..., :, None]
-    y = np.moveaxis(np.asarray(y, dtype=float), axis, -1)[..., None, :]
-    return np.mean((x > y) + 0.5 * (x == y), axis=(-2, -1))
+def t_power(effect_size: float, n: int, alpha: float, alternative: str = "larger") -> float:
+    """Power of a one-sample t-test (statsmodels' ``TTestPower``) at ``n`` observations: the contrast
+    of one seed of every configuration, standardised by its standard deviation. A stand-in for the
+    Welch test, whose degrees of freedom lie between n - 1 and k (n - 1)."""
+    if n < 2 or alpha <= 0 or effect_size <= 0:
+        return 0.0
+    return float(_T_POWER.power(effect_size=effect_size, nobs=n, alpha=min(alpha, 0.5), alternative=alternative))
 
 
-def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
-    """P(X > Y) + 0.5 P(X = Y) over every pair of a seed of X and one of Y: the Mann-Whitney U
-    statistic of x over n_x n_y, rliable's probability of improvement (Agarwal et al. 2021) on one task."""
-    return float(_improvement(np.asarray(x), np.asarray(y)))
-
-
-def improvement_interval(
-    x: Sequence[float], y: Sequence[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the probability of improvement, x and y resampled
-    independently (each needs 2 or more values); NaNs when the bootstrap forms no interval."""
-    generator = np.random.default_rng(seed)
-    # scipy 1.15 renamed random_state to rng; scipy itself reaches us through scikit-learn, unpinned.
-    key = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
-    try:
-        result = stats.bootstrap(
-            (np.asarray(x, float), np.asarray(y, float)),
-            _improvement,
-            vectorized=True,
-            paired=False,
-            n_resamples=BOOTSTRAP_RESAMPLES,
-            confidence_level=level,
-            method="percentile",
-            **{key: generator},
-        )
-    except ValueError:
-        return NAN_CI
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return NAN_CI if math.isnan(low) or math.isnan(high) else (low, high)
+def smallest_n(power_at: Callable[[int], float], low: int = 2, high: int = MAX_SEEDS_ESTIMATE) -> int | None:
+    """The smallest n in [low, high] with ``power_at(n) >= TARGET_POWER`` (power grows with n), or None."""
+    if power_at(high) < TARGET_POWER:
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if power_at(mid) >= TARGET_POWER:
+            high = mid
+        else:
+            low = mid + 1
+    return low

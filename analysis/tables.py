@@ -111,6 +111,7 @@ class TableRow:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     letters: str = ""
+    alike: bool = False  # its seeds' test accuracies are all equal: the CI shown is the binomial one
 
     @property
     def n(self) -> int:
@@ -143,11 +144,12 @@ def score_row(label: str, group: Group, histories: Histories | None) -> TableRow
         values = [float(v) for v in group.finished[key]]
         row.mean[key] = sum(values) / len(values)
         row.std[key] = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else math.nan
-        if len(values) > 1:
+        if stats.spread(values):
             row.ci[key] = stats.t_interval(values)
-        elif key.endswith("_accuracy") and test_images and key.startswith("best_test"):
+        elif key == ACCURACY and test_images:  # one seed, or seeds that all scored alike
             row.ci[key] = stats.binomial_interval(values[0], test_images)
-        else:
+            row.alike = len(values) > 1
+        else:  # seeds that scored alike are not a zero-width interval
             row.ci[key] = (math.nan, math.nan)
     if histories is not None:
         row.cost = cost(group, histories)
@@ -173,7 +175,8 @@ def cost(group: Group, histories: Histories) -> dict[str, float]:
 
 def rank(rows: list[TableRow]) -> bool:
     """Letters for the complete rows with at least two seeds (Welch + Holm on test accuracy);
-    returns whether any test was made. Rows with failed seeds or one seed get no letter."""
+    returns whether any test was made. Rows with failed seeds or one seed get no letter; a row whose
+    seeds all scored alike is tested against none (it has no spread) and shares every letter it can."""
     testable = [r for r in rows if r.group.complete and r.n >= 2]
     if len(testable) < 2:
         return False

@@ -57,6 +57,13 @@ class Gradcam:
 def _table_parts(table: Table) -> tuple[str, list[str]]:
     """The caption and the notes under the table (unfinished seeds, missing rows, the test)."""
     notes = [f"Did not finish: {line}." for line in present.unfinished(table)]
+    alike = [r.label for r in table.rows if r.alike]
+    if alike:
+        notes.append(
+            f"{present.ALIKE_MARK} {', '.join(alike)}: every seed scored the same test accuracy, which is no "
+            "evidence of zero spread; the interval shown is the binomial one of a run's test images, and the row is "
+            "tested against no other."
+        )
     if table.missing:
         notes.append("Not in this sweep (no run): " + "; ".join(table.missing) + ".")
     if table.spec.id == ALL_TABLE:
