@@ -10,10 +10,12 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from analysis.claims import Claim, check_claims
+from analysis.adaptive import design_of
+from analysis.claims import Claim
 from analysis.figures import FIGURES, build_figure
 from analysis.groups import Group, build_groups
-from analysis.runs import Histories, Plan, children, sweep_plan
+from analysis.runs import Histories, Plan, check_plan, children, sweep_plan
+from analysis.sequential import Design, assess
 from analysis.tables import ALL_TABLE, TABLES, Table, build_table, sweep_table
 from resnorm import names
 from resnorm.model import depth
@@ -30,8 +32,9 @@ class Report:
     figures: dict[str, Figure | None]
     figure_missing: dict[str, list[str]]
     claims: list[Claim]
-    margin: float  # the equivalence margin of claim 3, in accuracy (0.01: one point)
+    margin: float  # the claims' smallest effect of interest, in accuracy (0.01: one point)
     provenance: list[tuple[str, str]]
+    design: Design = Design()
 
     @property
     def sweep_run_id(self) -> str:
@@ -46,18 +49,24 @@ class Report:
         return sum(len(g.planned) for g in self.groups)
 
 
-def build(client: MlflowClient, parent: Run, margin: float = 0.01) -> Report:
-    """The report of the sweep whose parent run is ``parent``."""
+def build(client: MlflowClient, parent: Run, margin: float | None = None) -> Report:
+    """The report of the sweep whose parent run is ``parent``; ``margin`` (a fraction, 0.01: one point)
+    defaults to the one an adaptive sweep decided its rounds with, else one point."""
     planned = sweep_plan(client, parent)
     runs = children(client, parent, planned)
+    checked = check_plan(parent, planned, runs)
+    if checked is not planned:  # the logged plan left runs out: the params' plan, and its runs, instead
+        planned, runs = checked, children(client, parent, checked)
+    margin = margin or planned.margin or 0.01
     groups = build_groups(runs, planned.configs, planned.mode)
+    design = design_of(planned, runs)
     histories = Histories(client)
     tables = {ALL_TABLE: sweep_table(groups, histories)}
     tables.update({spec.id: build_table(spec, groups, histories) for spec in TABLES})
     figures, missing = {}, {}
     for spec in FIGURES:
         figures[spec.id], missing[spec.id] = build_figure(spec, groups, histories)
-    claims = check_claims(groups, margin=margin)
+    claims = assess(groups, design, margin)
     return Report(
         parent,
         planned,
@@ -68,8 +77,20 @@ def build(client: MlflowClient, parent: Run, margin: float = 0.01) -> Report:
         missing,
         claims,
         margin,
-        provenance(client, parent, planned, runs, groups),
+        provenance(client, parent, planned, runs, groups, design, margin),
+        design,
     )
+
+
+def _design(planned: Plan, design: Design, margin: float) -> str:
+    """How the seeds were chosen, the margin the claims are read against, and an adaptive sweep's rounds."""
+    said = f"{design.describe()}; margin ±{round(margin * 100, 9):g} accuracy points"
+    if planned.adaptive and planned.margin and abs(planned.margin - margin) > 1e-12:
+        said += f" (the sweep decided its rounds at ±{round(planned.margin * 100, 9):g})"
+    rounds = max(planned.rounds.values(), default=0)
+    if planned.adaptive and len(design.rounds) < rounds:
+        said += f"; round {len(design.rounds) + 1} of {rounds} is still under way and not looked at"
+    return said
 
 
 def _values(groups: list[Group], name: str) -> str:
@@ -97,7 +118,13 @@ def _unplanned(groups: list[Group]) -> str:
 
 
 def provenance(
-    client: MlflowClient, parent: Run, planned: Plan, runs: pd.DataFrame, groups: list[Group]
+    client: MlflowClient,
+    parent: Run,
+    planned: Plan,
+    runs: pd.DataFrame,
+    groups: list[Group],
+    design: Design,
+    margin: float,
 ) -> list[tuple[str, str]]:
     """What produced the report, as (label, value) lines."""
     done = runs[runs["status"] == FINISHED]
@@ -115,7 +142,8 @@ def provenance(
             f"{parent.data.tags.get(names.TAG_PRESET, '?')}), status {parent.info.status}"
             + (f": {error}" if error else ""),
         ),
-        ("plan", planned.source),
+        ("plan", planned.source + "".join(f"; warning: {w}" for w in planned.warnings)),
+        ("design", _design(planned, design, margin)),
         (
             "runs",
             f"{finished} of {planned_seeds} planned seeds finished, over {len(groups)} configurations"

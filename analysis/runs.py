@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,9 +19,8 @@ from resnorm import names
 from resnorm.bundle import SPLITS
 from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ResnormError
-from resnorm.sweep import child_name, plan
 from resnorm.sweep.child import sweep_children
-from resnorm.sweep.planner import varying
+from resnorm.sweep.planner import FIRST_ROUND_SEEDS, MARGIN, MAX_SEEDS, child_names, parse_seeds, plan
 from resnorm.tracking import unquote_param
 
 FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
@@ -76,37 +75,150 @@ def find_sweep(client: MlflowClient, experiment: str = "", sweep_run_id: str = "
 @dataclass(frozen=True)
 class Plan:
     """What a sweep planned: its configurations (with seeds), their run names, the training mode of
-    its children, and where the plan was read from."""
+    its children, where the plan was read from, and, for an adaptive sweep, the round that planned each
+    configuration, its cap and margin. ``warnings``: where the logged plan disagreed with the sweep."""
 
     configs: list[TrainConfig]
     names: dict[str, TrainConfig]  # run name -> configuration (a child that failed before its params)
     mode: str
     source: str  # "sweep.json" or "re-planned from the sweep's params"
+    rounds: dict[TrainConfig, int] = field(default_factory=dict)  # adaptive: configuration -> its round
+    max_seeds: int = 0  # adaptive: the most seeds a configuration may get; 0: seeds fixed in advance
+    margin: float = 0.0  # adaptive: the margin its rounds were decided with (a fraction); 0: none
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_seeds > 0
 
 
 def sweep_plan(client: MlflowClient, parent: Run) -> Plan:
-    """The plan the sweep logged (``sweep.json``: every planned configuration and seed); a sweep
-    from before it logged one is re-planned from its params. An unreadable plan is an error:
-    without it, failed and missing seeds could not be told apart from configurations that were
-    never planned."""
+    """The plan the sweep logged (``sweep.json``: every planned configuration and seed, and its round),
+    if it holds together: readable, each configuration once, the seeds its ``seeds`` param says (an
+    adaptive sweep: its first round's, then more of the same configurations in order, up to max_seeds).
+    When it does not, one warning says why and the plan is made again from the sweep's params, as for a
+    sweep from before it logged one (``check_plan`` also holds it against the runs). Without any plan,
+    failed and missing seeds could not be told apart from configurations that were never planned: a
+    sweep whose params cannot be planned either is an error."""
     p = {k: unquote_param(v) for k, v in parent.data.params.items()}
     mode = p.get("mode", DEFAULT_MODE) or DEFAULT_MODE
+    try:
+        seeds = parse_seeds(p.get("seeds", "1") or "1")
+        max_seeds = int(float(p.get("max_seeds") or MAX_SEEDS)) if seeds is None else 0
+        margin = float(p.get("margin") or MARGIN) / 100 if seeds is None else 0.0
+    except (ResnormError, ValueError) as e:
+        raise NoSweep(f"cannot read the params of sweep {parent.info.run_id}: {e}") from None
     logged = _logged_plan(client, parent)
-    if logged is not None:
-        try:
-            entries = [(c["name"], TrainConfig(**c["config"])) for c in logged["configurations"]]
-        except (KeyError, TypeError, ResnormError) as e:
-            raise NoSweep(f"cannot read the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id}: {e}") from None
-        return Plan([c for _, c in entries], dict(entries), logged.get("mode", mode), names.SWEEP_PLAN)
+    problem = _problem(logged, seeds, max_seeds) if logged is not None else ""
+    if logged is not None and not problem:
+        entries = [
+            (c["name"], TrainConfig.from_record(c["config"]), c.get("round", 1)) for c in logged["configurations"]
+        ]
+        return Plan(
+            [c for _, c, _ in entries],
+            {n: c for n, c, _ in entries},
+            logged.get("mode", mode),
+            names.SWEEP_PLAN,
+            {c: r for _, c, r in entries} if seeds is None else {},
+            max_seeds,
+            margin,
+        )
+    replanned = replan(parent)
+    if logged is None:
+        return replanned
+    warning = (
+        f"the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id} does not hold together ({problem}); "
+        "reported against the plan its params give"
+    )
+    return dataclasses.replace(replanned, warnings=(warning,))
+
+
+def replan(parent: Run) -> Plan:
+    """The plan a sweep's params give (an adaptive sweep's: its first round)."""
+    p = {k: unquote_param(v) for k, v in parent.data.params.items()}
     overrides = {k: v for k, v in p.items() if k in FIELD_TYPES}
     try:
         preset = p.get("preset") or parent.data.tags.get(names.TAG_PRESET, "quick")
-        seeds = int(p.get("seeds", "1") or 1)
-        configs = plan(preset, p.get("grid", ""), seeds, overrides)
+        seeds = parse_seeds(p.get("seeds", "1") or "1")
+        configs = plan(preset, p.get("grid", ""), seeds or FIRST_ROUND_SEEDS, overrides)
+        max_seeds = int(float(p.get("max_seeds") or MAX_SEEDS)) if seeds is None else 0
+        margin = float(p.get("margin") or MARGIN) / 100 if seeds is None else 0.0
     except (ResnormError, ValueError) as e:
         raise NoSweep(f"cannot re-plan sweep {parent.info.run_id} from its params: {e}") from None
-    fields = varying(configs)
-    return Plan(configs, {child_name(c, seeds, fields): c for c in configs}, mode, "re-planned from the sweep's params")
+    named = child_names(configs, 2 if seeds is None else seeds)
+    return Plan(
+        configs,
+        {n: c for c, n in named.items()},
+        p.get("mode", DEFAULT_MODE) or DEFAULT_MODE,
+        "re-planned from the sweep's params",
+        {c: 1 for c in configs} if seeds is None else {},
+        max_seeds,
+        margin,
+    )
+
+
+def check_plan(parent: Run, planned: Plan, runs: pd.DataFrame) -> Plan:
+    """A logged plan against the sweep's runs: a child of the sweep (with its params) that the plan does
+    not hold means the plan is not the sweep's whole plan (cut short, or edited): one warning, and the plan
+    its params give instead. A re-made plan is left as it is (runs outside it are the preset's code having
+    changed since, and the report names them)."""
+    if planned.source != names.SWEEP_PLAN or not len(runs):
+        return planned
+    have = {(without_seed(c), c.seed) for c in planned.configs}
+    outside = sorted(
+        {(cfg.run_name(), int(seed)) for cfg, seed in zip(runs["config"], runs["seed"]) if (cfg, int(seed)) not in have}
+    )
+    if not outside:
+        return planned
+    try:
+        replanned = replan(parent)
+    except NoSweep as e:
+        warning = f"the plan {names.SWEEP_PLAN} leaves out {len(outside)} of the sweep's runs, and {e}"
+        return dataclasses.replace(planned, warnings=(*planned.warnings, warning))
+    name, seed = outside[0]
+    warning = (
+        f"the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id} leaves out {len(outside)} of its runs "
+        f"(e.g. {name} seed {seed}); reported against the plan its params give"
+    )
+    return dataclasses.replace(replanned, warnings=(*planned.warnings, warning))
+
+
+def _problem(logged: object, seeds: int | None, max_seeds: int) -> str:
+    """What keeps a logged plan from holding together, or "" when it does."""
+    try:
+        entries = logged["configurations"]  # type: ignore[index]
+        configs = [TrainConfig.from_record(c["config"]) for c in entries]
+        rounds = [c.get("round", 1) for c in entries]
+        for c in entries:
+            if not isinstance(c["name"], str):
+                return f"a run name is not text: {c['name']!r}"
+    except (KeyError, TypeError, AttributeError) as e:
+        return f"it cannot be read: {type(e).__name__} {e}"
+    except ResnormError as e:
+        return f"a configuration cannot be read: {e}"
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rounds):
+        return "a round is not a whole number of at least 1"
+    if not configs:
+        return "it plans nothing"
+    twice = len(configs) - len(set(configs))
+    if twice:
+        return f"it lists {twice} configuration(s) twice"
+    if seeds is not None:
+        return ""
+    by_config: dict[TrainConfig, list[tuple[int, int]]] = {}
+    for c, r in zip(configs, rounds):
+        by_config.setdefault(without_seed(c), []).append((c.seed, r))
+    for cfg, seeds_rounds in by_config.items():  # an adaptive sweep's rounds add seeds, in order, up to max_seeds
+        ordered = sorted(seeds_rounds)
+        found, start = [s for s, _ in ordered], ordered[0][0]
+        first = [s for s, r in ordered if r == 1]
+        if first != list(range(start, start + FIRST_ROUND_SEEDS)) or found != list(range(start, start + len(found))):
+            return f"{cfg.run_name()} has seeds {found}, not {FIRST_ROUND_SEEDS} in round 1 and one more each after"
+        if len(found) > max_seeds:
+            return f"{cfg.run_name()} has {len(found)} seeds, more than max_seeds {max_seeds}"
+        if [r for _, r in ordered] != sorted(r for _, r in ordered):
+            return f"{cfg.run_name()}'s later seeds come from earlier rounds"
+    return ""
 
 
 def _logged_plan(client: MlflowClient, parent: Run) -> dict | None:
@@ -117,7 +229,7 @@ def _logged_plan(client: MlflowClient, parent: Run) -> dict | None:
         try:
             return json.loads(Path(path).read_text())
         except ValueError as e:
-            raise NoSweep(f"cannot read the plan {names.SWEEP_PLAN} of sweep {parent.info.run_id}: {e}") from None
+            return {"unreadable": str(e)}
 
 
 def without_seed(cfg: TrainConfig) -> TrainConfig:

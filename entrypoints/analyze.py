@@ -20,6 +20,11 @@ from resnorm import cli  # noqa: E402
 from resnorm.options import MARGIN_POINTS  # noqa: E402
 
 
+def _margin(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """``--margin``: empty (the sweep's, or one point), or a number of points MARGIN_POINTS allows."""
+    return MARGIN_POINTS.convert(value, param, ctx) if value.strip() else None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
     "--experiment",
@@ -37,12 +42,14 @@ from resnorm.options import MARGIN_POINTS  # noqa: E402
     "there are logged).",
 )
 @click.option(
-    "--equivalence-margin",
-    type=MARGIN_POINTS,
-    default=1.0,
-    help=f"Claim 3 (the hand-written bn matches torch's): the equivalence margin, {MARGIN_POINTS.allowed}.",
+    "--margin",
+    type=str,
+    default="",
+    callback=_margin,
+    help="Every claim's smallest effect of interest, in accuracy points: "
+    f"{MARGIN_POINTS.allowed}; empty: the one an adaptive sweep decided its rounds with, else 1.",
 )
-def analyze(experiment: str, sweep_run_id: str, out: str, equivalence_margin: float) -> None:
+def analyze(experiment: str, sweep_run_id: str, out: str, margin: float | None) -> None:
     """Tables 1-6, Figures 1-6 and the study's claims of a sweep, as Markdown, CSV, LaTeX and HTML, logged to MLflow."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a report prints its table, not bars
     # Imported here: MLflow and the analysis take seconds to load, and --help needs none of it.
@@ -60,7 +67,9 @@ def analyze(experiment: str, sweep_run_id: str, out: str, equivalence_margin: fl
     check_tracking_server()
     client = MlflowClient()
     parent = find_sweep(client, experiment, sweep_run_id)
-    report = build(client, parent, margin=equivalence_margin / 100)
+    report = build(client, parent, margin=None if margin is None else margin / 100)
+    for warning in report.plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
     gradcam = gradcam_of_champions(report)
     files = write(report, gradcam, Path(out))
     run_id = log(client, report, files, Path(out))

@@ -3,6 +3,7 @@
     mlflow run . -e sweep -P preset=quick --env-manager local --experiment-name resnorm
     mlflow run . -e sweep -P preset=study -P data=/data/birds -P image_size=256 ...
     mlflow run . -e sweep -P preset=custom -P grid="norm=bn,gn;batch_size=8,128" -P seeds=3 ...
+    mlflow run . -e sweep -P preset=study -P seeds=auto -P max_seeds=40 ...   # rounds, until the claims are decided
 
 Re-running into the same parent (`mlflow run ... --run-id <parent>`) skips children that finished.
 """
@@ -28,7 +29,10 @@ if __name__ == "__main__":  # not when a forked worker re-reads this file as mul
 
 from resnorm import cli  # noqa: E402
 from resnorm.config import DEVICES, FIELD_TYPES, MODES, Launch, TrainConfig  # noqa: E402
+from resnorm.errors import ConfigError  # noqa: E402
+from resnorm.options import MARGIN_POINTS  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402
+from resnorm.sweep.planner import MARGIN, MAX_SEEDS, parse_seeds  # noqa: E402
 from resnorm.sweep.runner import EXECUTORS, SweepSpec, run_sweep  # noqa: E402
 
 
@@ -48,6 +52,14 @@ def training_options(command):
     return command
 
 
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``--seeds``: a whole number of at least 1 (as given), or auto (None)."""
+    try:
+        return parse_seeds(value)
+    except ConfigError:
+        raise click.BadParameter(f"{value!r} is not a whole number of at least 1 or 'auto'", ctx, param) from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
     "--preset",
@@ -59,7 +71,26 @@ def training_options(command):
 @click.option(
     "--grid", type=str, default="", help="For preset custom: 'name=v1,v2;name=v1,...' over training parameters."
 )
-@click.option("--seeds", type=int, default=1, help="Repeat every configuration with this many seeds.")
+@click.option(
+    "--seeds",
+    type=str,
+    default="1",
+    callback=_seeds,
+    help="Repeat every configuration with this many seeds; auto: in rounds, adding seeds only where one of the "
+    "study's claims is still open, up to --max-seeds (the claims decided valid under that optional stopping).",
+)
+@click.option(
+    "--max-seeds",
+    type=click.IntRange(3, 1000),
+    default=MAX_SEEDS,
+    help="seeds=auto: the most seeds a configuration gets (the first round trains 3 of every configuration).",
+)
+@click.option(
+    "--margin",
+    type=MARGIN_POINTS,
+    default=MARGIN,
+    help=f"seeds=auto: the claims' smallest effect of interest, {MARGIN_POINTS.allowed}.",
+)
 @click.option(
     "--executor",
     type=click.Choice(EXECUTORS),
@@ -91,12 +122,20 @@ def training_options(command):
     help="Training path of every child: plain, fast, or auto (fast on CUDA).",
 )
 @training_options
-def sweep(preset, grid, seeds, executor, parallel, ray_address, storage_path, device, mode, **training) -> None:
+def sweep(
+    preset, grid, seeds, max_seeds, margin, executor, parallel, ray_address, storage_path, device, mode, **training
+) -> None:
     """Train every configuration of a preset or grid as a nested child of one parent run."""
+    launch = Launch(device=device, mode=mode)
     spec = SweepSpec(
-        preset, grid, seeds, executor, parallel, ray_address, training, Launch(device=device, mode=mode), storage_path
+        preset, grid, seeds, executor, parallel, ray_address, training, launch, storage_path, max_seeds, margin
     )
-    run_sweep(spec)
+    if spec.adaptive:
+        from analysis.adaptive import next_round  # the claims decide the rounds
+
+        run_sweep(spec, next_round)
+    else:
+        run_sweep(spec)
 
 
 def main() -> None:

@@ -119,6 +119,31 @@ class TrainConfig:
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
 
     @classmethod
+    def from_record(cls, fields: Mapping[str, Any]) -> TrainConfig:
+        """The configuration a JSON record holds (a sweep's ``sweep.json``): every field, each of its
+        type (an int field takes no 2.5 and no true; a float field takes an int), nothing else."""
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"a configuration is a mapping of its fields, not {type(fields).__name__}")
+        missing, unknown = [f for f in FIELD_TYPES if f not in fields], sorted(set(fields) - set(FIELD_TYPES))
+        if missing or unknown:
+            raise ConfigError(
+                "a configuration needs exactly TrainConfig's fields"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(map(str, unknown))}" if unknown else "")
+            )
+        for field, kind in FIELD_TYPES.items():
+            value = fields[field]
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, int | float) and not isinstance(value, bool),
+                "str": isinstance(value, str),
+                "bool": isinstance(value, bool),
+            }[kind]
+            if not ok:
+                raise ConfigError(f"{field}={value!r} is not {'an' if kind == 'int' else 'a'} {kind}")
+        return cls(**{k: float(v) if FIELD_TYPES[k] == "float" else v for k, v in fields.items()})
+
+    @classmethod
     def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
         """The configuration a run's logged params describe (other params, such as depth, are ignored)."""
         return cls(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})

@@ -100,5 +100,8 @@ def analysis_metric(table: str, index: int, row: str, stat: str) -> str:
 # that any machine reaching the tracking server can resume it (resnorm.snapshots).
 SNAPSHOT_ARTIFACT_DIR = "snapshot"
 SWEEP_PLAN = "sweep.json"  # a sweep parent's artifact: every planned configuration and seed, and its re-run command
+# An adaptive sweep's parent, step = round: claims decided after the round, children planned up to it.
+CLAIMS_DECIDED = "claims_decided"
+CHILDREN_PLANNED = "children_planned"
 TAG_CONFIG = "resnorm.config"  # on a sweep's child: its configuration by the settings that vary ("norm=bn")
 TAG_TRIAL = "resnorm.trial"  # on a Ray sweep's child: the Tune trial that trains it (a retried trial finds its run)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Param, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 from mlflow.utils.git_utils import get_git_commit
@@ -28,9 +28,10 @@ from resnorm.tracking import FAILED, RUNNING
 @dataclass(frozen=True)
 class Child:
     config: TrainConfig
-    name: str  # its run's name (planner.child_name)
+    name: str  # its run's name (planner.child_names: unique in the sweep)
     launch: Launch  # the train entry point's device, mode, resume (an interrupted run of this child), threads
     label: str = ""  # its configuration by the settings that vary in the sweep (the resnorm.config tag)
+    round: int = 1  # an adaptive sweep's round that planned it
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ def absolute_tracking_uri() -> str:
 
 
 def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child, extra_tags: dict | None = None) -> str:
-    """The child's run, nested under the parent and tagged as ``mlflow run -e train`` would tag it."""
+    """The child's run, nested under the parent and tagged as ``mlflow run -e train`` would tag it, with
+    its configuration's params from the start: whatever becomes of it, the run says what it is (its
+    name is only a label)."""
     tags = {
         **(extra_tags or {}),
         mlflow_tags.MLFLOW_PARENT_RUN_ID: ctx.parent_run_id,
@@ -72,7 +75,9 @@ def create_child_run(client: MlflowClient, ctx: SweepContext, child: Child, extr
     commit = get_git_commit(ctx.project_dir)
     if commit:
         tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
-    return client.create_run(ctx.experiment_id, run_name=child.name, tags=tags).info.run_id
+    run_id = client.create_run(ctx.experiment_id, run_name=child.name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in child.config.as_params().items()])
+    return run_id
 
 
 def sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str, where: str = "") -> list[Run]:
@@ -81,17 +86,18 @@ def sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
     return client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time ASC"])
 
 
-def settle(client: MlflowClient, run_id: str, why: str) -> str:
+def settle(client: MlflowClient, run_id: str, why: str, status: str | None = None) -> str:
     """The status a child's run is left with once its trainer is gone: as the trainer ended it, or,
-    when it is still RUNNING and no live process here holds it (its trainer died), FAILED with
-    ``why``. A run another live process trains (a refused resume) is left alone."""
+    when it is still RUNNING and no live process here holds it (its trainer died, or was killed),
+    ``status`` (FAILED unless told) with ``why``. A run another live process trains (a refused resume)
+    is left alone."""
     locked = snapshots.is_locked(run_id)  # before the status: a trainer ends its run, then lets go
-    status = client.get_run(run_id).info.status
-    if status == RUNNING and not locked:
+    now = client.get_run(run_id).info.status
+    if now == RUNNING and not locked:
         client.set_tag(run_id, names.TAG_ERROR, why)
-        client.set_terminated(run_id, FAILED)
-        return FAILED
-    return status
+        client.set_terminated(run_id, status or FAILED)
+        return status or FAILED
+    return now
 
 
 def request(child: Child, run_id: str) -> str:

@@ -7,7 +7,10 @@ or the cartesian product of a grid), each repeated with ``seeds`` seeds.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +20,24 @@ from resnorm.errors import ConfigError
 from resnorm.norms import NORM_NAMES
 
 PRESETS = ("quick", "study", "custom")
+AUTO = "auto"  # seeds=auto: an adaptive sweep, in rounds (analysis.sequential)
+FIRST_ROUND_SEEDS = 3  # an adaptive sweep's first round: the fewest seeds whose spread says something
+MAX_SEEDS = 40  # an adaptive sweep's cap on seeds per configuration, by default
+MARGIN = 1.0  # an adaptive sweep's smallest effect of interest, in accuracy points, by default
+
+
+def parse_seeds(text: str | int) -> int | None:
+    """``seeds`` as given: a whole number of at least 1, or ``auto`` (returned as None)."""
+    value = str(text).strip()
+    if value.lower() == AUTO:
+        return None
+    try:
+        seeds = int(value)
+    except ValueError:
+        seeds = 0
+    if seeds < 1 or str(seeds) != value.lstrip("+"):
+        raise ConfigError(f"seeds {value!r} is not a whole number of at least 1 or {AUTO!r}")
+    return seeds
 
 
 def parse_grid(text: str) -> dict[str, list[Any]]:
@@ -104,11 +125,13 @@ def config_label(cfg: TrainConfig, fields: Sequence[str]) -> str:
     return ", ".join(f"{f}={getattr(cfg, f)}" for f in fields or ["norm"])
 
 
-def child_name(cfg: TrainConfig, seeds: int, fields: Sequence[str] = ()) -> str:
+def child_name(
+    cfg: TrainConfig, seeds: int, fields: Sequence[str] = (), folders: Mapping[str, str] | None = None
+) -> str:
     """The run name of a sweep child: the train run name, then each setting of ``fields`` (those that
     vary in the sweep) that the name does not spell and that differs from train's default, then
-    ``-s{seed}`` when seeds vary. Two configurations of one sweep never share a name: they differ in
-    a named setting, or in one of ``fields``, where at most one of them holds the default."""
+    ``-s{seed}`` when seeds vary (``seeds`` > 1). A data folder is named by its base name, or as ``folders``
+    names it. ``child_names`` makes the names of a whole sweep unique."""
     default, extra = TrainConfig(), []
     for f in fields:
         value = getattr(cfg, f)
@@ -117,8 +140,40 @@ def child_name(cfg: TrainConfig, seeds: int, fields: Sequence[str] = ()) -> str:
         if f == "scheduler":
             extra.append(value)  # "step"
         elif f == "data":
-            extra.append(os.path.basename(value.rstrip("/")) or value)
+            extra.append((folders or {}).get(value) or os.path.basename(value.rstrip("/")) or value)
         else:
             extra.append(f"{SUFFIX.get(f, f)}{value:g}" if isinstance(value, float) else f"{SUFFIX.get(f, f)}{value}")
     name = "-".join([cfg.run_name(), *extra])
     return f"{name}-s{cfg.seed}" if seeds > 1 else name
+
+
+def child_names(configs: Sequence[TrainConfig], seeds: int) -> dict[TrainConfig, str]:
+    """Every child's run name (``child_name``), unique in the sweep whatever the values: two data folders
+    with one base name (``/x/a/imgs``, ``/x/b/imgs``) are told apart by as many of their parent folders as
+    it takes (``a/imgs``), and any names still shared (values that print alike) end in a digest of the
+    configuration."""
+    fields = varying(configs)
+    folders = _shortest_unique_paths(sorted({c.data for c in configs})) if "data" in fields else {}
+    named = {c: child_name(c, seeds, fields, folders) for c in configs}
+    counts: dict[str, int] = {}
+    for name in named.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {c: f"{n}-c{_digest(c)}" if counts[n] > 1 else n for c, n in named.items()}
+
+
+def _shortest_unique_paths(paths: Sequence[str]) -> dict[str, str]:
+    """Each path by its fewest trailing components that no other path ends in the same way."""
+    parts = {p: [x for x in p.rstrip("/").split("/") if x] or [p] for p in paths}
+    out = {}
+    for p, mine in parts.items():
+        for k in range(1, len(mine) + 1):
+            tail = mine[-k:]
+            if not any(q != p and theirs[-k:] == tail for q, theirs in parts.items()):
+                break
+        out[p] = "/".join(tail)
+    return out
+
+
+def _digest(cfg: TrainConfig) -> str:
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]

@@ -65,7 +65,9 @@ def _ray_trial(trial_config: dict) -> None:
     # The project as Ray unpacked it on this worker (Tune runs trials from a trial folder).
     ctx = SweepContext(**{**spec["ctx"], "project_dir": str(PROJECT_ROOT)})
     fields = spec["child"]
-    child = Child(TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]), fields["label"])
+    child = Child(
+        TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]), fields["label"], fields["round"]
+    )
     client = MlflowClient()
     trial_id = tune.get_context().get_trial_id()
     run_id = child.launch.resume or trial_run(client, ctx, trial_id)
@@ -101,7 +103,7 @@ def run_ray(
     gpus: int = 0,
     per_gpu: int = 1,
     storage_path: str = "",
-) -> dict[str, str]:
+) -> dict[TrainConfig, str]:
     """Children as Ray Tune trials, each asking for one CPU and, where there are GPUs, a
     ``1 / per_gpu`` share of one (a small model leaves a big GPU idle: several trainings at once
     can raise the total rate; ``bench`` and the sweep's own timings tell).
@@ -148,15 +150,15 @@ def run_ray(
     return ray_statuses(MlflowClient(), ctx, children)
 
 
-def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Child]) -> dict[str, str]:
-    """Each child's status after the trials: its latest run's; one still RUNNING (its trial ran out
-    of retries) is marked FAILED, and keeps its snapshot for a re-run of the sweep."""
+def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Child]) -> dict[TrainConfig, str]:
+    """Each child's status after the trials, by configuration: its latest run's; one still RUNNING (its
+    trial ran out of retries) is marked FAILED, and keeps its snapshot for a re-run of the sweep."""
     runs = sweep_children(client, ctx.experiment_id, ctx.parent_run_id)
     latest = {}
     for r in runs:
         try:
             latest[TrainConfig.from_params(r.data.params)] = r
-        except ResnormError:  # killed before it logged its params: a later attempt has them
+        except ResnormError:  # not a training run of ours (every child is made with its params)
             continue
     for r in latest.values():
         if r.info.status == RUNNING:
@@ -166,5 +168,5 @@ def ray_statuses(client: MlflowClient, ctx: SweepContext, children: Sequence[Chi
                 f"its Ray trial failed {RAY_MAX_FAILURES + 1} times; re-run the sweep to resume it",
             )
             client.set_terminated(r.info.run_id, FAILED)
-    found = {c.name: latest.get(c.config) for c in children}
-    return {name: r.info.status if r is not None and r.info.status != RUNNING else FAILED for name, r in found.items()}
+    found = {c.config: latest.get(c.config) for c in children}
+    return {cfg: r.info.status if r is not None and r.info.status != RUNNING else FAILED for cfg, r in found.items()}

@@ -34,7 +34,7 @@ prefer_passive_wait()  # before torch loads OpenMP (the pool sets it in the envi
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402, F401 - every training's optimizer loads it: once in the fork server
 
-from resnorm.cli import guard, leave, stop_when_gone, stop_with_parent  # noqa: E402
+from resnorm.cli import best_effort_output, guard, leave, stop_when_gone, stop_with_parent  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
 
@@ -61,17 +61,21 @@ for _name in FIRST_USE:
 
 
 def serve(requests, replies: int) -> None:
-    """Train every request of ``requests`` (lines), answering each on the descriptor ``replies``."""
+    """Train every request of ``requests`` (lines), answering each on the descriptor ``replies``. Its
+    printing is best effort, as an entry point's: a sweep whose output was closed (``| head -1``) still
+    trains every child to its true end."""
+    best_effort_output()
     for line in requests:
         cfg, launch, run_id = read_request(line)
         code = guard(functools.partial(_train, cfg, launch, run_id), run_id)
         sys.stdout.flush()
         sys.stderr.flush()
+        leaving = code == 130  # stopped (SIGTERM, Ctrl-C): it ends, and says so, so that it is given nothing more
         try:  # one short line: one write, whole or not at all
-            os.write(replies, (json.dumps({"run_id": run_id, "code": code}) + "\n").encode())
+            os.write(replies, (json.dumps({"run_id": run_id, "code": code, "leaving": leaving}) + "\n").encode())
         except BrokenPipeError:  # the sweep is gone (killed): no one to answer, nothing more to train
             return
-        if code == 130:  # stopped (SIGTERM, Ctrl-C): the sweep is stopping; so does the worker
+        if leaving:
             return
         torch.compiler.reset()  # a compiled child's graphs are of its model only; let them go
 
