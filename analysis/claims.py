@@ -92,6 +92,7 @@ class Claim:
     level: float = math.nan  # the alpha this verdict was reached at (a look's share in an adaptive sweep)
     parts: tuple[Part, ...] = ()  # what was tested, for the seeds a decision would take
     open_parts: tuple[Open, ...] = ()  # the parts still open, and the level a later look would test each at
+    outcomes: tuple[str, ...] = ()  # each part's outcome (found, negligible, equivalent, ..., open), in order
     needed: str = ""  # an open claim: the seeds per configuration that would likely decide it, in words
     look: str = ""  # an adaptive sweep: the round the verdict comes from, in words
 
@@ -137,14 +138,15 @@ def _why(d: Decision, margin: float, words: tuple[str, str] = ("", "")) -> str:
     """Why a part came out as it did, in a few words: the interval that decided it. ``words``: what a
     found effect means for the claim, when it helps to say (towards it, against it)."""
     e, m, below, alpha = d.part.estimate, band(margin), f"-{band(margin).lstrip('±')}", d.level
-    narrow = interval_words(e.interval(1 - 2 * alpha), 1 - 2 * alpha)
+    narrow = interval_words(e.interval(1 - 2 * alpha), 1 - 2 * alpha)  # equivalence and negligibility
+    wide = interval_words(e.interval(1 - alpha), 1 - alpha)  # non-inferiority
+    low, high = e.interval(1 - alpha)
     if d.outcome == NO_SPREAD:
         alike = ", ".join(f"all {s[0] * 100:.2f} %" for s in d.part.samples)
         return f"no test: each configuration's seeds scored alike ({alike}), and identical seeds are not certainty"
     if d.outcome == NEGLIGIBLE:
-        wide = e.interval(1 - alpha)
         real = ", so although it is real (its interval clears zero) it is smaller than the margin"
-        return f"negligible: its {narrow} lies inside {m}" + (real if wide[0] > 0 or wide[1] < 0 else "")
+        return f"negligible: its {narrow} lies inside {m}" + (real if low > 0 or high < 0 else "")
     if d.outcome == FOUND:
         said = words[0] if d.support > 0 else words[1] or ("against the claim" if d.part.direction else "")
         return f"found{': ' + said if said else ''} (its interval lies {'above' if e.value > 0 else 'below'} zero)"
@@ -153,17 +155,17 @@ def _why(d: Decision, margin: float, words: tuple[str, str] = ("", "")) -> str:
     if d.outcome == DIFFERENT:
         return f"its interval lies wholly outside {m}: they differ by more than the margin"
     if d.outcome == NOT_WORSE:
-        within = ", worse but within the margin" if e.interval(1 - alpha)[1] < 0 else ""
-        return f"not worse: its {narrow} starts above {below}{within}"
+        within = ", worse but within the margin" if high < 0 else ""
+        return f"not worse: its {wide} starts above {below}{within}"
     if d.outcome == WORSE:
-        return f"worse by more than the margin: its {narrow} ends below {below}"
+        return f"worse by more than the margin: its {wide} ends below {below}"
     if d.part.kind == EQUAL:
         return (
             f"its {narrow} is not inside {m}, so equivalence is not shown (a difference that is not "
             "significant is not evidence of equality)"
         )
     if d.part.kind == AT_LEAST:
-        return f"its {narrow} reaches below {below}"
+        return f"its {wide} reaches both sides of {below}"
     open_ = f"neither beyond zero nor inside {m} (its {narrow})"
     if d.part.direction == 0:
         return open_
@@ -374,6 +376,7 @@ def compose(cid: int, ev: Evidence, decisions: Sequence[Decision], margin: float
         shown.level,
         tuple(d.part for d in decisions),
         tuple(Open(d.part, alpha / len(decisions)) for d in decisions if d.support == 0),
+        tuple(d.outcome for d in decisions),
     )
 
 

@@ -10,8 +10,10 @@ and what the claim says of it:
   claim that the effect exists.
 - ``EQUAL``: the effect is within ±margin. *Equivalent* by TOST; *different* when the 1 - alpha
   interval lies wholly outside ±margin.
-- ``AT_LEAST``: the effect is not below -margin (non-inferiority). *Not worse* when the 1 - 2 alpha
-  interval's lower end clears -margin; *worse* when its upper end lies below -margin.
+- ``AT_LEAST``: the effect is not below -margin (non-inferiority). *Not worse* when the 1 - alpha
+  interval's lower end clears -margin; *worse* when its upper end lies below -margin (each side at
+  alpha / 2, as the usual two-sided 95 % interval of a non-inferiority trial: at a truth of exactly
+  -margin, where neither is true, the two together stay within alpha).
 
 Each part tests two hypotheses that cannot both be true, so at most one of its outcomes can be a
 false one; the smaller of its two p-values is its p-value under Holm's correction over a claim's
@@ -70,7 +72,7 @@ class Part:
         if self.kind == EQUAL:
             beyond = min(1.0, 2 * min(e.p_above(margin), e.p_below(-margin)))  # its 1 - a interval outside ±margin
             return tost, beyond  # equivalent, different
-        return e.p_above(-margin), e.p_below(-margin)  # not worse, worse
+        return min(1.0, 2 * e.p_above(-margin)), min(1.0, 2 * e.p_below(-margin))  # not worse, worse: alpha / 2 each
 
     def outcome(self, margin: float, level: float) -> str:
         """What this part's data say at ``level`` (the level Holm gives it; 0: not rejected)."""
@@ -165,7 +167,7 @@ def power(part: Part, margin: float, n: int, alpha: float) -> float:
     if part.kind == EQUAL:
         different = stats.t_power((abs(d) - margin) / sd, n, alpha / 2)
         return max(different, _tost_power(d, sd, margin, n, alpha))
-    return max(stats.t_power((d + margin) / sd, n, alpha), stats.t_power((-margin - d) / sd, n, alpha))
+    return max(stats.t_power((d + margin) / sd, n, alpha / 2), stats.t_power((-margin - d) / sd, n, alpha / 2))
 
 
 def seeds_needed(wanted: Sequence[Open], margin: float, low: int, high: int) -> int | None:

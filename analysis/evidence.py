@@ -143,5 +143,5 @@ def phrases(margin: float = MARGIN) -> dict[int, str]:
         "Holm over the pairs",
         5: f"bn's batch effect found, gn's equivalent within {m} (TOST), and their interaction found: "
         "Holm over the three",
-        6: f"non-inferiority of cosine minus step at -{m.lstrip('±')}: one-sided Welch t",
+        6: f"non-inferiority of cosine minus step at -{m.lstrip('±')}: Welch t, the 95 % interval's ends",
     }

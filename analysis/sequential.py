@@ -75,6 +75,9 @@ def view(groups: Sequence[Group], planned: Mapping[TrainConfig, frozenset[int]])
     out = []
     for g in groups:
         seeds = planned.get(g.config, frozenset())
+        if set(g.planned) <= seeds and (not len(g.finished) or set(g.finished["seed"]) <= seeds):
+            out.append(g)  # all of it was planned by then
+            continue
         finished = g.finished[g.finished["seed"].isin(seeds)] if len(g.finished) else g.finished
         out.append(
             dataclasses.replace(

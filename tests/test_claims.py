@@ -17,7 +17,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from analysis import decisions, evidence, present, stats
-from analysis.claims import check_claims
+from analysis.claims import Claim, check_claims
 from analysis.decisions import AT_LEAST, EQUAL, Open, Part
 from analysis.evidence import ADAM, AUG_OFF, AUG_ON, BATCH, SGD, SLOW_SGD, STEP
 from analysis.groups import Group
@@ -70,7 +70,7 @@ def sweep(**changed: Group) -> list[Group]:
     return [g for g in base.values() if g is not None]
 
 
-def by_id(groups: list[Group], **kwargs) -> dict[int, claims.Claim]:
+def by_id(groups: list[Group], **kwargs) -> dict[int, Claim]:
     return {c.id: c for c in check_claims(groups, **kwargs)}
 
 
@@ -136,14 +136,21 @@ def test_seeds_that_scored_alike_are_not_certainty_and_raise_no_warning():
         stats.t_interval([0.985, 0.985, 0.985])
 
 
+@pytest.mark.parametrize("alternative", ["larger", "two-sided"])
+@pytest.mark.parametrize(("effect", "n", "alpha"), [(0.5, 10, 0.05), (1.2, 3, 0.001), (0.1, 400, 0.025), (2.0, 2, 0.3)])
+def test_t_power_is_statsmodels_power(effect, n, alpha, alternative):
+    want = TTestPower().power(effect_size=effect, nobs=n, alpha=alpha, alternative=alternative)
+    assert stats.t_power(effect, n, alpha, alternative) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
 def test_power_and_the_seeds_a_decision_needs_agree_with_statsmodels():
     rng = np.random.default_rng(0)
     a, b = 0.96 + rng.normal(0, 0.004, 5), 0.955 + rng.normal(0, 0.006, 5)
     part = Part("a minus b", AT_LEAST, (tuple(a), tuple(b)), (1, -1))
     e = part.estimate
     assert e.sd == pytest.approx(math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1)))
-    # Non-inferiority at -1 point, one-sided 5 %: statsmodels solves the same one-sample t power.
-    want = TTestPower().solve_power(effect_size=(e.value + 0.01) / e.sd, alpha=0.05, power=0.8, alternative="larger")
+    # Non-inferiority at -1 point, one-sided 2.5 % (the 95 % interval's end): statsmodels solves the same power.
+    want = TTestPower().solve_power(effect_size=(e.value + 0.01) / e.sd, alpha=0.025, power=0.8, alternative="larger")
     assert decisions.seeds_needed([Open(part, 0.05)], 0.01, 2, 10_000) == math.ceil(want)
     assert (
         decisions.power(part, 0.01, math.ceil(want), 0.05)
@@ -303,7 +310,7 @@ def test_claim5_tests_both_halves_and_the_interaction():
         (spread(0.93), "supported", "not worse"),  # cosine (torch_bn at 96 %) clearly better
         (spread(0.965, 0.001), "supported", "worse but within the margin"),  # half a point worse: at least as good
         (spread(0.99), "contradicted", "worse by more than the margin"),
-        (spread(0.955, 0.02), "inconclusive", "reaches below -1 accuracy point"),  # noisy
+        (spread(0.955, 0.02), "inconclusive", "reaches both sides of -1 accuracy point"),  # noisy
     ],
 )
 def test_claim6_is_non_inferiority_at_the_margin(step, verdict, said):
@@ -326,7 +333,8 @@ def test_an_open_claim_says_how_many_seeds_would_decide_it():
     (c,) = [c for c in assess(sweep(step=noisy), Design()) if c.id == 6]
     torch_bn = spread(0.96 - 0.02 * NORM_NAMES.index("torch_bn"), 0.001)
     sd = math.sqrt(np.var(torch_bn, ddof=1) + np.var(noisy.finished[ACCURACY], ddof=1))
-    want = TTestPower().solve_power(effect_size=(0.005 + 0.01) / sd, alpha=0.05, power=0.8, alternative="larger")
+    # Non-inferiority is one-sided at half of alpha (the 95 % interval's lower end).
+    want = TTestPower().solve_power(effect_size=(0.005 + 0.01) / sd, alpha=0.025, power=0.8, alternative="larger")
     assert c.needed.startswith(f"about {math.ceil(want)} seeds per configuration (80 % power at alpha 0.05")
     assert "estimated from 3 seeds" in c.needed
 
