@@ -205,16 +205,19 @@ def t_power(effect_size: float, n: int, alpha: float, alternative: str = "larger
     standardised by its standard deviation - as statsmodels' ``TTestPower.power`` computes it (the tests
     check it against it): the noncentral t's tail beyond the critical value, from scipy.special, which
     a simulation of the adaptive design calls a hundred thousand times (statsmodels' call costs 0.25 ms,
-    through scipy.stats' per-call checks). A stand-in for the Welch test, whose degrees of freedom lie
-    between n - 1 and k (n - 1)."""
+    through scipy.stats' per-call checks). Far in a tail ``nctdtr`` underflows to NaN, and statsmodels
+    returns that NaN (an effect of 6 sd at 12 seeds has power NaN there); here the far tail is the 0 it
+    is. A stand-in for the Welch test, whose degrees of freedom lie between n - 1 and k (n - 1)."""
     if n < 2 or alpha <= 0 or effect_size <= 0:
         return 0.0
     df, nc = n - 1, effect_size * math.sqrt(n)
-    if alternative == "two-sided":
-        crit = float(special.stdtrit(df, 1 - min(alpha, 1.0) / 2))
-        return float(1 - special.nctdtr(df, nc, crit) + special.nctdtr(df, nc, -crit))
-    crit = float(special.stdtrit(df, 1 - min(alpha, 0.5)))
-    return float(1 - special.nctdtr(df, nc, crit))
+    two = alternative == "two-sided"
+    crit = float(special.stdtrit(df, 1 - (min(alpha, 1.0) / 2 if two else min(alpha, 0.5))))
+    below = float(special.nctdtr(df, nc, crit))  # P(T' <= crit)
+    if not math.isfinite(below):  # underflow far in a tail: nc well above crit, or well below
+        below = 0.0 if nc > crit else 1.0
+    lower = float(special.nctdtr(df, nc, -crit)) if two else 0.0  # P(T' <= -crit): the other side's rejection
+    return min(1.0, max(0.0, 1 - below + (lower if math.isfinite(lower) else 0.0)))
 
 
 def smallest_n(power_at: Callable[[int], float], low: int = 2, high: int = MAX_SEEDS_ESTIMATE) -> int | None:

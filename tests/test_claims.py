@@ -143,6 +143,13 @@ def test_t_power_is_statsmodels_power(effect, n, alpha, alternative):
     assert stats.t_power(effect, n, alpha, alternative) == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
+def test_t_power_is_a_number_far_in_the_tails_where_statsmodels_gives_nan():
+    assert math.isnan(TTestPower().power(effect_size=6, nobs=12, alpha=0.001, alternative="two-sided"))
+    assert stats.t_power(6, 12, 0.001, "two-sided") == pytest.approx(1.0)
+    assert stats.t_power(6, 6, 3.6e-4, "two-sided") > 0.9  # claim 2's Adam gaps: decided in a round of 6 seeds
+    assert stats.t_power(0.01, 3, 1e-6, "larger") < 1e-5
+
+
 def test_power_and_the_seeds_a_decision_needs_agree_with_statsmodels():
     rng = np.random.default_rng(0)
     a, b = 0.96 + rng.normal(0, 0.004, 5), 0.955 + rng.normal(0, 0.006, 5)

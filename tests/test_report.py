@@ -23,10 +23,13 @@ pytestmark = pytest.mark.slow  # every test builds a store and runs analyze (sec
 SCORES = [names.final_metric(s, m) for s in ("train", "val", "test") for m in names.SCORES]
 
 
-def fake_sweep(client, configs, accuracy, failed_early=(), preset="custom", grid="", seeds=1, log_plan=True) -> str:
+def fake_sweep(
+    client, configs, accuracy, failed_early=(), preset="custom", grid="", seeds=1, log_plan=True, plan_edit=None
+) -> str:
     """A FINISHED sweep of ``configs`` as the runner logs it (params, tags, sweep.json), each child
     with ``accuracy(cfg)`` and short curves; children in ``failed_early`` FAILED before their params,
-    as a broken image makes them. Returns the parent's run id."""
+    as a sweep's children did before it made them with their params. ``plan_edit``: what becomes of
+    sweep.json's list of configurations before it is logged. Returns the parent's run id."""
     exp = client.get_experiment_by_name(names.EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(names.EXPERIMENT)
     parent = client.create_run(
@@ -41,8 +44,9 @@ def fake_sweep(client, configs, accuracy, failed_early=(), preset="custom", grid
         {"name": child_name(c, seeds, fields), "label": config_label(c, fields), "config": c.__dict__} for c in configs
     ]
     if log_plan:
+        listed = plan_edit(entries) if plan_edit else entries
         client.log_dict(
-            pid, {"preset": preset, "seeds": seeds, "mode": "auto", "configurations": entries}, names.SWEEP_PLAN
+            pid, {"preset": preset, "seeds": seeds, "mode": "auto", "configurations": listed}, names.SWEEP_PLAN
         )
     now = int(time.time() * 1000)
     for cfg, entry in zip(configs, entries):
@@ -205,3 +209,44 @@ def test_the_report_follows_the_plan_the_sweep_logged_not_todays_presets(mlflow_
     analyze(old, tmp_path / "old")
     md = (tmp_path / "old" / "report.md").read_text()
     assert "**plan**: re-planned from the sweep's params" in md and "not in the sweep's plan" in md
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda entries: [], "does not hold together (it plans nothing)"),
+        (lambda entries: entries[:2], "leaves out 2 of its runs (e.g. ln-sgd-lr0.1-aug-bs32 seed 0)"),
+        (lambda entries: entries + entries, "does not hold together (it lists 4 configuration(s) twice)"),
+        (
+            lambda entries: [{**entries[0], "config": {**entries[0]["config"], "epochs": 2.5}}, *entries[1:]],
+            "does not hold together (a configuration cannot be read: epochs=2.5 is not an int)",
+        ),
+    ],
+    ids=["empty", "a subset", "doubled", "epochs 2.5"],
+)
+def test_a_plan_that_does_not_hold_together_is_said_on_one_line_and_not_followed(
+    edit, said, mlflow_env, tmp_path, capsys
+):
+    """sweep.json was once trusted blindly: an empty plan gave "4 of 0 planned runs finished", a subset "4 of 2",
+    a doubled list "8 of 8" from 4 runs, and non-integer epochs passed. The report now follows the plan the
+    sweep's params give, and says why on one warning line."""
+    client = MlflowClient()
+    configs = plan("custom", "norm=bn,gn,ln,nn", seeds=1)
+    pid = fake_sweep(client, configs, lambda c: 0.9, grid="norm=bn,gn,ln,nn", plan_edit=edit)
+    analyze(pid, tmp_path / "out")
+    captured = capsys.readouterr()
+    warnings_ = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and said in warnings_[0], captured.err
+    assert "reported against the plan its params give" in warnings_[0]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "4 of 4 planned seeds finished" in md and said in md
+    assert "(4 of 4 planned runs of sweep" in captured.out
+
+
+def test_a_plan_that_holds_together_is_followed_without_a_word(mlflow_env, tmp_path, capsys):
+    client = MlflowClient()
+    configs = plan("custom", "norm=bn,gn", seeds=2)
+    pid = fake_sweep(client, configs, lambda c: 0.9 + c.seed / 100, grid="norm=bn,gn", seeds=2)
+    analyze(pid, tmp_path / "out")
+    assert "warning:" not in capsys.readouterr().err
+    assert "**plan**: sweep.json\n" in (tmp_path / "out" / "report.md").read_text()

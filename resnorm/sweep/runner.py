@@ -185,16 +185,16 @@ def run_sweep(spec: SweepSpec, next_round: NextRound | None = None) -> None:
         check_ray_address(spec.ray_address)
     gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
     parallel = spec.parallel or default_parallel(gpus)
-    if spec.executor == "local":
-        forkserver.start()  # its imports overlap the setup below (the entry point started it earlier still)
     check_tracking_server()
     pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
     held = None
-    if pointer:
+    if pointer:  # a parent another sweep is running is refused before anything starts
         check_own_sweep_run(pointer)
         held = hold_parent(pointer)
     else:
         use_default_experiment()
+    if spec.executor == "local":
+        forkserver.start()  # its imports overlap the setup below (the entry point started it earlier still)
     try:
         # No run_name here: resuming a run with a name renames it, before the parameters are checked.
         with mlflow.start_run(run_id=pointer or None) as parent:
