@@ -349,7 +349,7 @@ def compose(cid: int, ev: Evidence, decisions: Sequence[Decision], margin: float
         words = ["bn's batch effect", "gn's batch effect", "the interaction"]
         head = "; ".join(f"{w} {_state(d, margin)}" for w, d in zip(words, decisions))
         shown = _least_certain(decisions)
-        line = f"{verdict}: {head}; seeds {ev_seeds(ev)} (bn 8/bn 128/gn 8/gn 128)"
+        line = f"{verdict}: {head}; seeds {_seeds_of(cid, decisions)} (bn 8/bn 128/gn 8/gn 128)"
         details = [_detail(d, margin) for d in decisions]
     else:  # claims 1, 3 and 6: one part; its outcome is the verdict
         (shown,) = decisions
@@ -371,7 +371,7 @@ def compose(cid: int, ev: Evidence, decisions: Sequence[Decision], margin: float
         e.value * 100,
         _points_ci(e.interval(1 - shown.level)) if shown.level > 0 else NAN_CI,
         shown.p,
-        ev_seeds(ev) if cid in (1, 3, 5, 6) else _each([n for d in decisions for n in d.part.sizes]),
+        _seeds_of(cid, decisions),
         tuple(details),
         shown.level,
         tuple(d.part for d in decisions),
@@ -380,11 +380,14 @@ def compose(cid: int, ev: Evidence, decisions: Sequence[Decision], margin: float
     )
 
 
-def ev_seeds(ev: Evidence) -> str:
-    """The finished seeds behind a claim of one or four configurations: ``3 vs 3``, ``3/3/4/4``."""
-    if len(ev.parts) == 1:
-        return _vs(ev.parts[0].sizes)
-    return "/".join(map(str, ev.parts[-1].sizes))
+def _seeds_of(cid: int, decisions: Sequence[Decision]) -> str:
+    """The finished seeds behind a claim's verdict, as its parts stood when decided: ``3 vs 3`` for one
+    part, ``3/3/4/4`` for claim 5 (its interaction's four configurations), else per configuration."""
+    if len(decisions) == 1:
+        return _vs(decisions[0].part.sizes)
+    if cid == 5:
+        return "/".join(map(str, decisions[-1].part.sizes))
+    return _each([n for d in decisions for n in d.part.sizes])
 
 
 def _state(d: Decision, margin: float) -> str:

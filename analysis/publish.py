@@ -40,6 +40,7 @@ def log(client: MlflowClient, report: Report, files: list[Path], out: Path) -> s
         client.set_tag(parent.info.run_id, names.TAG_ANALYSIS, run_id)
         metrics = {**headline(report.tables[MAIN_TABLE]), **headline(report.tables[ALL_TABLE])}
         metrics["seeds_finished"], metrics["seeds_planned"] = float(report.finished), float(report.planned)
+        metrics[names.CLAIMS_DECIDED] = float(sum(c.decided for c in report.claims))
         stamp = int(pd.Timestamp.now().timestamp() * 1000)
         items = [Metric(k, v, stamp, 0) for k, v in metrics.items()]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):

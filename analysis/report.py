@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.adaptive import design_of
 from analysis.claims import Claim
+from analysis.evidence import band
 from analysis.figures import FIGURES, build_figure
 from analysis.groups import Group, build_groups
 from analysis.runs import Histories, Plan, check_plan, children, sweep_plan
@@ -84,7 +85,7 @@ def build(client: MlflowClient, parent: Run, margin: float | None = None) -> Rep
 
 def _design(planned: Plan, design: Design, margin: float) -> str:
     """How the seeds were chosen, the margin the claims are read against, and an adaptive sweep's rounds."""
-    said = f"{design.describe()}; margin ±{round(margin * 100, 9):g} accuracy points"
+    said = f"{design.describe()}; margin {band(margin)}"
     if planned.adaptive and planned.margin and abs(planned.margin - margin) > 1e-12:
         said += f" (the sweep decided its rounds at ±{round(planned.margin * 100, 9):g})"
     rounds = max(planned.rounds.values(), default=0)

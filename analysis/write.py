@@ -105,18 +105,23 @@ def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> N
     page += ["<h2>The study's claims</h2>", f"<div class='wide'>{table.to_html(border=0, index=False)}</div><ul>"]
     tex += [r"\section*{The study's claims}", r"\begin{itemize}"]
     for c in report.claims:
-        md += [f"- **{c.id}. {c.statement}**: {c.line}", *[f"  - {d}" for d in c.details]]
+        line = claim_line(c)
+        md += [f"- **{c.id}. {c.statement}**: {line}", *[f"  - {d}" for d in c.details]]
         page.append(
-            f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(c.line)}"
+            f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(line)}"
             + ("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul>" if c.details else "")
             + "</li>"
         )
-        tex.append(
-            rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(c.line)}"
-        )
-    md += ["", f"*How each claim is tested.* {method}", ""]
-    page += ["</ul>", f"<p class='note'>How each claim is tested. {html.escape(method)}</p>"]
-    tex += [r"\end{itemize}", present.latex_escape(f"How each claim is tested. {method}"), ""]
+        tex.append(rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(line)}")
+    design = f"Design: {report.design.describe()}."
+    md += ["", f"*How each claim is tested.* {method} {design}", ""]
+    page += ["</ul>", f"<p class='note'>How each claim is tested. {html.escape(method)} {html.escape(design)}</p>"]
+    tex += [r"\end{itemize}", present.latex_escape(f"How each claim is tested. {method} {design}"), ""]
+
+
+def claim_line(claim) -> str:
+    """A claim's line, with what would decide it when it is open."""
+    return claim.line + (f"; to decide it: {claim.needed}" if claim.needed else "")
 
 
 def _figures(report: Report, gradcam: Gradcam, out: Path, md: list[str], page: list[str], files: list[Path]) -> None:
@@ -224,7 +229,7 @@ def summary(report: Report) -> str:
     verdicts, as text."""
     table = report.tables[MAIN_TABLE] if report.tables[MAIN_TABLE].rows else report.tables[ALL_TABLE]
     caption, notes = _table_parts(table)
-    claims = [f"{c.id}. {c.statement}: {c.line}" for c in report.claims]
+    claims = [f"{c.id}. {c.statement}: {claim_line(c)}" for c in report.claims]
     return "\n".join(
         [caption, "", present.to_markdown(present.display(table)), *notes, "", "The study's claims:", *claims]
     )

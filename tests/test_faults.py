@@ -19,7 +19,7 @@ from resnorm.sweep.child import Child, SweepContext
 from resnorm.sweep.planner import child_names, plan
 from resnorm.sweep.pool import Pool
 from tests.conftest import PYTHON, ROOT, TINY, command, make_class_tree, one_line, run_command, subprocess_env
-from tests.test_recovery import logged_epochs, trainer_of, wait_for
+from tests.test_recovery import logged_epochs, sweep_child_at_epoch, trainer_of, wait_for
 
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
 SMALL = ["--image-size", "16", "--n", "1"]  # about a second an epoch here
@@ -215,15 +215,7 @@ def test_a_second_sweep_into_a_running_parent_is_refused_naming_its_holder(mlflo
         start_new_session=True,
     )
     try:
-        found = {}
-
-        def training():
-            runs = all_children(client)
-            found.update(runs=runs)
-            return bool(runs) and logged_epochs(client, runs[0].info.run_id) >= 1
-
-        wait_for(training, 300, "the first sweep's child at epoch 1", first)
-        parent = found["runs"][0].data.tags["mlflow.parentRunId"]
+        _, parent = sweep_child_at_epoch(client, first, 1)
         monkeypatch.setenv("MLFLOW_RUN_ID", parent)
         line = one_line(
             "sweep", args, capsys, f"run {parent} is a sweep that another live process (pid {first.pid}) is running"
