@@ -67,8 +67,10 @@ def next_round(
     k = planned[-1].round
     client.log_table(parent_run_id, data=rounds_table(claims), artifact_file=f"rounds/round-{k:02d}.json")
     decided = sum(c.decided for c in claims)
-    client.log_metric(parent_run_id, names.CLAIMS_DECIDED, decided, step=k)
-    client.log_metric(parent_run_id, names.CHILDREN_PLANNED, len(planned), step=k)
+    if not any(m.step == k for m in client.get_metric_history(parent_run_id, names.CLAIMS_DECIDED)):
+        # once per round: a sweep stopped after this, and re-run, reads the same round again
+        client.log_metric(parent_run_id, names.CLAIMS_DECIDED, decided, step=k)
+        client.log_metric(parent_run_id, names.CHILDREN_PLANNED, len(planned), step=k)
     print(f"round {k}: {decided} of {len(claims)} claims decided", flush=True)
     for c in claims:
         print(f"  {c.id}. {c.verdict}" + (f" ({c.look})" if c.look else "") + (f"; {c.needed}" if c.needed else ""))

@@ -76,19 +76,23 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
     return root
 
 
-# The longest test files first, longest first (seconds in a suite run on 2 cores, 2026-11-30):
+# The longest test files first, longest first (seconds in a suite run on 2 cores, 2026-11-30; the files of
+# issues 25 and 26 measured 2026-12-06):
 # `pytest -n 2 --dist loadfile` hands files to whichever worker is free in this order, and a long
 # file handed out last would finish alone. Re-rank when the `--durations` figures change.
 FIRST = (
     "test_readme.py",  # 359 (226 alone: its commands run one after another)
     "test_recovery.py",  # 184
     "test_sweep_cli.py",  # 156
+    "test_faults.py",  # 140
     "test_distributed.py",  # 88
     "test_fast.py",  # 86
     "test_run_status.py",  # 67
+    "test_adaptive.py",  # 66
     "test_writers.py",  # 126 before its writers were one sweep's workers; 56 alone since
     "test_analysis_e2e.py",  # 49
     "test_cli.py",  # 47
+    "test_sequential.py",  # 45
     "test_truthful.py",  # 43
     "test_threads.py",  # 43
     "test_bad_input.py",  # 30

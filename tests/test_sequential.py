@@ -191,8 +191,9 @@ def test_a_round_not_ended_is_not_a_look_and_a_sweep_without_one_decides_nothing
 )
 def test_false_verdicts_stay_at_or_under_alpha_over_the_rounds(name, cid, truth, false):
     truth = {config(r): v for r, v in truth}
-    results = sims(cid, truth, seed=cid)
-    assert rate(results, false) <= bound(SIMS), (name, rate(results, false))
+    n = SIMS if cid != 4 else SIMS // 2  # claim 4 compares seven configurations: twice the cost of a simulation
+    results = sims(cid, truth, seed=cid, n=n)
+    assert rate(results, false) <= bound(n), (name, rate(results, false))
 
 
 @pytest.mark.slow

@@ -248,27 +248,6 @@ def test_ray_children_look_exactly_like_local_ones(quick_sweep, tmp_path):
         assert comparable(client, run) == comparable(client, local_kids[norm])
 
 
-@pytest.mark.slow
-def test_ray_trains_an_adaptive_sweeps_rounds(tmp_path):
-    """seeds=auto on Ray: each round is a set of Tune trials, the next planned from the claims as the local
-    executor's (bn and torch_bn on the synthetic set score alike, so round 2 doubles their seeds, to max_seeds)."""
-    uri = empty_store(tmp_path / "mlflow.db")
-    args = ["--preset", "custom", "--grid", "norm=bn,torch_bn", "--data", "synthetic", "--epochs", "6", "--seed", "1"]
-    args += ["--image-size", "8", "--n", "1", "--seeds", "auto", "--max-seeds", "4", "--executor", "ray"]
-    proc = script("sweep", args, uri, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "round 2: 2 more children" in proc.stdout
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(names.EXPERIMENT)
-    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{names.TAG_SWEEP}` = 'true'")
-    kids = children_of(client, parent.info.run_id, "FINISHED")
-    assert sorted((k.data.params["norm"], k.data.params["seed"]) for k in kids) == sorted(
-        (n, str(s)) for n in ("bn", "torch_bn") for s in range(1, 5)
-    )
-    assert all(k.data.tags.get(names.TAG_TRIAL) for k in kids)  # every child a Tune trial's
-    assert [m.step for m in client.get_metric_history(parent.info.run_id, names.CLAIMS_DECIDED)] == [1, 2]
-
-
 # Bad sweep parameters: tests/test_bad_input.py catalogues them.
 
 

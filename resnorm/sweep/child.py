@@ -32,6 +32,7 @@ class Child:
     launch: Launch  # the train entry point's device, mode, resume (an interrupted run of this child), threads
     label: str = ""  # its configuration by the settings that vary in the sweep (the resnorm.config tag)
     round: int = 1  # an adaptive sweep's round that planned it
+    run_id: str = ""  # the run an earlier attempt made for it and stopped before its first snapshot: trained into anew
 
 
 @dataclass(frozen=True)

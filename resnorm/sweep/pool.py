@@ -42,6 +42,7 @@ from resnorm.sweep.child import Child, SweepContext, absolute_tracking_uri, crea
 from resnorm.tracking import KILLED
 
 STOP_SECONDS = 120.0  # how long a stopped child may take to close its run
+REPORT_SECONDS = 10.0  # how long the fork server may take to report a dead worker's exit status
 
 
 def worker_env(project_dir: str, gpu: int | None) -> dict[str, str]:
@@ -127,9 +128,9 @@ class Worker:
 
     def how(self) -> str:
         """How the process ended, as far as is known: a forked worker's exit status comes through the fork
-        server, which may be gone too."""
+        server (a moment after the process itself is gone), which may be gone too."""
         self.wait()
-        code = self.proc.poll()
+        code = self.proc.wait(REPORT_SECONDS)
         if code is None:
             return "exit status unknown: its fork server is gone"
         return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -181,6 +182,11 @@ class _Forked:
         code = self.process.exitcode
         # A fork server that died takes every exit status with it: multiprocessing reports 255 for all.
         return None if code == 255 else code
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status once the fork server reports it (``timeout`` seconds at most), or None."""
+        self.process.join(timeout)
+        return self.poll()
 
 
 class _Inherited:
@@ -269,7 +275,7 @@ class Pool:
                 w.close()
                 self.workers[slot] = w = self._spawn(slot)
             child, made = queue.pop(0)
-            run_id = made or child.launch.resume or create_child_run(client, ctx, child)
+            run_id = made or child.launch.resume or child.run_id or create_child_run(client, ctx, child)
             if not w.give(child, run_id):  # gone before it read the request: the child waits for another
                 w.leaving = True
                 queue.insert(0, (child, run_id))

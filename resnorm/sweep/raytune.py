@@ -66,11 +66,16 @@ def _ray_trial(trial_config: dict) -> None:
     ctx = SweepContext(**{**spec["ctx"], "project_dir": str(PROJECT_ROOT)})
     fields = spec["child"]
     child = Child(
-        TrainConfig(**fields["config"]), fields["name"], Launch(**fields["launch"]), fields["label"], fields["round"]
+        TrainConfig(**fields["config"]),
+        fields["name"],
+        Launch(**fields["launch"]),
+        fields["label"],
+        fields["round"],
+        fields["run_id"],
     )
     client = MlflowClient()
     trial_id = tune.get_context().get_trial_id()
-    run_id = child.launch.resume or trial_run(client, ctx, trial_id)
+    run_id = child.launch.resume or child.run_id or trial_run(client, ctx, trial_id)
     if run_id and client.get_run(run_id).info.status == FINISHED:  # done; only the report was lost
         tune.report({"finished": 1})
         return

@@ -34,6 +34,7 @@ from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
 from resnorm.tracking import (
     FINISHED,
     KILLED,
+    RUNNING,
     check_own_sweep_run,
     check_tracking_server,
     log_new_params,
@@ -124,6 +125,22 @@ def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id
         for r in runs
         if _config_of(r) is not None
         and (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
+    }
+
+
+def restartable_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
+    """Children stopped before their first snapshot (KILLED, or left RUNNING by a sweep killed outright, no
+    live process holding them): config -> run id. Each trains anew into its own run, which holds nothing yet
+    (an epoch's metrics are sent once a snapshot holds it), so a sweep stopped mid-round leaves no second
+    run of a child behind."""
+    runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
+    return {
+        _config_of(r): r.info.run_id
+        for r in runs
+        if r.info.status in (KILLED, RUNNING)
+        and _config_of(r) is not None
+        and not snapshots.is_locked(r.info.run_id)
+        and not (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
     }
 
 
@@ -366,16 +383,22 @@ def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, planned: l
     """The planned children that have not finished, each resuming its interrupted run if it has one."""
     done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
     interrupted = interrupted_children(client, ctx.experiment_id, ctx.parent_run_id)
-    children = [
-        replace(c, launch=replace(c.launch, resume=interrupted.get(c.config, "")))
-        for c in planned
-        if c.config not in done
-    ]
+    restart = restartable_children(client, ctx.experiment_id, ctx.parent_run_id)
+    children = []
+    for c in planned:
+        if c.config in done:
+            continue
+        resume = interrupted.get(c.config, "")
+        again = "" if resume else restart.get(c.config, "")
+        if again and names.TAG_ERROR in client.get_run(again).data.tags:
+            client.delete_tag(again, names.TAG_ERROR)  # its stop's reason; this attempt will say its own
+        children.append(replace(c, launch=replace(c.launch, resume=resume), run_id=again))
     where = f" (round {planned[-1].round})" if spec.adaptive else ""
     print(
         f"sweep {spec.preset} (run {ctx.parent_run_id}){where}: {len(planned)} configurations, "
         f"{len(planned) - len(children)} already finished, {len(children)} to run "
-        f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot)",
+        f"({sum(bool(c.launch.resume) for c in children)} resumed from a snapshot, "
+        f"{sum(bool(c.run_id) for c in children)} started again in their runs)",
         flush=True,
     )
     return children
