@@ -18,7 +18,7 @@ from resnorm.config import Launch, TrainConfig
 from resnorm.sweep.child import Child, SweepContext
 from resnorm.sweep.planner import child_names, plan
 from resnorm.sweep.pool import Pool
-from tests.conftest import PYTHON, ROOT, TINY, command, make_class_tree, one_line, run_command, subprocess_env
+from tests.conftest import PYTHON, ROOT, TINY, command, make_class_tree, run_command, subprocess_env
 from tests.test_recovery import logged_epochs, sweep_child_at_epoch, trainer_of, wait_for
 
 SWEEP = [PYTHON, str(ROOT / "entrypoints" / "sweep.py")]
@@ -193,9 +193,9 @@ def test_a_worker_that_does_not_stop_is_killed_and_its_childs_run_ended_with_why
 
 
 @pytest.mark.slow
-def test_a_second_sweep_into_a_running_parent_is_refused_naming_its_holder(mlflow_env, tmp_path, capsys, monkeypatch):
+def test_a_second_sweep_into_a_running_parent_is_refused_naming_its_holder(mlflow_env, tmp_path):
     """Two sweeps in one live parent trained its children twice, and the report kept one of each pair: the
-    parent is held by one sweep at a time, as a training run is."""
+    parent is held by one sweep at a time, as a training run is. Two processes: that is the point."""
     client = MlflowClient()
     args = ["--preset", "custom", "--grid", "norm=bn", "--epochs", "30", *SMALL, "--parallel", "1"]
     first = subprocess.Popen(
@@ -209,11 +209,18 @@ def test_a_second_sweep_into_a_running_parent_is_refused_naming_its_holder(mlflo
     )
     try:
         _, parent = sweep_child_at_epoch(client, first, 1)
-        monkeypatch.setenv("MLFLOW_RUN_ID", parent)
-        line = one_line(
-            "sweep", args, capsys, f"run {parent} is a sweep that another live process (pid {first.pid}) is running"
+        second = subprocess.run(
+            SWEEP + args,
+            cwd=tmp_path,
+            env={**subprocess_env(mlflow_env), "MLFLOW_RUN_ID": parent},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-        assert "wait for it or stop it" in line
+        assert second.returncode == 2, second.stderr[-3000:]
+        (line,) = [x for x in second.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith(f"error: run {parent} is a sweep that another live process (pid {first.pid}) is running")
+        assert "wait for it or stop it" in line and "Traceback" not in second.stderr
         assert len(children(client, parent)) == 1, "the refused sweep started a child"
     finally:
         os.killpg(first.pid, signal.SIGTERM)
