@@ -18,6 +18,7 @@ Substitutions, only where a command would take long or names a place that does n
 | ``-P image_size=256``                        | ``-P image_size=8``                               | the same             |
 | ``sweep`` of the quick start                 | ``-P preset=custom -P grid=norm=bn,ln``           | 2 children, not 7    |
 | ``-P preset=study``                          | ``-P preset=custom -P grid=norm=bn,gn``           | 2 children, not 27   |
+| ``-P preset=study -P seeds=auto``            | ``-P preset=custom -P grid=norm=bn``              | 3 children, not 81+  |
 | ``/data/birds``                              | a small split image folder (cat, dog, owl)        | not on this machine  |
 | ``/tmp/bird.jpg``                            | an image file in the test's folder                | the same             |
 | ``models:/resnorm-gn/3``                     | ``models:/resnorm-gn/2``                          | two gn runs here     |
@@ -174,6 +175,8 @@ def run_train(r: Readme, cmd: str) -> None:
 def run_sweep(r: Readme, cmd: str) -> None:
     r.store = r.birds_store if "/data/birds" in cmd else None
     grid = "-P preset=custom -P grid=norm=bn,gn" if "preset=study" in cmd else "-P preset=custom -P grid=norm=bn,ln"
+    if "seeds=auto" in cmd:  # its first round trains 3 seeds of each configuration
+        grid = "-P preset=custom -P grid=norm=bn"
     cmd = re.sub(r"-P preset=study ?", "", cmd)
     if "--run-id <parent run id>" in cmd:
         client = r.client(r.store)
