@@ -355,7 +355,8 @@ def compose(cid: int, ev: Evidence, decisions: Sequence[Decision], margin: float
         (shown,) = decisions
         verdict = {1: SUPPORTED, -1: CONTRADICTED}.get(shown.support, INCONCLUSIVE)
         e = shown.part.estimate
-        interval = ci_text(e.interval(1 - shown.level), 1 - shown.level) if e.testable else "(no interval)"
+        tested = e.testable and shown.level > 0
+        interval = ci_text(e.interval(1 - shown.level), 1 - shown.level) if tested else "(no interval)"
         at = f" (round {shown.look} at alpha {shown.level:.3g})" if shown.look else ""
         line = (
             f"{verdict}: {shown.part.name} = {pts(e.value)} points {interval}{at}; "
