@@ -169,18 +169,19 @@ def test_a_worker_that_does_not_stop_is_killed_and_its_childs_run_ended_with_why
     child = Child(cfg, cfg.run_name(), Launch(device="cpu", threads=1), "norm=bn")
     pool = Pool(str(ROOT), 1, stop_seconds=2)
     main = threading.main_thread().ident
-    held = {}
+    held, done = {}, threading.Event()
 
     def hold_then_interrupt():
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not done.is_set():
             runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
             if runs and logged_epochs(client, runs[0].info.run_id) >= 1:
                 held["pid"] = pool.workers[0].proc.pid
                 os.kill(held["pid"], signal.SIGSTOP)
                 break
             time.sleep(0.2)
-        signal.pthread_kill(main, signal.SIGINT)  # also when no epoch came: the test fails rather than waits for good
+        if not done.is_set():  # also when no epoch came: the test fails rather than waits for good
+            signal.pthread_kill(main, signal.SIGINT)
 
     # Ctrl-C raises KeyboardInterrupt here even where the suite was started with SIGINT ignored (a shell's
     # background job inherits that, and the held worker would then keep the pool waiting for ever).
@@ -191,6 +192,7 @@ def test_a_worker_that_does_not_stop_is_killed_and_its_childs_run_ended_with_why
             with pool:
                 pool.run(ctx, [child])
     finally:
+        done.set()
         signal.signal(signal.SIGINT, previous)
     assert "pid" in held, "the child logged no epoch within 300 s"
     (run,) = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
