@@ -135,10 +135,10 @@ def restartable_children(client: MlflowClient, experiment_id: str, parent_run_id
     run of a child behind."""
     runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
     return {
-        _config_of(r): r.info.run_id
+        config: r.info.run_id
         for r in runs
         if r.info.status in (KILLED, RUNNING)
-        and _config_of(r) is not None
+        and (config := _config_of(r)) is not None
         and not snapshots.is_locked(r.info.run_id)
         and not (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
     }
