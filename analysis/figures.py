@@ -106,9 +106,11 @@ def foundstudy_rows(spec: FigureSpec, groups: list[Group]) -> tuple[list[tuple[s
 
 def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -> None:
     scale = 100.0 if "accuracy" in key else 1.0
+    positive = False  # a log axis needs a value above zero (a run whose history is gone has none)
     for i, (label, group) in enumerate(found):
         run_ids = list(group.finished["run_id"])
         mean, std = mean_curve(histories, run_ids, key)
+        positive = positive or bool((mean > 0).any())
         text = plain(f"{label} (n={len(run_ids)})")
         ax.plot(
             mean.index,
@@ -120,7 +122,7 @@ def _panel(ax, key: str, found: list[tuple[str, Group]], histories: Histories) -
         )
         if len(run_ids) > 1:
             ax.fill_between(mean.index, (mean - std).values * scale, (mean + std).values * scale, alpha=0.15)
-    if key in LOSSES:
+    if key in LOSSES and positive:
         ax.set_yscale("log")  # one diverging epoch does not flatten the others
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # 0.25, 1.5, not 2 x 10^0
         # Minor ticks labelled only where the axis spans little (a few of them under a decade, all

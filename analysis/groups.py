@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.runs import without_seed
+from analysis.runs import unusable, without_seed
 from resnorm.config import TrainConfig
 from resnorm.tracking import FINISHED
+
+UNUSABLE = "FINISHED, unusable"  # a seed whose finished run has scores that are not scores
 
 
 @dataclass
@@ -22,6 +24,15 @@ class Group:
     planned: tuple[int, ...] = ()  # seeds the sweep's plan has for it
     finished: pd.DataFrame = field(default_factory=pd.DataFrame)  # one FINISHED run per seed (the latest)
     problems: list[dict] = field(default_factory=list)  # seed, status, run_id, error of seeds not finished
+    duplicates: list[dict] = field(default_factory=list)  # seed, run_id used, others: seeds finished twice
+
+    def notices(self) -> list[str]:
+        """One line per seed that has more than one finished run: which is used, which are left out."""
+        return [
+            f"{self.config.run_name()} seed {d['seed']} has {len(d['others']) + 1} FINISHED runs: run {d['run_id']} "
+            f"(the first to finish) is used, {', '.join(d['others'])} left out"
+            for d in self.duplicates
+        ]
 
     @property
     def complete(self) -> bool:
@@ -34,36 +45,43 @@ class Group:
         return self.mode if name == "mode" else getattr(self.config, name)
 
 
-def _seed_runs(runs: pd.DataFrame, seed: int) -> tuple[pd.Series | None, pd.Series | None]:
-    """The latest finished run of ``seed`` and the latest run of it (any status)."""
+def _seed_runs(runs: pd.DataFrame, seed: int) -> tuple[pd.Series | None, pd.Series | None, list[str]]:
+    """The earliest finished run of ``seed`` whose scores can be used, the latest run of it (any status),
+    and the other usable finished runs of it (duplicates: left out, and named)."""
     mine = runs[runs["seed"] == seed]
     if mine.empty:
-        return None, None
-    done = mine[mine["status"] == FINISHED]
-    return (done.iloc[-1] if len(done) else None), mine.iloc[-1]
+        return None, None, []
+    finished = mine[mine["status"] == FINISHED]
+    done = finished[[not unusable(row) for _, row in finished.iterrows()]]
+    if not len(done):
+        return None, mine.iloc[-1], []
+    return done.iloc[0], mine.iloc[-1], list(done["run_id"][1:])
+
+
+def _problem(seed: int, latest: pd.Series | None) -> dict:
+    """What became of a seed with no usable finished run."""
+    if latest is None:
+        return {"seed": seed, "status": "MISSING", "run_id": "", "error": "no run was started"}
+    if latest["status"] == FINISHED:  # its scores are not scores: named, never averaged in
+        why = f"its scores cannot be used ({unusable(latest)})"
+        return {"seed": seed, "status": UNUSABLE, "run_id": latest["run_id"], "error": why}
+    error = latest["error"] or "no resnorm.error tag"
+    return {"seed": seed, "status": latest["status"], "run_id": latest["run_id"], "error": error}
 
 
 def build_group(config: TrainConfig, mode: str, planned: tuple[int, ...], runs: pd.DataFrame) -> Group:
     """``runs``: this configuration's runs in start order."""
     extra = sorted(set(runs["seed"]) - set(planned)) if len(runs) else []
-    finished, problems = [], []
+    finished, problems, duplicates = [], [], []
     for seed in (*planned, *extra):
-        done, latest = _seed_runs(runs, seed) if len(runs) else (None, None)
+        done, latest, others = _seed_runs(runs, seed) if len(runs) else (None, None, [])
         if done is not None:
             finished.append(done)
-        elif latest is not None:
-            problems.append(
-                {
-                    "seed": seed,
-                    "status": latest["status"],
-                    "run_id": latest["run_id"],
-                    "error": latest["error"] or "no resnorm.error tag",
-                }
-            )
+            duplicates += [{"seed": seed, "run_id": done["run_id"], "others": others}] if others else []
         else:
-            problems.append({"seed": seed, "status": "MISSING", "run_id": "", "error": "no run was started"})
+            problems.append(_problem(seed, latest))
     frame = pd.DataFrame(finished).reset_index(drop=True) if finished else runs.iloc[0:0]
-    return Group(config, mode, tuple(planned), frame, problems)
+    return Group(config, mode, tuple(planned), frame, problems, duplicates)
 
 
 def build_groups(runs: pd.DataFrame, planned: list[TrainConfig], mode: str) -> list[Group]:

@@ -14,7 +14,7 @@ from analysis.adaptive import design_of
 from analysis.claims import Claim
 from analysis.evidence import band
 from analysis.figures import FIGURES, build_figure
-from analysis.groups import Group, build_groups
+from analysis.groups import UNUSABLE, Group, build_groups
 from analysis.runs import Histories, Plan, check_plan, children, sweep_plan
 from analysis.sequential import Design, assess
 from analysis.tables import ALL_TABLE, TABLES, Table, build_table, sweep_table
@@ -42,6 +42,12 @@ class Report:
         return self.parent.info.run_id
 
     @property
+    def warnings(self) -> list[str]:
+        """One line each: a logged plan not followed, a seed finished twice, a finished run whose scores
+        cannot be used (``analyze`` prints them; the report lists them too)."""
+        return [*self.plan.warnings, *left_out(self.groups)]
+
+    @property
     def finished(self) -> int:
         return sum(len(g.finished) for g in self.groups)
 
@@ -60,7 +66,7 @@ def build(client: MlflowClient, parent: Run, margin: float | None = None) -> Rep
         planned, runs = checked, children(client, parent, checked)
     margin = margin or planned.margin or 0.01
     groups = build_groups(runs, planned.configs, planned.mode)
-    design = design_of(planned, runs)
+    design = design_of(planned, runs, parent.info.status == FINISHED)
     histories = Histories(client)
     tables = {ALL_TABLE: sweep_table(groups, histories)}
     tables.update({spec.id: build_table(spec, groups, histories) for spec in TABLES})
@@ -83,14 +89,20 @@ def build(client: MlflowClient, parent: Run, margin: float | None = None) -> Rep
     )
 
 
-def _design(planned: Plan, design: Design, margin: float) -> str:
+def _design(planned: Plan, design: Design, margin: float, status: str) -> str:
     """How the seeds were chosen, the margin the claims are read against, and an adaptive sweep's rounds."""
     said = f"{design.describe()}; margin {band(margin)}"
     if planned.adaptive and planned.margin and abs(planned.margin - margin) > 1e-12:
         said += f" (the sweep decided its rounds at ±{round(planned.margin * 100, 9):g})"
     rounds = max(planned.rounds.values(), default=0)
     if planned.adaptive and len(design.rounds) < rounds:
-        said += f"; round {len(design.rounds) + 1} of {rounds} is still under way and not looked at"
+        k = len(design.rounds) + 1
+        said += (
+            f"; round {k} of {rounds} is still under way and not looked at"
+            if status == "RUNNING"
+            else f"; round {k} of {rounds} did not complete (the sweep ended {status} before its children all "
+            "ended) and is not looked at"
+        )
     return said
 
 
@@ -116,6 +128,18 @@ def _unplanned(groups: list[Group]) -> str:
     if not outside:
         return ""
     return f"; {len(outside)} configurations ran but are not in the sweep's plan"
+
+
+def left_out(groups: list[Group]) -> list[str]:
+    """Finished runs the report does not use, and why: a seed's second finished run, unusable scores."""
+    lines = [line for g in groups for line in g.notices()]
+    for g in groups:
+        lines += [
+            f"run {p['run_id']} ({g.config.run_name()} seed {p['seed']}) FINISHED, but {p['error']}: left out"
+            for p in g.problems
+            if p["status"] == UNUSABLE
+        ]
+    return lines
 
 
 def provenance(
@@ -144,12 +168,13 @@ def provenance(
             + (f": {error}" if error else ""),
         ),
         ("plan", planned.source + "".join(f"; warning: {w}" for w in planned.warnings)),
-        ("design", _design(planned, design, margin)),
+        ("design", _design(planned, design, margin, parent.info.status)),
         (
             "runs",
             f"{finished} of {planned_seeds} planned seeds finished, over {len(groups)} configurations"
             + _unplanned(groups),
         ),
+        *([("left out", "; ".join(left_out(groups)))] if left_out(groups) else []),
         ("data", f"{_values(groups, 'data')}; datasets {_datasets(client, done)}"),
         ("split sizes", tags("splits")),
         ("image size", _values(groups, "image_size")),

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -21,6 +20,7 @@ from resnorm.config import FIELD_TYPES, TrainConfig
 from resnorm.errors import ResnormError
 from resnorm.sweep.child import sweep_children
 from resnorm.sweep.planner import FIRST_ROUND_SEEDS, MARGIN, MAX_SEEDS, child_names, parse_seeds, plan
+from resnorm.sweep.record import plan_problem, read_plan
 from resnorm.tracking import unquote_param
 
 FINAL_METRICS = tuple(names.final_metric(s, m) for s in SPLITS for m in names.SCORES)
@@ -108,8 +108,8 @@ def sweep_plan(client: MlflowClient, parent: Run) -> Plan:
         margin = float(p.get("margin") or MARGIN) / 100 if seeds is None else 0.0
     except (ResnormError, ValueError) as e:
         raise NoSweep(f"cannot read the params of sweep {parent.info.run_id}: {e}") from None
-    logged = _logged_plan(client, parent)
-    problem = _problem(logged, seeds, max_seeds) if logged is not None else ""
+    logged = read_plan(client, parent.info.run_id)
+    problem = plan_problem(logged, seeds, max_seeds) if logged is not None else ""
     if logged is not None and not problem:
         entries = [
             (c["name"], TrainConfig.from_record(c["config"]), c.get("round", 1)) for c in logged["configurations"]
@@ -183,55 +183,6 @@ def check_plan(parent: Run, planned: Plan, runs: pd.DataFrame) -> Plan:
     return dataclasses.replace(replanned, warnings=(*planned.warnings, warning))
 
 
-def _problem(logged: object, seeds: int | None, max_seeds: int) -> str:
-    """What keeps a logged plan from holding together, or "" when it does."""
-    try:
-        entries = logged["configurations"]  # type: ignore[index]
-        configs = [TrainConfig.from_record(c["config"]) for c in entries]
-        rounds = [c.get("round", 1) for c in entries]
-        for c in entries:
-            if not isinstance(c["name"], str):
-                return f"a run name is not text: {c['name']!r}"
-    except (KeyError, TypeError, AttributeError) as e:
-        return f"it cannot be read: {type(e).__name__} {e}"
-    except ResnormError as e:
-        return f"a configuration cannot be read: {e}"
-    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rounds):
-        return "a round is not a whole number of at least 1"
-    if not configs:
-        return "it plans nothing"
-    twice = len(configs) - len(set(configs))
-    if twice:
-        return f"it lists {twice} configuration(s) twice"
-    if seeds is not None:
-        return ""
-    by_config: dict[TrainConfig, list[tuple[int, int]]] = {}
-    for c, r in zip(configs, rounds):
-        by_config.setdefault(without_seed(c), []).append((c.seed, r))
-    for cfg, seeds_rounds in by_config.items():  # an adaptive sweep's rounds add seeds, in order, up to max_seeds
-        ordered = sorted(seeds_rounds)
-        found, start = [s for s, _ in ordered], ordered[0][0]
-        first = [s for s, r in ordered if r == 1]
-        if first != list(range(start, start + FIRST_ROUND_SEEDS)) or found != list(range(start, start + len(found))):
-            return f"{cfg.run_name()} has seeds {found}, not {FIRST_ROUND_SEEDS} in round 1 and one more each after"
-        if len(found) > max_seeds:
-            return f"{cfg.run_name()} has {len(found)} seeds, more than max_seeds {max_seeds}"
-        if [r for _, r in ordered] != sorted(r for _, r in ordered):
-            return f"{cfg.run_name()}'s later seeds come from earlier rounds"
-    return ""
-
-
-def _logged_plan(client: MlflowClient, parent: Run) -> dict | None:
-    if not any(f.path == names.SWEEP_PLAN for f in client.list_artifacts(parent.info.run_id)):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(parent.info.run_id, names.SWEEP_PLAN, tmp)
-        try:
-            return json.loads(Path(path).read_text())
-        except ValueError as e:
-            return {"unreadable": str(e)}
-
-
 def without_seed(cfg: TrainConfig) -> TrainConfig:
     """The configuration a run belongs to: every field but the seed."""
     return dataclasses.replace(cfg, seed=TrainConfig.seed)
@@ -291,6 +242,19 @@ def children(client: MlflowClient, parent: Run, planned: Plan) -> pd.DataFrame:
         record.update({key: r.data.metrics.get(key, float("nan")) for key in (*FINAL_METRICS, names.BEST_EPOCH)})
         records.append(record)
     return pd.DataFrame.from_records(records, columns=columns)  # sweep_children: oldest first
+
+
+def unusable(scores: Mapping[str, float]) -> str:
+    """Why a finished run's final scores (``FINAL_METRICS``, as ``children`` reads them: NaN when not
+    logged) cannot be used, or "": each must be a finite number and a fraction in [0, 1] (a NaN or a
+    tampered 1.5 is not a score; it would read as a spread of zero, or as 103 %)."""
+    for key in FINAL_METRICS:
+        value = float(scores.get(key, math.nan))
+        if not math.isfinite(value):
+            return f"{key} is missing or not a number ({value})"
+        if not 0.0 <= value <= 1.0:
+            return f"{key} is {value:g}, outside [0, 1]"
+    return ""
 
 
 class Histories:

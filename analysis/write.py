@@ -18,6 +18,7 @@ from analysis.figures import FIGURES
 from analysis.report import Report
 from analysis.stats import METHOD_TEXT
 from analysis.tables import ALL_TABLE, MAIN_TABLE, Table
+from resnorm.markdown import escape
 
 DPI = 110
 HOW_TO_READ = (
@@ -80,7 +81,7 @@ def write_table(
     out: Path, table_id: str, table: Table, md: list[str], page: list[str], tex: list[str], files: list[Path]
 ) -> None:
     caption, notes = _table_parts(table)
-    md += [f"## {table.spec.title}", "", f"*{caption}*", ""]
+    md += [f"## {table.spec.title}", "", f"*{escape(caption)}*", ""]
     page += [f"<h2>{html.escape(table.spec.title)}</h2>", f"<p class='note'>{html.escape(caption)}</p>"]
     if table.rows:
         shown = present.display(table)
@@ -93,7 +94,7 @@ def write_table(
         md += [present.to_markdown(shown), ""]
         page.append(f"<div class='wide'>{shown.to_html(border=0)}</div>")
         tex.append(latex)
-    md += [f"- {n}" for n in notes] + [""]
+    md += [f"- {escape(n)}" for n in notes] + [""]
     page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
 
 
@@ -106,7 +107,7 @@ def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> N
     tex += [r"\section*{The study's claims}", r"\begin{itemize}"]
     for c in report.claims:
         line = claim_line(c)
-        md += [f"- **{c.id}. {c.statement}**: {line}", *[f"  - {d}" for d in c.details]]
+        md += [f"- **{c.id}. {c.statement}**: {escape(line)}", *[f"  - {escape(d)}" for d in c.details]]
         page.append(
             f"<li><b>{html.escape(f'{c.id}. {c.statement}')}</b>: {html.escape(line)}"
             + ("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul>" if c.details else "")
@@ -114,7 +115,7 @@ def _claims(report: Report, md: list[str], page: list[str], tex: list[str]) -> N
         )
         tex.append(rf"\item \textbf{{{present.latex_escape(f'{c.id}. {c.statement}')}}}: {present.latex_escape(line)}")
     design = f"Design: {report.design.describe()}."
-    md += ["", f"*How each claim is tested.* {method} {design}", ""]
+    md += ["", f"*How each claim is tested.* {escape(method)} {escape(design)}", ""]
     page += ["</ul>", f"<p class='note'>How each claim is tested. {html.escape(method)} {html.escape(design)}</p>"]
     tex += [r"\end{itemize}", present.latex_escape(f"How each claim is tested. {method} {design}"), ""]
 
@@ -147,7 +148,7 @@ def _figures(report: Report, gradcam: Gradcam, out: Path, md: list[str], page: l
             files.append(path)
             md += [f"![{title}](figures/{fid}.png)", ""]
             page.append(_img(data, title))
-        md += [n for n in notes if n] + [""]
+        md += [escape(n) for n in notes if n] + [""]
         page += [f"<p class='note'>{html.escape(n)}</p>" for n in notes if n]
 
 
@@ -159,11 +160,11 @@ def write(report: Report, gradcam: Gradcam, out: Path) -> list[Path]:
     parent = report.parent
     title = f"resnorm study: sweep {parent.info.run_name} ({parent.info.run_id}), {parent.info.status}"
     md = [
-        f"# {title}",
+        f"# {escape(title)}",
         "",
         "## Provenance",
         "",
-        *[f"- **{k}**: {v}" for k, v in report.provenance],
+        *[f"- **{k}**: {escape(v)}" for k, v in report.provenance],
         "",
         "## How to read the tables",
         "",

@@ -62,17 +62,20 @@ def analyze(experiment: str, sweep_run_id: str, out: str, margin: float | None) 
     from analysis.report import build
     from analysis.runs import find_sweep
     from analysis.write import summary, write
-    from resnorm.tracking import check_tracking_server
+    from resnorm.tracking import bounded_requests, check_own_job_run, check_tracking_server
 
     check_tracking_server()
+    if os.environ.get("MLFLOW_RUN_ID"):  # the run `mlflow run -e analyze` made, not one inherited
+        check_own_job_run(os.environ["MLFLOW_RUN_ID"], "analyze")
     client = MlflowClient()
-    parent = find_sweep(client, experiment, sweep_run_id)
-    report = build(client, parent, margin=None if margin is None else margin / 100)
-    for warning in report.plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    gradcam = gradcam_of_champions(report)
-    files = write(report, gradcam, Path(out))
-    run_id = log(client, report, files, Path(out))
+    with bounded_requests("the analysis"):
+        parent = find_sweep(client, experiment, sweep_run_id)
+        report = build(client, parent, margin=None if margin is None else margin / 100)
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        gradcam = gradcam_of_champions(report)
+        files = write(report, gradcam, Path(out))
+        run_id = log(client, report, files, Path(out))
     click.echo(summary(report))
     click.echo(
         f"\nreport: {os.path.abspath(out)}/report.html ({report.finished} of {report.planned} planned runs of "

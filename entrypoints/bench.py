@@ -24,7 +24,12 @@ from resnorm import cli, names  # noqa: E402
 from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
 from resnorm.model import depth  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
-from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment  # noqa: E402
+from resnorm.tracking import (  # noqa: E402
+    check_own_job_run,
+    check_tracking_server,
+    log_new_params,
+    use_default_experiment,
+)
 
 D = BenchSpec()  # the defaults, stated once; BenchSpec checks every value and range
 
@@ -101,6 +106,8 @@ def bench(**options) -> None:
     spec = BenchSpec(**options)
     dev = resolve_device(spec.device)
     check_tracking_server()
+    if os.environ.get("MLFLOW_RUN_ID"):  # the run `mlflow run -e bench` made, not one inherited
+        check_own_job_run(os.environ["MLFLOW_RUN_ID"], "bench")
     use_default_experiment(names.BENCH_EXPERIMENT)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     title = (

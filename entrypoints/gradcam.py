@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnorm import cli  # noqa: E402
 from resnorm.errors import ResnormError  # noqa: E402
 from resnorm.explain import DEFAULT_SAMPLES, GRID_ARTIFACT, explain, log_gradcam  # noqa: E402
-from resnorm.tracking import check_tracking_server  # noqa: E402
+from resnorm.tracking import check_own_job_run, check_tracking_server  # noqa: E402
 
 
 def _split(value: str) -> list[str]:
@@ -52,6 +52,8 @@ def gradcam(models: str, images: str, samples: int, output: str) -> None:
     """GradCAM of each model's prediction at its last residual stage: rows are images, columns are
     models. The grid is logged as gradcam.png (with gradcam.json) to a run named 'gradcam'."""
     check_tracking_server()  # a dead or refusing store: one line now, not a hang in MLflow's retries
+    if os.environ.get("MLFLOW_RUN_ID"):  # the run `mlflow run -e gradcam` made, not one inherited
+        check_own_job_run(os.environ["MLFLOW_RUN_ID"], "gradcam")
     result = explain(_split(models), _split(images), samples)
     if output:  # before the run is logged: a path that cannot be written leaves no run behind
         try:

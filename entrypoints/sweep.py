@@ -33,7 +33,8 @@ from resnorm.errors import ConfigError  # noqa: E402
 from resnorm.options import MARGIN_POINTS  # noqa: E402
 from resnorm.sweep import PRESETS  # noqa: E402
 from resnorm.sweep.planner import MARGIN, MAX_SEEDS, parse_seeds  # noqa: E402
-from resnorm.sweep.runner import EXECUTORS, SweepSpec, run_sweep  # noqa: E402
+from resnorm.sweep.runner import EXECUTORS, run_sweep  # noqa: E402
+from resnorm.sweep.spec import SweepSpec  # noqa: E402
 
 
 def training_options(command):

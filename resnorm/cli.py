@@ -139,12 +139,15 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
 
 
 def _run(command: click.Command, args: list[str] | None) -> int:
-    return guard(lambda: command.main(args=args, standalone_mode=False), os.environ.get("MLFLOW_RUN_ID"))
+    return guard(lambda: command.main(args=args, standalone_mode=False), os.environ.get("MLFLOW_RUN_ID"), command.name)
 
 
-def guard(job: Callable[[], object], run_id: str | None = None) -> int:
+def guard(job: Callable[[], object], run_id: str | None = None, entry: str | None = None) -> int:
     """Call ``job``; return its exit code: 0, or that of the error it raised, printed as one line,
-    with ``run_id`` (the run made for this job, if any) ended FAILED or KILLED with the reason."""
+    with ``run_id`` (the run made for this job, if any) ended FAILED or KILLED with the reason.
+    ``entry``: the job's entry point when ``run_id`` comes from ``MLFLOW_RUN_ID``, which a process may
+    inherit: the run is then ended only if it was made for this entry point and no job has taken it
+    (``resnorm.tracking.made_for``); a notebook's run or a sweep's parent is left as it is."""
     with _sigterm_interrupts():
         try:
             job()
@@ -152,19 +155,19 @@ def guard(job: Callable[[], object], run_id: str | None = None) -> int:
         except click.exceptions.Exit as e:  # --help
             return e.exit_code
         except click.exceptions.Abort as e:  # click's word for a KeyboardInterrupt (Ctrl-C, or SIGTERM below)
-            return _fail(str(e.__cause__ or "") or "interrupted", 130, run_id, interrupted=True)
+            return _fail(str(e.__cause__ or "") or "interrupted", 130, run_id, entry, interrupted=True)
         except click.ClickException as e:  # bad option value, unknown option
-            return _fail(e.format_message(), e.exit_code, run_id)
+            return _fail(e.format_message(), e.exit_code, run_id, entry)
         except RunBusy as e:  # the run is alive elsewhere: refuse without touching it
-            return _fail(str(e), 2, run_id if run_id != e.run_id else None)
+            return _fail(str(e), 2, run_id if run_id != e.run_id else None, entry)
         except ConfigError as e:  # a value click could not check alone (e.g. groups against the norm)
-            return _fail(str(e), 2, run_id, e)
+            return _fail(str(e), 2, run_id, entry, e)
         except ResnormError as e:
-            return _fail(str(e), 1, run_id, e)
+            return _fail(str(e), 1, run_id, entry, e)
         except KeyboardInterrupt as e:
-            return _fail(str(e) or "interrupted", 130, run_id, interrupted=True)
+            return _fail(str(e) or "interrupted", 130, run_id, entry, interrupted=True)
         except Exception as e:  # noqa: BLE001 - the boundary: whatever it is, one line and a FAILED run
-            return _fail(f"{type(e).__name__}: {e} (RESNORM_DEBUG=1 prints the traceback)", 1, run_id, e)
+            return _fail(f"{type(e).__name__}: {e} (RESNORM_DEBUG=1 prints the traceback)", 1, run_id, entry, e)
 
 
 @contextlib.contextmanager
@@ -221,7 +224,12 @@ class HeldSignals:
 
 
 def _fail(
-    message: str, code: int, run_id: str | None, error: BaseException | None = None, interrupted: bool = False
+    message: str,
+    code: int,
+    run_id: str | None,
+    entry: str | None,
+    error: BaseException | None = None,
+    interrupted: bool = False,
 ) -> int:
     line = one_line(message)
     if os.environ.get("RESNORM_DEBUG") == "1" and error is not None:
@@ -232,7 +240,7 @@ def _fail(
         from resnorm.tracking import fail_pending_run
 
         with contextlib.suppress(Exception):  # the store itself may be what failed
-            fail_pending_run(run_id, line, error, interrupted)
+            fail_pending_run(run_id, line, error, interrupted, entry)
     if "mlflow" in sys.modules:  # a run the job left open (its own ending cut short) ends as it failed;
         import mlflow  # MLflow's exit handler, and a worker's next child, would end it FINISHED
 

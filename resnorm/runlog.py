@@ -210,6 +210,10 @@ class RunLogger:
         """Register the logged model as ``resnorm-{norm}``, tag the version with its validation
         accuracy and move ``champion`` to it if it is the best."""
         name = names.registered_model(norm)
+        # A run resumed after a kill that came once it had registered (before it had FINISHED) registers its
+        # model again: a run stands for one version, its last.
+        for stale in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'"):
+            withdraw(self.client, name, int(stale.version))
         version = int(mlflow.register_model(model_uri, name).version)
         self.registered = (name, version)  # withdrawn if the run does not finish (training_run)
         self.client.set_model_version_tag(name, str(version), names.final_metric("val", "accuracy"), str(val_accuracy))

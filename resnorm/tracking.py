@@ -12,6 +12,7 @@ import shlex
 import traceback
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import mlflow
 from mlflow.entities import Param, Run, RunStatus
@@ -200,6 +201,39 @@ def check_own_sweep_run(run_id: str) -> None:
     )
 
 
+# What a job writes on the run it takes (a training's device, a sweep's mark, an analysis's sweep): a run that
+# carries one was taken by a job already, whatever made it.
+TAKEN = (names.TAG_DEVICE, names.TAG_SWEEP, names.TAG_ANALYSIS_OF)
+
+
+def made_for(run: Run, entry: str) -> bool:
+    """Whether ``run`` is one made for a job of the entry point ``entry`` and not yet taken: RUNNING, tagged
+    with that entry point (as `mlflow run -e ENTRY` and a sweep tag theirs) and carrying nothing a job
+    writes on its run. A notebook's run, another entry point's, or one a job has taken is not."""
+    entries = TRAIN_ENTRY_POINTS if entry in TRAIN_ENTRY_POINTS else (entry,)
+    return (
+        run.info.status == RUNNING
+        and run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) in entries
+        and not any(t in run.data.tags for t in TAKEN)
+    )
+
+
+def check_own_job_run(run_id: str, entry: str) -> None:
+    """Refuse a run made for this job (``MLFLOW_RUN_ID``) that is not one made for the ``entry`` entry point
+    (``made_for``): a notebook's run or a sweep's parent inherited from the process that started this one
+    would otherwise be renamed, written into and ended by it."""
+    run = _existing_run(run_id, "MLFLOW_RUN_ID")
+    if made_for(run, entry):
+        return
+    made = run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT)
+    what = f"made for the {made!r} entry point" if made else "made outside `mlflow run`"
+    raise ConfigError(
+        f"MLFLOW_RUN_ID={run_id} names run {run.info.run_name!r} ({run.info.status}, {what}), which is not a "
+        f"run made for this {entry}; unset MLFLOW_RUN_ID (it is inherited from the process that started this "
+        f"one) to let {entry} make its own run"
+    )
+
+
 def _existing_run(run_id: str, what: str) -> Run:
     check_run_id(run_id, what)
     try:
@@ -219,6 +253,36 @@ def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
     except MlflowException:
         if names.TAG_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
             raise
+
+
+# A job that waits on the tracking server for nothing but its own calls (analyze) lets MLflow's HTTP client
+# retry a little, not for minutes (7 retries with a backoff factor of 2 by default): a server that died after
+# the start-up check then costs seconds and one line. Each is the user's to set otherwise.
+BOUNDED_REQUESTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+
+@contextlib.contextmanager
+def bounded_requests(what: str) -> Iterator[None]:
+    """MLflow's requests within the block retry a few seconds at most (``BOUNDED_REQUESTS``, unless the
+    environment says otherwise); a tracking server that stops answering ends ``what`` with one line naming
+    it (``TrackingUnavailable``), not MLflow's error."""
+    for key, value in BOUNDED_REQUESTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    except Exception as e:
+        uri = mlflow.get_tracking_uri()
+        why = server_answers(uri)
+        if why is None:
+            raise
+        raise TrackingUnavailable(
+            f"tracking URI {uri!r} stopped answering during {what} ({why}); {one_line(e)[:200]}; start the server "
+            "and run it again"
+        ) from None
 
 
 def give_up_quickly() -> None:
@@ -249,20 +313,29 @@ def record_failure(client: MlflowClient, run_id: str, reason: str, error: BaseEx
         pass
 
 
-def fail_pending_run(run_id: str, reason: str, error: BaseException | None = None, interrupted: bool = False) -> None:
-    """End ``run_id``, made for this process (by ``mlflow run`` or a sweep), FAILED (KILLED when
-    ``interrupted``) with ``reason``, if it is still RUNNING.
+def fail_pending_run(
+    run_id: str,
+    reason: str,
+    error: BaseException | None = None,
+    interrupted: bool = False,
+    entry: str | None = None,
+) -> None:
+    """End ``run_id``, made for this process, FAILED (KILLED when ``interrupted``) with ``reason``, if it is
+    still RUNNING. ``entry``: the job's entry point when the run is only named by ``MLFLOW_RUN_ID``, which
+    may be inherited: then it is ended only if it was made for that entry point and not yet taken
+    (``made_for``); None when the caller made the run for this job (a sweep's worker).
 
     For errors found before the job opens its run (bad parameters, bad data), so the run made for
-    it is not left RUNNING without a word of why.
+    it is not left RUNNING without a word of why; a run the job did not make is never ended.
     """
     if server_answers(mlflow.get_tracking_uri()) is not None:
         return
     client = MlflowClient()
     try:
-        if client.get_run(run_id).info.status != RUNNING:
-            return
+        run = client.get_run(run_id)
     except MlflowException:
+        return
+    if run.info.status != RUNNING or (entry is not None and not made_for(run, entry)):
         return
     record_failure(client, run_id, reason, error)
     client.set_terminated(run_id, KILLED if interrupted else FAILED)

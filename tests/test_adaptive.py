@@ -75,13 +75,9 @@ def test_an_adaptive_sweep_trains_in_rounds_and_a_rerun_resumes_the_round_it_was
     os.killpg(sweep.pid, signal.SIGKILL)  # mid-round: its workers stop with it, their children resumable
     sweep.wait()
     assert "round 1: 0 of 6 claims decided" in "".join(seen)
-
-    def none_running():
-        runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        return not any(r.info.status == "RUNNING" for r in runs)
-
-    wait_for(none_running, 120, "the killed sweep's workers to end their children")
-
+    # At once, as a user would: the killed sweep's workers may still be ending their children, and a child
+    # the sweep had made but not yet handed to a worker stays RUNNING with no one to end it (no process can
+    # after a SIGKILL). The re-run waits for the first and trains the second anew in its own run.
     rerun = subprocess.run(
         SWEEP + ARGS,
         cwd=tmp_path,

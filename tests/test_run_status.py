@@ -10,6 +10,7 @@ import click
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT
 
 from resnorm import names, snapshots
 from resnorm.cli import run_command
@@ -31,7 +32,7 @@ def only_run(client):
 def test_an_unexpected_error_is_one_line_and_fails_the_run_with_its_traceback(mlflow_env, monkeypatch, capsys):
     """The boundary: an error no one foresaw (here a RuntimeError) is still one line, and the run that
     `mlflow run` made for the process ends FAILED with the reason and the whole traceback."""
-    with mlflow.start_run() as run:
+    with mlflow.start_run(tags={MLFLOW_PROJECT_ENTRY_POINT: "broken"}) as run:  # as `mlflow run -e broken` tags it
         pass
     MlflowClient().update_run(run.info.run_id, status="RUNNING")
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)

@@ -12,6 +12,7 @@ import dataclasses
 import getpass
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import mlflow
@@ -21,8 +22,11 @@ from mlflow.utils import mlflow_tags
 from mlflow.utils.git_utils import get_git_commit
 
 from resnorm import names, snapshots
-from resnorm.config import Launch, TrainConfig
-from resnorm.tracking import FAILED, RUNNING
+from resnorm.config import FIELD_TYPES, Launch, TrainConfig
+from resnorm.errors import ResnormError
+from resnorm.tracking import FAILED, FINISHED, KILLED, RUNNING
+
+TRAINER_SECONDS = 150.0  # how long a re-run waits for an earlier attempt's trainers here to end their runs
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,75 @@ def sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
     """The runs nested under a sweep's parent, oldest first; ``where``: more of a search filter."""
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {where}" if where else "")
     return client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time ASC"])
+
+
+def config_of(run: Run) -> TrainConfig | None:
+    """The configuration a child's params describe, or None for a run that is not a training of ours, or
+    one stopped before its params were logged (its name still says which child it is)."""
+    if not set(FIELD_TYPES) <= set(run.data.params):
+        return None
+    try:
+        return TrainConfig.from_params(run.data.params)
+    except ResnormError:
+        return None
+
+
+def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> set[TrainConfig]:
+    done = sweep_children(client, experiment_id, parent_run_id, f"attributes.status = '{FINISHED}'")
+    return {c for c in map(config_of, done) if c is not None}
+
+
+def _has_snapshot(client: MlflowClient, run_id: str) -> bool:
+    return snapshots.path_for(run_id).exists() or snapshots.stored(client, run_id)
+
+
+def unfinished_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """The children that did not finish, once no process here trains one any more: the trainers of an
+    attempt that was killed (its workers stop when their sweep is gone) are waited for, up to
+    ``TRAINER_SECONDS``, so that a child still being ended is not taken for one to start again."""
+    deadline = time.monotonic() + TRAINER_SECONDS
+    while True:
+        runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
+        held = [r for r in runs if snapshots.is_locked(r.info.run_id)]
+        if not held:
+            return runs
+        if time.monotonic() > deadline:
+            run_id = held[0].info.run_id
+            raise ResnormError(
+                f"run {run_id}, a child of sweep {parent_run_id}, is still being trained by a live process (pid "
+                f"{snapshots.holder(run_id)}) that outlived its sweep; stop it, then run the sweep again"
+            )
+        time.sleep(0.5)
+
+
+def interrupted_children(
+    runs: list[Run], client: MlflowClient, named: dict[str, TrainConfig]
+) -> dict[TrainConfig, str]:
+    """Of ``runs`` (children that did not finish), those that left a snapshot (in their run's artifacts or
+    on this machine): config -> run id (the latest attempt of a config wins). A child killed with its sweep
+    stays RUNNING or ends KILLED; one whose process died under a live sweep was marked FAILED. Each
+    continues from its snapshot. ``named``: the sweep's children by run name, for a run without params."""
+    return {
+        c: r.info.run_id
+        for r in runs
+        if (c := config_of(r) or named.get(r.info.run_name)) is not None and _has_snapshot(client, r.info.run_id)
+    }
+
+
+def restartable_children(
+    runs: list[Run], client: MlflowClient, named: dict[str, TrainConfig]
+) -> dict[TrainConfig, str]:
+    """Of ``runs``, those stopped before their first snapshot (KILLED, or left RUNNING by a sweep killed
+    outright, even before its params were logged: known by its name, unique in the sweep): config -> run
+    id. Each trains anew into its own run, which holds nothing yet (an epoch's metrics are sent once a
+    snapshot holds it), so a sweep stopped mid-round leaves no second run of a child behind."""
+    return {
+        c: r.info.run_id
+        for r in runs
+        if r.info.status in (KILLED, RUNNING)
+        and (c := config_of(r) or named.get(r.info.run_name)) is not None
+        and not _has_snapshot(client, r.info.run_id)
+    }
 
 
 def settle(client: MlflowClient, run_id: str, why: str, status: str | None = None) -> str:

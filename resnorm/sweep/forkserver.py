@@ -75,7 +75,7 @@ def work(*args) -> None:
     forked(*args)
 
 
-def _in_fork_server() -> bool:
+def in_fork_server() -> bool:
     """Whether this import is the fork server's preload: ``multiprocessing.forkserver.main`` is on
     the stack (only there; the sweep and its workers import this module otherwise)."""
     main = getattr(sys.modules.get("multiprocessing.forkserver"), "main", None)
@@ -109,5 +109,5 @@ def _end_at_once() -> None:
     atexit.register(end)
 
 
-if _in_fork_server():
+if in_fork_server():
     _end_at_once()

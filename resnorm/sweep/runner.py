@@ -4,42 +4,38 @@ ones, run the rest (in rounds, for an adaptive sweep), and end the parent with a
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from resnorm import PROJECT_ROOT, machine, names, snapshots
-from resnorm.config import FIELD_TYPES, Launch, TrainConfig, parse_value, resolve_device
-from resnorm.errors import ConfigError, Interrupted, ResnormError, RunBusy, one_line
-from resnorm.sweep import forkserver
-from resnorm.sweep.child import Child, SweepContext, sweep_children
-from resnorm.sweep.planner import (
-    AUTO,
-    FIRST_ROUND_SEEDS,
-    MARGIN,
-    MAX_SEEDS,
-    child_names,
-    config_label,
-    plan,
-    varying,
+from resnorm import PROJECT_ROOT, machine, names
+from resnorm.config import TrainConfig, resolve_device
+from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
+from resnorm.sweep import forkserver, lease
+from resnorm.sweep.child import (
+    Child,
+    SweepContext,
+    finished_configs,
+    interrupted_children,
+    restartable_children,
+    unfinished_children,
 )
+from resnorm.sweep.planner import plan
 from resnorm.sweep.pool import Pool
 from resnorm.sweep.raytune import RAY_CPUS_PER_TRIAL, check_ray_address, run_ray
+from resnorm.sweep.record import earlier_rounds, new_round, plan_record, planned_children
+from resnorm.sweep.spec import SweepSpec, check_same_sweep
 from resnorm.tracking import (
     FINISHED,
     KILLED,
-    RUNNING,
     check_own_sweep_run,
     check_tracking_server,
     log_new_params,
     mark_model_training,
-    unquote_param,
     use_default_experiment,
 )
 
@@ -51,97 +47,9 @@ class SweepIncomplete(ResnormError):
     """Some children did not finish; re-running into the same parent retries only those."""
 
 
-@dataclass(frozen=True)
-class SweepSpec:
-    """What a sweep was asked for: its plan's inputs and how its children are launched."""
-
-    preset: str
-    grid: str
-    seeds: int | None  # seeds per configuration; None: adaptive (seeds=auto), in rounds up to max_seeds
-    executor: str  # local, ray
-    parallel: int  # children at once; 0: one per GPU, or 1 without GPUs
-    ray_address: str
-    training: Mapping[str, str]  # training parameters for every child, as text ("" = the preset's)
-    launch: Launch = Launch()  # every child's device and mode (its threads: its share of the CPUs)
-    storage_path: str = ""  # ray: where Tune keeps its state (empty: a temporary folder here)
-    max_seeds: int = MAX_SEEDS  # adaptive: the most seeds a configuration gets
-    margin: float = MARGIN  # adaptive: the claims' smallest effect of interest, in accuracy points
-
-    def __post_init__(self) -> None:
-        if self.parallel < 0:
-            raise ConfigError(f"parallel must be at least 0, got {self.parallel}")
-        if self.adaptive and self.max_seeds < FIRST_ROUND_SEEDS:
-            raise ConfigError(
-                f"max_seeds {self.max_seeds} is below the {FIRST_ROUND_SEEDS} seeds of an adaptive sweep's "
-                f"first round; give max_seeds >= {FIRST_ROUND_SEEDS}"
-            )
-        if not (math.isfinite(self.margin) and 0.01 <= self.margin <= 50):
-            raise ConfigError(f"margin {self.margin} is not a number of accuracy points from 0.01 to 50")
-
-    @property
-    def adaptive(self) -> bool:
-        return self.seeds is None
-
-    @property
-    def first_seeds(self) -> int:
-        """Seeds per configuration of the plan (of its first round, when adaptive)."""
-        return FIRST_ROUND_SEEDS if self.seeds is None else self.seeds
-
-    def params(self, parallel: int) -> dict[str, str]:
-        return {
-            "preset": self.preset,
-            "grid": self.grid,
-            "seeds": AUTO if self.adaptive else str(self.seeds),
-            "max_seeds": str(self.max_seeds),
-            "margin": f"{self.margin:g}",
-            "executor": self.executor,
-            "parallel": str(parallel),
-            "ray_address": self.ray_address,
-            "device": self.launch.device,
-            "mode": self.launch.mode,
-            "storage_path": self.storage_path,
-            **{k: str(v) for k, v in self.training.items()},
-        }
-
-
 # What an adaptive sweep asks after each round: the configurations (with their seeds) of the next round,
 # none to stop. The entry point gives it (analysis.adaptive.next_round): the claims live in analysis/.
 NextRound = Callable[[MlflowClient, str, Sequence[Child], SweepSpec], list[TrainConfig]]
-
-
-def finished_configs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> set[TrainConfig]:
-    done = sweep_children(client, experiment_id, parent_run_id, f"attributes.status = '{FINISHED}'")
-    return {c for c in map(_config_of, done) if c is not None}
-
-
-def interrupted_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
-    """Children that did not finish but left a snapshot (in their run's artifacts or on this
-    machine): config -> run id (the latest attempt of a config wins). A child killed with its
-    sweep stays RUNNING or ends KILLED; one whose process died under a live sweep was marked
-    FAILED. Each continues from its snapshot."""
-    runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
-    return {
-        _config_of(r): r.info.run_id
-        for r in runs
-        if _config_of(r) is not None
-        and (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
-    }
-
-
-def restartable_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[TrainConfig, str]:
-    """Children stopped before their first snapshot (KILLED, or left RUNNING by a sweep killed outright, no
-    live process holding them): config -> run id. Each trains anew into its own run, which holds nothing yet
-    (an epoch's metrics are sent once a snapshot holds it), so a sweep stopped mid-round leaves no second
-    run of a child behind."""
-    runs = sweep_children(client, experiment_id, parent_run_id, f"attributes.status != '{FINISHED}'")
-    return {
-        config: r.info.run_id
-        for r in runs
-        if r.info.status in (KILLED, RUNNING)
-        and (config := _config_of(r)) is not None
-        and not snapshots.is_locked(r.info.run_id)
-        and not (snapshots.path_for(r.info.run_id).exists() or snapshots.stored(client, r.info.run_id))
-    }
 
 
 def default_parallel(gpus: int) -> int:
@@ -150,49 +58,13 @@ def default_parallel(gpus: int) -> int:
     return gpus or min(CPU_PARALLEL, machine.available_cpus())
 
 
-def _config_of(run) -> TrainConfig | None:
-    try:
-        return TrainConfig.from_params(run.data.params)
-    except ResnormError:  # not a training run of ours; it cannot match a planned config
-        return None
-
-
-# What a sweep re-run into its parent must repeat: what it plans and how its children train
-# (executor, parallel, Ray's address and storage may change between attempts).
-SAME_ON_RERUN = ("preset", "grid", "seeds", "max_seeds", "margin", "device", "mode", *FIELD_TYPES)
-
-
-def _rerun_value(key: str, text: str):
-    text = unquote_param(text).strip()
-    if key in FIELD_TYPES and text:
-        return parse_value(key, text)
-    if key in ("max_seeds", "margin") and text:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    return text
-
-
-def _check_same_sweep(existing: Mapping[str, str], params: Mapping[str, str], run_id: str) -> None:
-    """A re-run into ``run_id`` must ask for the sweep it continues: its params would lie otherwise.
-    A sweep of fixed seeds ignores max_seeds and margin."""
-    fixed = _rerun_value("seeds", existing.get("seeds", params["seeds"])) != AUTO
-    changed = [
-        f"{k}={unquote_param(existing[k])!r} (now {params[k]!r})"
-        for k in SAME_ON_RERUN
-        if k in existing
-        and k in params
-        and _rerun_value(k, existing[k]) != _rerun_value(k, params[k])
-        and not (fixed and k in ("max_seeds", "margin"))
-    ]
-    if changed:
-        raise ConfigError(f"run {run_id} is a sweep with {', '.join(changed)}; resume it with the same parameters")
-
-
 def run_sweep(spec: SweepSpec, next_round: NextRound | None = None) -> None:
     """Run ``spec`` as one parent run (or continue the one `mlflow run --run-id` names). An adaptive
-    sweep needs ``next_round``, which says after each round what the next one trains."""
+    sweep needs ``next_round``, which says after each round what the next one trains.
+
+    A parent named by ``MLFLOW_RUN_ID`` is checked before anything is written to it: it must be a sweep's
+    parent (or fresh from `mlflow run -e sweep`), ask for the same sweep, and be held by no live sweep
+    (``lease``: the store arbitrates, wherever that sweep runs). A refusal leaves it as it was."""
     if spec.adaptive and next_round is None:
         raise ConfigError(
             "an adaptive sweep (seeds=auto) needs the claims to plan its rounds: run it from its entry point"
@@ -203,37 +75,27 @@ def run_sweep(spec: SweepSpec, next_round: NextRound | None = None) -> None:
     gpus = torch.cuda.device_count() if resolve_device(spec.launch.device).type == "cuda" else 0
     parallel = spec.parallel or default_parallel(gpus)
     check_tracking_server()
+    client = MlflowClient()
     pointer = os.environ.get("MLFLOW_RUN_ID")  # made by `mlflow run`, or the parent a re-run continues
     held = None
-    if pointer:  # a parent another sweep is running is refused before anything starts
+    if pointer:
         check_own_sweep_run(pointer)
-        held = hold_parent(pointer)
+        check_same_sweep(client.get_run(pointer).data.params, spec.params(parallel), pointer)
+        held = lease.acquire(client, pointer)
     else:
         use_default_experiment()
-    if spec.executor == "local":
-        forkserver.start()  # its imports overlap the setup below (the entry point started it earlier still)
     try:
-        # No run_name here: resuming a run with a name renames it, before the parameters are checked.
-        with mlflow.start_run(run_id=pointer or None) as parent:
-            held = held or hold_parent(parent.info.run_id)
+        if spec.executor == "local":
+            forkserver.start()  # its imports overlap the setup below (the entry point started it earlier still)
+        # A new parent is made named and marked a sweep in one call: killed a moment later, it is a sweep a
+        # re-run can continue. A parent that exists keeps its name until it is checked to be one.
+        opened = {"run_id": pointer} if pointer else {"run_name": f"sweep-{spec.preset}", "tags": _parent_tags(spec)}
+        with mlflow.start_run(**opened) as parent:
+            held = held or lease.acquire(client, parent.info.run_id)
             _run_under(parent, spec, parallel, gpus, configs, next_round)
     finally:
         if held is not None:
-            held.close()
-
-
-def hold_parent(run_id: str):
-    """The parent's lock (the one a training run holds: ``snapshots.lock``), for the life of the sweep: two
-    sweeps in one parent would train its children twice."""
-    try:
-        return snapshots.lock(run_id)
-    except RunBusy:
-        pid = snapshots.holder(run_id)
-        raise RunBusy(
-            f"run {run_id} is a sweep that another live process (pid {pid}) is running; wait for it or stop it "
-            "before running into it again",
-            run_id,
-        ) from None
+            held.release()
 
 
 def _run_under(
@@ -293,6 +155,7 @@ def _rounds(
         client.log_dict(ctx.parent_run_id, plan_record(spec, planned, ctx.parent_run_id, parallel), names.SWEEP_PLAN)
         children = _to_run(client, ctx, spec, planned)
         _check_finished(execute(children), children, ctx.parent_run_id)
+        _check_stored(client, ctx, planned)
         if not spec.adaptive:
             return
         more = next_round(client, ctx.parent_run_id, planned, spec)
@@ -302,88 +165,26 @@ def _rounds(
         print(f"round {planned[-1].round}: {len(more)} more children, for the claims still open", flush=True)
 
 
+def _parent_tags(spec: SweepSpec) -> dict[str, str]:
+    return {names.TAG_SWEEP: "true", names.TAG_PRESET: spec.preset}
+
+
 def _open_parent(client: MlflowClient, run_id: str, spec: SweepSpec, parallel: int) -> None:
-    existing = client.get_run(run_id).data.params
-    params = spec.params(parallel)
-    _check_same_sweep(existing, params, run_id)
-    log_new_params(client, run_id, params)
-    client.set_tag(run_id, names.TAG_SWEEP, "true")
-    client.set_tag(run_id, names.TAG_PRESET, spec.preset)
+    log_new_params(client, run_id, spec.params(parallel))
+    for key, value in _parent_tags(spec).items():
+        client.set_tag(run_id, key, value)
     if names.TAG_ERROR in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, names.TAG_ERROR)  # an earlier attempt's reason; this one will say its own
     client.update_run(run_id, name=f"sweep-{spec.preset}")
 
 
-def planned_children(
-    spec: SweepSpec, configs: Sequence[TrainConfig], threads_each: int, round_: int = 1
-) -> list[Child]:
-    """Every planned configuration as a child: its run name (unique in the sweep) and label (by the
-    settings that vary in it), its launch. An adaptive sweep names its children as a sweep of many seeds."""
-    fields = varying(configs)
-    named = child_names(configs, 2 if spec.adaptive else spec.first_seeds)
-    launch = replace(spec.launch, threads=threads_each)
-    return [Child(c, named[c], launch, config_label(c, fields), round_) for c in configs]
-
-
-def new_round(spec: SweepSpec, planned: list[Child], more: Sequence[TrainConfig], threads_each: int) -> list[Child]:
-    """The children of an adaptive sweep's next round, named and labelled as the first round's."""
-    everything = [c.config for c in planned] + list(more)
-    children = planned_children(spec, everything, threads_each, planned[-1].round + 1)
-    return children[len(planned) :]
-
-
-def earlier_rounds(
-    client: MlflowClient, run_id: str, spec: SweepSpec, first: list[Child], threads_each: int
-) -> list[Child]:
-    """An adaptive sweep re-run into its parent: every round the earlier attempt planned (its
-    ``sweep.json``), which must extend this sweep's first round; else the first round alone."""
-    if not any(f.path == names.SWEEP_PLAN for f in client.list_artifacts(run_id)):
-        return first
-    try:
-        record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.SWEEP_PLAN}")
-        entries = [(TrainConfig.from_record(c["config"]), int(c.get("round", 1))) for c in record["configurations"]]
-    except (KeyError, TypeError, ValueError, ResnormError, mlflow.exceptions.MlflowException) as e:
-        raise ConfigError(
-            f"cannot read the plan {names.SWEEP_PLAN} of sweep {run_id} to resume its rounds: {e}"
-        ) from None
-    if [c for c, r in entries if r == 1] != [c.config for c in first]:
-        raise ConfigError(
-            f"the plan {names.SWEEP_PLAN} of sweep {run_id} does not start with this sweep's first round; "
-            "resume it with the same parameters"
-        )
-    children = list(first)
-    for r in range(2, max((r for _, r in entries), default=1) + 1):
-        more = [c for c, k in entries if k == r]
-        if more:
-            children += new_round(spec, children, more, threads_each)
-    return children
-
-
-def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: int) -> dict:
-    """``sweep.json``: what the sweep plans (every configuration and seed, its name, label and round) and
-    the command that re-runs it into its parent. ``analyze`` reports against it."""
-    params = " ".join(f"-P {k}={shlex.quote(v)}" for k, v in spec.params(parallel).items() if v)
-    record = {
-        "preset": spec.preset,
-        "grid": spec.grid,
-        "seeds": AUTO if spec.adaptive else spec.seeds,
-        "mode": spec.launch.mode,
-        "parameters": spec.params(parallel),
-        "configurations": [
-            {"name": c.name, "label": c.label, "config": asdict(c.config), "round": c.round} for c in children
-        ],
-        "command": f"mlflow run {PROJECT_ROOT} -e sweep {params} --env-manager local --run-id {run_id}",
-    }
-    if spec.adaptive:
-        record["design"] = {"max_seeds": spec.max_seeds, "margin": spec.margin, "rounds": children[-1].round}
-    return record
-
-
 def _to_run(client: MlflowClient, ctx: SweepContext, spec: SweepSpec, planned: list[Child]) -> list[Child]:
     """The planned children that have not finished, each resuming its interrupted run if it has one."""
     done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
-    interrupted = interrupted_children(client, ctx.experiment_id, ctx.parent_run_id)
-    restart = restartable_children(client, ctx.experiment_id, ctx.parent_run_id)
+    unfinished = unfinished_children(client, ctx.experiment_id, ctx.parent_run_id)
+    named = {c.name: c.config for c in planned}  # a child made but stopped before its params is known by its name
+    interrupted = interrupted_children(unfinished, client, named)
+    restart = restartable_children(unfinished, client, named)
     children = []
     for c in planned:
         if c.config in done:
@@ -411,4 +212,18 @@ def _check_finished(statuses: Mapping[TrainConfig, str], children: Sequence[Chil
         raise SweepIncomplete(
             f"{len(failed)} of {len(children)} children did not finish ({', '.join(failed[:5])}"
             f"{', ...' if len(failed) > 5 else ''}); re-run with `mlflow run ... --run-id {run_id}` to retry them"
+        )
+
+
+def _check_stored(client: MlflowClient, ctx: SweepContext, planned: Sequence[Child]) -> None:
+    """Every planned child has a FINISHED run in the store (not only in what its trainer answered): a child
+    whose run was deleted meanwhile is named, and trained again by a re-run, never taken for a round
+    that is complete."""
+    done = finished_configs(client, ctx.experiment_id, ctx.parent_run_id)
+    missing = [c.name for c in planned if c.config not in done]
+    if missing:
+        raise SweepIncomplete(
+            f"{len(missing)} planned children have no FINISHED run in the tracking store ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}: deleted?); re-run with `mlflow run ... --run-id "
+            f"{ctx.parent_run_id}` to train them again"
         )

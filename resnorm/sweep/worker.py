@@ -26,17 +26,20 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 
 from resnorm.machine import prefer_passive_wait
 
 prefer_passive_wait()  # before torch loads OpenMP (the pool sets it in the environment too)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402, F401 - every training's optimizer loads it: once in the fork server
 
 from resnorm.cli import best_effort_output, guard, leave, stop_when_gone, stop_with_parent  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
+from resnorm.sweep.forkserver import in_fork_server  # noqa: E402
 
 # What a process's first training loads on first use (1.2 s on one core, measured by
 # comparing sys.modules before and after one): loaded here, so that the fork server pays it once
@@ -58,6 +61,31 @@ FIRST_USE = (
 for _name in FIRST_USE:
     with contextlib.suppress(ImportError):
         importlib.import_module(_name)
+
+
+def warm_model_logging() -> None:
+    """What a process's first logged model pays once, paid here: torch.export's first trace and MLflow's map
+    of installed packages (which it reads to check a model's pip requirements). In the fork server, so that
+    no worker pays it: a worker's first child saved its model in 1.9 s, later ones in 0.7-1.0 s (a ResNet-8
+    at 8 px, this 2-core machine); the fork server spends about 1.5 s on it, beside the sweep's own start.
+    Nothing here touches CUDA or starts a thread, so the workers forked after it are as before."""
+    from resnorm import serving
+    from resnorm.model import ResNet
+    from resnorm.norms import get_norm
+
+    model = ResNet(n=1, num_classes=2, norm_layer=get_norm("torch_bn")).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        serving.save_model(
+            os.path.join(folder, "model"),
+            pytorch_model=model,
+            classes=["a", "b"],
+            input_example=np.zeros((2, 3, 8, 8), np.float32),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+
+if in_fork_server():
+    warm_model_logging()
 
 
 def serve(requests, replies: int) -> None:
