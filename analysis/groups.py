@@ -38,8 +38,17 @@ class Group:
     def complete(self) -> bool:
         return not self.problems and len(self.finished) > 0
 
+    @property
+    def planned_finished(self) -> int:
+        """Finished seeds that the plan has (a run outside the plan is never counted as one of them)."""
+        return int(self.finished["seed"].isin(self.planned).sum()) if len(self.finished) else 0
+
     def seeds_text(self) -> str:
-        return f"{len(self.finished)}/{len(self.planned) or len(self.finished)}"
+        """finished/planned; seeds that ran outside the plan are said apart."""
+        if not self.planned:
+            return f"{len(self.finished)} (not planned)"
+        extra = len(self.finished) - self.planned_finished
+        return f"{self.planned_finished}/{len(self.planned)}" + (f" (+{extra} not planned)" if extra else "")
 
     def value(self, name: str):
         return self.mode if name == "mode" else getattr(self.config, name)

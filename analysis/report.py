@@ -49,7 +49,7 @@ class Report:
 
     @property
     def finished(self) -> int:
-        return sum(len(g.finished) for g in self.groups)
+        return sum(g.planned_finished for g in self.groups)
 
     @property
     def planned(self) -> int:
@@ -155,7 +155,7 @@ def provenance(
     done = runs[runs["status"] == FINISHED]
     error = parent.data.tags.get(names.TAG_ERROR, "")
     seeds = sorted({s for g in groups for s in g.planned})
-    finished, planned_seeds = sum(len(g.finished) for g in groups), sum(len(g.planned) for g in groups)
+    finished, planned_seeds = sum(g.planned_finished for g in groups), sum(len(g.planned) for g in groups)
 
     def tags(column: str) -> str:
         return ", ".join(sorted({v for v in done[column] if v})) or "not recorded"

@@ -62,7 +62,9 @@ def analyze(experiment: str, sweep_run_id: str, out: str, margin: float | None) 
     from analysis.report import build
     from analysis.runs import find_sweep
     from analysis.write import summary, write
-    from resnorm.tracking import bounded_requests, check_own_job_run, check_tracking_server
+    from resnorm.jobruns import check_own_job_run
+    from resnorm.tracking import check_tracking_server
+    from resnorm.waiting import bounded_requests
 
     check_tracking_server()
     if os.environ.get("MLFLOW_RUN_ID"):  # the run `mlflow run -e analyze` made, not one inherited

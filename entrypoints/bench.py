@@ -22,14 +22,10 @@ from benchmarks import throughput  # noqa: E402
 from benchmarks.throughput import BENCH_MODES, BenchSpec, Report, as_dicts, metrics, report  # noqa: E402
 from resnorm import cli, names  # noqa: E402
 from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
+from resnorm.jobruns import check_own_job_run  # noqa: E402
 from resnorm.model import depth  # noqa: E402
 from resnorm.norms import NORM_NAMES  # noqa: E402
-from resnorm.tracking import (  # noqa: E402
-    check_own_job_run,
-    check_tracking_server,
-    log_new_params,
-    use_default_experiment,
-)
+from resnorm.tracking import check_tracking_server, log_new_params, use_default_experiment  # noqa: E402
 
 D = BenchSpec()  # the defaults, stated once; BenchSpec checks every value and range
 

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnorm import cli  # noqa: E402
 from resnorm.errors import ResnormError  # noqa: E402
 from resnorm.explain import DEFAULT_SAMPLES, GRID_ARTIFACT, explain, log_gradcam  # noqa: E402
-from resnorm.tracking import check_own_job_run, check_tracking_server  # noqa: E402
+from resnorm.jobruns import check_own_job_run  # noqa: E402
+from resnorm.tracking import check_tracking_server  # noqa: E402
 
 
 def _split(value: str) -> list[str]:

@@ -147,7 +147,7 @@ def guard(job: Callable[[], object], run_id: str | None = None, entry: str | Non
     with ``run_id`` (the run made for this job, if any) ended FAILED or KILLED with the reason.
     ``entry``: the job's entry point when ``run_id`` comes from ``MLFLOW_RUN_ID``, which a process may
     inherit: the run is then ended only if it was made for this entry point and no job has taken it
-    (``resnorm.tracking.made_for``); a notebook's run or a sweep's parent is left as it is."""
+    (``resnorm.jobruns.made_for``); a notebook's run or a sweep's parent is left as it is."""
     with _sigterm_interrupts():
         try:
             job()
@@ -237,7 +237,7 @@ def _fail(
     click.echo(f"error: {line}", err=True)
     if run_id:  # say why in the run made for this job, unless the job ended it itself
         # Imported here: MLflow takes seconds to load, and --help or a bad option needs none of it.
-        from resnorm.tracking import fail_pending_run
+        from resnorm.jobruns import fail_pending_run
 
         with contextlib.suppress(Exception):  # the store itself may be what failed
             fail_pending_run(run_id, line, error, interrupted, entry)

@@ -23,7 +23,8 @@ from resnorm.engine import train as fit
 from resnorm.fast import resolve_speed
 from resnorm.resume import resumable
 from resnorm.runlog import training_run
-from resnorm.tracking import check_tracking_server, sync_timeout
+from resnorm.tracking import check_tracking_server
+from resnorm.waiting import sync_timeout
 
 
 @dataclass(frozen=True)

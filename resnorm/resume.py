@@ -12,7 +12,8 @@ from resnorm import names, snapshots
 from resnorm.bundle import SPLITS, DataBundle
 from resnorm.config import TrainConfig
 from resnorm.errors import ConfigError
-from resnorm.tracking import FINISHED, check_resumable_run
+from resnorm.jobruns import check_resumable_run
+from resnorm.tracking import FINISHED
 
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # a run's dataset inputs, per split
 

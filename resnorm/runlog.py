@@ -32,6 +32,7 @@ from resnorm.bundle import SPLITS, DataBundle
 from resnorm.config import Launch, TrainConfig
 from resnorm.engine import EpochStats, TrainResult
 from resnorm.errors import Interrupted, TrackingUnavailable, one_line, warn
+from resnorm.jobruns import check_own_run, record_failure
 from resnorm.metrics import per_class_report
 from resnorm.outbox import Outbox
 from resnorm.plots import confusion_matrix, curves
@@ -41,16 +42,13 @@ from resnorm.tracking import (
     FAILED,
     KILLED,
     SYSTEM_METRICS_INTERVAL,
-    check_own_run,
     check_tracking_server,
-    give_up_quickly,
     log_new_params,
     mark_model_training,
-    record_failure,
-    sync_timeout,
     system_metrics_interval,
     use_default_experiment,
 )
+from resnorm.waiting import give_up_quickly, sync_timeout
 
 DATASET_LOG_ATTEMPTS = 5  # see RunLogger.log_dataset
 

@@ -82,6 +82,9 @@ def make_class_tree(root: Path, per_class: int, classes=tuple(COLOURS), seed: in
 # file handed out last would finish alone. Re-rank when the `--durations` figures change.
 FIRST = (
     "test_readme.py",  # 359 (226 alone: its commands run one after another)
+    "test_crashes.py",  # 2026-12-07: about 250 (38 SIGKILL and 12 SIGTERM cases)
+    "test_crashes_rounds.py",  # about 110
+    "test_hostile_store.py",  # about 80
     "test_recovery.py",  # 184
     "test_sweep_cli.py",  # 156
     "test_faults.py",  # 140

@@ -5,17 +5,20 @@ its parent and check what must hold after any crash (``tests/test_crashes.py``).
 
 A call site is the call of an ``MlflowClient`` method (or of the local artifact store's, where the project
 calls it directly) made from the project's code, named by the method and the project's frames on the
-stack, innermost first (``MlflowClient.set_tag @ resnorm/sweep/runner.py:170 < resnorm/sweep/runner.py:104
-< ...``): a new call in the code is a new site without anyone listing it. MLflow's own fluent calls
-(``mlflow.start_run``, ``mlflow.register_model``, ``log_model``) are the client calls they make, each a
-site. A call made inside another intercepted call is part of it. Calls with no project frame on the stack
-(MLflow's system-metrics thread) are not the sweep's.
+stack, innermost first (``MlflowClient.set_tag @ resnorm/sweep/runner.py:170 _open_parent <
+resnorm/sweep/runner.py:104 _run_under < ...``): a new call in the code is a new site without anyone
+listing it. MLflow's own fluent calls (``mlflow.start_run``, ``mlflow.register_model``, ``log_model``) are
+the client calls they make, each a site. A call made inside another intercepted call is part of it. Calls
+with no project frame on the stack (MLflow's system-metrics thread) are not the sweep's. The entry point's
+frames are left out of a site's name: ``sweep`` calls the same code for a fixed-seed and an adaptive sweep
+from two lines.
 
 The hook is set by ``RESNORM_CRASH`` in the environment, which a sweep hands to its workers:
 ``record:FOLDER`` appends each process's first call of every site to ``FOLDER/sites``;
 ``SIGNAL:SITE:FOLDER`` (SIGNAL ``KILL`` or ``TERM``) stops the sweep at the first call of SITE in any of
-its processes. Every process of the sweep writes its pid to ``FOLDER/pids`` when the hook is installed
-(the sweep process, and each worker as it starts), which is how the crash finds them all.
+its processes (``SITE*``: of any site whose name starts so). Every process of the sweep writes its pid to
+``FOLDER/pids`` when the hook is installed (the sweep process, and each worker as it starts), which is how
+the crash finds them all.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ PROJECT = tuple(str(ROOT / d) + os.sep for d in ("resnorm", "analysis"))  # entr
 HERE = __file__
 LOCAL_REPO_CALLS = ("log_artifact", "log_artifacts", "delete_artifacts")  # snapshots.forget deletes directly
 
+# Threads that call on a clock, not at a point of the sweep's work: a sweep reaches their calls only when it
+# outlasts their period (the lease's heartbeat, every 15 s), so they are no crash point of their own; a kill
+# while they wait is a kill at whatever point the sweep has reached, which the other sites cover.
+TIMERS = ("_beat_forever",)
+
 _inside = threading.local()  # within an intercepted call: what it calls in turn is part of it
 _seen: set[str] = set()  # this process's sites, recorded once each
 _installed: list[bool] = []
@@ -49,7 +57,9 @@ def site_of(name: str) -> str | None:
     while frame is not None:
         path = frame.f_code.co_filename
         if path.startswith(PROJECT):
-            frames.append(f"{os.path.relpath(path, ROOT)}:{frame.f_lineno}")
+            if frame.f_code.co_name in TIMERS:
+                return None
+            frames.append(f"{os.path.relpath(path, ROOT)}:{frame.f_lineno} {frame.f_code.co_name}")
         frame = frame.f_back
     return f"{name} @ {' < '.join(frames)}" if frames else None
 
@@ -75,13 +85,19 @@ def _append(path: Path, line: str) -> None:
 
 
 def _crash(mode: str, folder: Path) -> None:
-    """Stop every process of the sweep: SIGKILL all at once (this one last), or SIGTERM to each."""
+    """Stop every process of the sweep: SIGKILL all at once (this one last; with the sweep's process group,
+    which holds a local Ray cluster's processes), or SIGTERM to each."""
     signum = signal.SIGKILL if mode == "KILL" else signal.SIGTERM
     me = os.getpid()
-    pids = {int(p) for p in (folder / "pids").read_text().split()}
-    for pid in sorted(pids - {me}):
+    pids = [int(p) for p in (folder / "pids").read_text().split()]
+    for pid in [p for p in pids if p != me]:
         try:
             os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    if signum == signal.SIGKILL and pids and os.getpgid(me) != pids[0]:
+        try:
+            os.killpg(pids[0], signum)  # the sweep made its own session: its group is its pid
         except ProcessLookupError:
             pass
     os.kill(me, signum)
@@ -97,7 +113,7 @@ def _at(site: str) -> None:
             _seen.add(site)
             _append(folder / "sites", f"{os.getpid()}\t{site}\t{time.time():.3f}")
         return
-    if site != target:
+    if site != target and not (target.endswith("*") and site.startswith(target[:-1])):  # SITE* : any site so named
         return
     try:  # the first process to reach the site crashes the sweep; a later one (or the re-run) goes on
         os.close(os.open(folder / "crashed", os.O_WRONLY | os.O_CREAT | os.O_EXCL))

@@ -127,10 +127,15 @@ def _sweep_here(case: Case, args: list[str], crash: str, parent: str, home: str)
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", crashpoints.ENV):
             os.environ.pop(var, None)
         os.environ.update({"MLFLOW_TRACKING_URI": case.uri, "RESNORM_HOME": home})
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         if parent:
             os.environ["MLFLOW_RUN_ID"] = parent
         if crash:
             os.environ[crashpoints.ENV] = crash
+            # A Ray trial's worker is a new process: the hook reaches it through sitecustomize (tests/crashsite).
+            os.environ["RESNORM_CRASH_ROOT"] = str(crashpoints.ROOT)
+            site = str(crashpoints.ROOT / "tests" / "crashsite")
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))
         mlflow.set_tracking_uri(case.uri)
         # The fork server this process inherits is the test process's: use it as it is.
         multiprocessing.forkserver._forkserver.ensure_running = lambda: None
@@ -152,6 +157,85 @@ def _sweep_here(case: Case, args: list[str], crash: str, parent: str, home: str)
         os._exit(code)
 
 
+# --- crash cases: a site recorded, the sweep stopped there, re-run, checked ----------------------------------------
+
+ALL = os.environ.get("RESNORM_CRASH_ALL") == "1"
+
+
+def _sites(case: Case) -> list[tuple[int, str]]:
+    """(pid, site) in the order the sweep first reached them."""
+    lines = (case.folder / "sites").read_text().splitlines()
+    return [(int(pid), site) for pid, site, _ in (line.split("\t") for line in lines)]
+
+
+def record(folder: Path, args: list[str], rounds: int | None = None) -> list[tuple[str, bool]]:
+    """Every site an uncrashed sweep of ``args`` reaches, in order: (site, made by the sweep's own process)."""
+    start_fork_server()
+    case = Case.new(folder)
+    code = case.sweep(args, crash=f"record:{case.folder}")
+    assert code == 0 and check(case, rounds) == [], case.log()[-3000:]
+    sweep_pid = int((case.folder / "pids").read_text().split()[0])
+    return [(site, pid == sweep_pid) for pid, site in _sites(case)]
+
+
+READS = ("get_", "search_", "list_", "download_")
+
+
+def writes(sites: list[tuple[str, bool]]) -> list[str]:
+    """The sites that change the store. SIGKILL before a read leaves the store, the local snapshot folder
+    and every process as SIGKILL before the write that came before it does (a killed process keeps nothing),
+    so in CI SIGKILL is crashed at every write; ``RESNORM_CRASH_ALL=1`` at reads too."""
+    if ALL:
+        return [site for site, _ in sites]
+    return [site for site, _ in sites if not site.split(" @ ")[0].split(".")[-1].startswith(READS)]
+
+
+def _module(site: str) -> str:
+    """The module a site's call is made from (its innermost project frame)."""
+    return site.split(" @ ")[1].split(" < ")[0].rsplit(":", 1)[0]
+
+
+def sigterm_sites(sites: list[tuple[str, bool]]) -> list[str]:
+    """Where SIGTERM is crashed at in CI: the first site of each module, in the sweep's own process and in a
+    worker. How a process handles SIGTERM depends on where it is (which run it has open, whether a model is
+    being logged while signals wait), and that changes from module to module, not from call to call;
+    ``RESNORM_CRASH_ALL=1`` crashes at every site."""
+    if ALL:
+        return [site for site, _ in sites]
+    chosen, seen = [], set()
+    for site, own in sites:
+        if (own, _module(site)) not in seen:
+            seen.add((own, _module(site)))
+            chosen.append(site)
+    return chosen
+
+
+def crash_and_rerun(folder: Path, args: list[str], signal: str, site: str, rounds: int | None) -> list[str]:
+    """One case: the sweep stopped just before ``site``, then re-run (into its parent when it made one) until
+    it ends; what is broken afterwards, or []."""
+    case = Case.new(folder)
+    start = time.monotonic()
+    code = case.sweep(args, crash=f"{signal}:{site}:{case.folder}")
+    if not (case.folder / "crashed").exists():
+        return [f"the sweep never reached the site (exit {code})"]
+    parents = case.parents()
+    rerun = case.sweep(args, parent=parents[0].info.run_id if parents else "")
+    if rerun != 0:
+        return [f"the re-run exited {rerun}: {case.log()[-1500:]}"]
+    broken = check(case, rounds)
+    folder.joinpath("took").write_text(f"{time.monotonic() - start:.1f}")
+    return broken
+
+
+def run_cases(tmp_path, kind, args, signal, sites, rounds=None) -> None:
+    failures = []
+    for i, site in enumerate(sites):
+        broken = crash_and_rerun(tmp_path / f"{signal}-{i:03d}", args, signal, site, rounds)
+        if broken:
+            failures.append(f"{signal} before {site}:\n    " + "\n    ".join(broken))
+    assert not failures, f"{len(failures)} of {len(sites)} {kind} crash points broke:\n" + "\n".join(failures)
+
+
 # --- what must hold of a sweep's store after any crash and a re-run --------------------------------------------
 
 
@@ -162,6 +246,7 @@ def _plan(client: MlflowClient, parent_id: str) -> dict:
 
 def check(case: Case, rounds: int | None = None) -> list[str]:
     """Every way the store of ``case`` breaks what must hold after a crash and a re-run; [] when it holds."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # downloads here are for reading
     client, broken = case.client, []
     parents = case.parents()
     if len(parents) != 1:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from resnorm import PROJECT_ROOT, machine, names
 from resnorm.config import TrainConfig, resolve_device
 from resnorm.errors import ConfigError, Interrupted, ResnormError, one_line
+from resnorm.jobruns import check_own_sweep_run
 from resnorm.sweep import forkserver, lease
 from resnorm.sweep.child import (
     Child,
@@ -32,7 +33,6 @@ from resnorm.sweep.spec import SweepSpec, check_same_sweep
 from resnorm.tracking import (
     FINISHED,
     KILLED,
-    check_own_sweep_run,
     check_tracking_server,
     log_new_params,
     mark_model_training,
