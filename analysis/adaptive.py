@@ -71,14 +71,15 @@ def next_round(
     )
     runs = children(client, parent, plan)
     design = design_of(plan, runs)
-    claims = assess(build_groups(runs, configs, plan.mode), design, plan.margin)
+    groups = build_groups(runs, configs, plan.mode)
+    claims = assess(groups, design, plan.margin)
     k = planned[-1].round
     decided = sum(c.decided for c in claims)
     log_round(client, parent_run_id, k, claims, len(planned))
     print(f"round {k}: {decided} of {len(claims)} claims decided", flush=True)
     for c in claims:
         print(f"  {c.id}. {c.verdict}" + (f" ({c.look})" if c.look else "") + (f"; {c.needed}" if c.needed else ""))
-    want = targets(claims, design, plan.margin)
+    want = targets(claims, design, plan.margin, groups)
     seeds: dict[TrainConfig, list[int]] = {}
     for c in configs:
         seeds.setdefault(without_seed(c), []).append(c.seed)

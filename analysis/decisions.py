@@ -8,17 +8,23 @@ and what the claim says of it:
   interval lies inside ±margin (two one-sided tests, TOST). Negligible wins when both hold: an
   effect that is real but smaller than the margin is no effect worth the name, so it contradicts a
   claim that the effect exists.
-- ``EQUAL``: the effect is within ±margin. *Equivalent* by TOST; *different* when the 1 - alpha
-  interval lies wholly outside ±margin.
+- ``EQUAL``: the effect is within ±margin. *Equivalent* when the 1 - alpha interval lies inside ±margin
+  (TOST, each side at alpha / 2); *different* when it lies wholly outside ±margin.
 - ``AT_LEAST``: the effect is not below -margin (non-inferiority). *Not worse* when the 1 - alpha
-  interval's lower end clears -margin; *worse* when its upper end lies below -margin (each side at
-  alpha / 2, as the usual two-sided 95 % interval of a non-inferiority trial: at a truth of exactly
-  -margin, where neither is true, the two together stay within alpha).
+  interval's lower end clears -margin; *worse* when its upper end lies below -margin.
 
-Each part tests two hypotheses that cannot both be true, so at most one of its outcomes can be a
-false one; the smaller of its two p-values is its p-value under Holm's correction over a claim's
-parts (a false outcome needs its own p-value under the level Holm gives the part, which Holm keeps
-at alpha over the claim). A part whose samples have no spread has no test.
+Each part tests two null hypotheses. An ``EFFECT`` part's (no effect; an effect of the margin or more)
+cannot both be true, so at most one of its outcomes can be a false one, each tested at the part's level.
+An ``EQUAL`` or ``AT_LEAST`` part's can both be true at one point (an effect of exactly ±margin, or -margin),
+so each side is tested at half the part's level (the two-sided 1 - alpha interval of a non-inferiority
+trial): there, the two verdicts together stay within the level. One convention for both kinds.
+
+A claim's parts share its alpha by Bonferroni's inequality, with Shaffer's logic for passing a share on:
+a part's share goes to the others only once every null hypothesis of it that could still be true is
+rejected - an ``EFFECT`` part both found and negligible - since a part decided on one of its nulls keeps
+the other, possibly true, in the family (passing its share then, as Holm's procedure over parts would,
+let two parts at no effect reach a false "found" 8 % of the time at alpha 5 %). A part whose samples have
+no spread, on any side, has no test.
 """
 
 from __future__ import annotations
@@ -49,10 +55,16 @@ class Part:
     weights: tuple[float, ...]
     direction: int = 1  # EFFECT: the sign the claim expects (+1, -1), or 0 for either
     configs: tuple = ()  # the configuration (TrainConfig without its seed) behind each sample
+    key: str = ""  # what the part is from look to look, when its name changes (a pair of claim 4); else its name
+    bounds: tuple[float, float] | None = None  # what the effect can be (None: of scores in [0, 1])
+
+    @property
+    def ident(self) -> str:
+        return self.key or self.name
 
     @functools.cached_property
     def estimate(self) -> Estimate:
-        return stats.contrast(self.samples, self.weights)
+        return stats.contrast(self.samples, self.weights, self.bounds, conservative=True)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -69,9 +81,9 @@ class Part:
         tost = max(e.p_above(-margin), e.p_below(margin))  # H0: |effect| >= margin
         if self.kind == EFFECT:
             return tost, e.p  # negligible, found
-        if self.kind == EQUAL:
-            beyond = min(1.0, 2 * min(e.p_above(margin), e.p_below(-margin)))  # its 1 - a interval outside ±margin
-            return tost, beyond  # equivalent, different
+        if self.kind == EQUAL:  # each side at half the level: its 1 - a interval inside, or outside, ±margin
+            beyond = min(1.0, 2 * min(e.p_above(margin), e.p_below(-margin)))
+            return min(1.0, 2 * tost), beyond  # equivalent, different
         return min(1.0, 2 * e.p_above(-margin)), min(1.0, 2 * e.p_below(-margin))  # not worse, worse: alpha / 2 each
 
     def outcome(self, margin: float, level: float) -> str:
@@ -88,6 +100,11 @@ class Part:
             return names[1]
         return OPEN
 
+    def settled(self, margin: float, level: float) -> bool:
+        """Whether every null hypothesis of this part is rejected at ``level`` (an effect found and
+        negligible): only then may its share of alpha pass to the claim's other parts."""
+        return self.kind == EFFECT and self.testable and level > 0 and max(self.pvalues(margin)) <= level
+
     def support(self, outcome: str) -> int:
         """+1 when ``outcome`` supports what the claim says of this part, -1 when it contradicts it, 0 open."""
         if outcome == FOUND:
@@ -100,17 +117,20 @@ class Decision:
     part: Part  # as it stood at the look that decided it (or at the last look, when still open)
     outcome: str
     support: int  # +1, -1, 0
-    p: float  # the part's p-value (the smaller of its two), Holm-adjusted over the claim's parts
+    p: float  # the part's p-value (the smaller of its two), Bonferroni-adjusted over the claim's parts
     level: float  # the level its intervals are shown at: the claim's alpha, or its look's share of it
     look: int = 0  # an adaptive sweep: the round it was decided at (or last tested at)
 
 
-RHO = 1.0  # alpha spent by information fraction t: alpha * t ** RHO (Kim & DeMets' power family)
+# How much of its alpha a part may have spent by information fraction t: Kim & DeMets' power family
+# alpha * t ** rho. rho = 1 spends linearly; a smaller rho spends more at the first looks, where claims are
+# decided, and leaves less for seeds that are never trained (``benchmarks/design.py`` compares them).
+RHO = 0.5
 
 
-def spending(t: float) -> float:
-    """The share of alpha an adaptive sweep may have spent by information fraction ``t``."""
-    return min(1.0, max(0.0, t)) ** RHO
+def spending(t: float, rho: float = RHO) -> float:
+    """The share of its alpha a part may have spent by information fraction ``t``."""
+    return min(1.0, max(0.0, t)) ** rho
 
 
 @dataclass(frozen=True)
@@ -118,27 +138,15 @@ class Open:
     """A part still open, and the level a later look would test it at with n seeds per configuration."""
 
     part: Part
-    share: float  # its share of alpha (Holm's, over the claim's open parts)
+    share: float  # its share of alpha (over the claim's parts not yet settled)
     spent: float = 0.0  # the share of its alpha its looks have spent, spending(t) at its last look
     max_seeds: int = 0  # an adaptive sweep's cap; 0: a sweep of fixed seeds, one look at ``share``
+    rho: float = RHO  # the design's spending
 
     def level_at(self, n: int) -> float:
         if not self.max_seeds:
             return self.share
-        return self.share * max(0.0, spending(n / self.max_seeds) - self.spent)
-
-
-def decide(parts: Sequence[Part], margin: float, level: float) -> list[Decision]:
-    """Every part decided at ``level``, Holm's correction over those that can be tested."""
-    tested = [p for p in parts if p.testable]
-    raw = [min(p.pvalues(margin)) for p in tested]
-    levels = dict(zip(map(id, tested), stats.holm_levels(raw, level))) if level > 0 else {}
-    adjusted = dict(zip(map(id, tested), stats.holm(dict(enumerate(raw))).values()))
-    out = []
-    for p in parts:
-        outcome = p.outcome(margin, levels.get(id(p), 0.0))
-        out.append(Decision(p, outcome, p.support(outcome), adjusted.get(id(p), math.nan), level))
-    return out
+        return self.share * max(0.0, spending(n / self.max_seeds, self.rho) - self.spent)
 
 
 # --- how many seeds a decision would take -----------------------------------------------------------------------

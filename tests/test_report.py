@@ -153,18 +153,18 @@ def test_the_latex_report_compiles_whatever_its_text_holds(mlflow_env, tmp_path,
 
 
 def test_the_report_states_each_claim_and_the_tables_keep_their_letters_to_the_study(mlflow_env, tmp_path, capsys):
-    """Three seeds of every Table 2 and Table 3 norm: bn within 0.1 point of torch_bn (claim 3 is
+    """Six seeds of every Table 2 and Table 3 norm: bn within 0.1 point of torch_bn (claim 3 is
     supported by the equivalence test, and claim 4 calls them tied), the other claims not testable without
     their configurations."""
     client = MlflowClient()
-    configs = plan("custom", "norm=torch_bn,bn,in,bin,ln,gn,nn", seeds=3)
+    configs = plan("custom", "norm=torch_bn,bn,in,bin,ln,gn,nn", seeds=6)  # 3 cannot tie a pair at alpha / 21
     offsets = {"torch_bn": 0.0, "bn": 0.001, "in": -0.05, "bin": -0.01, "ln": -0.1, "gn": -0.2, "nn": -0.3}
     pid = fake_sweep(
         client,
         configs,
         lambda c: 0.9 + offsets[c.norm] + c.seed / 1000,
         grid="norm=torch_bn,bn,in,bin,ln,gn,nn",
-        seeds=3,
+        seeds=6,
     )
     run = analyze(pid, tmp_path / "out")
     printed = capsys.readouterr().out
