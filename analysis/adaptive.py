@@ -77,8 +77,9 @@ def next_round(
     decided = sum(c.decided for c in claims)
     log_round(client, parent_run_id, k, claims, len(planned))
     print(f"round {k}: {decided} of {len(claims)} claims decided", flush=True)
-    for c in claims:
-        print(f"  {c.id}. {c.verdict}" + (f" ({c.look})" if c.look else "") + (f"; {c.needed}" if c.needed else ""))
+    for claim in claims:
+        look, needed = f" ({claim.look})" if claim.look else "", f"; {claim.needed}" if claim.needed else ""
+        print(f"  {claim.id}. {claim.verdict}{look}{needed}")
     want = targets(claims, design, plan.margin, groups)
     seeds: dict[TrainConfig, list[int]] = {}
     for c in configs:

@@ -178,6 +178,10 @@ def power(part: Part, margin: float, n: int, alpha: float) -> float:
     return max(stats.t_power((d + margin) / sd, n, alpha / 2), stats.t_power((-margin - d) / sd, n, alpha / 2))
 
 
+def _power_at(wanted: Open, margin: float, n: int) -> float:
+    return power(wanted.part, margin, n, wanted.level_at(n))
+
+
 def seeds_needed(wanted: Sequence[Open], margin: float, low: int, high: int) -> int | None:
     """The fewest seeds per configuration in [low, high] at which every part of ``wanted`` would be
     decided with 80 % power, each at the level a look with that many seeds would test it at; None when
@@ -186,7 +190,7 @@ def seeds_needed(wanted: Sequence[Open], margin: float, low: int, high: int) -> 
     for w in wanted:
         if w.part.estimate.sd == 0:
             return None
-        found = stats.smallest_n(lambda n, w=w: power(w.part, margin, n, w.level_at(n)), need, high)
+        found = stats.smallest_n(functools.partial(_power_at, w, margin), need, high)
         if found is None:
             return None
         need = found

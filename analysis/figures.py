@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, Formatter, MaxNLocator, PercentFormatter
 
@@ -79,10 +80,13 @@ class FewMinorLabels(Formatter):
     enough), else at most four, evenly spaced, as plain numbers (0.7, 0.9), never run together."""
 
     def __call__(self, x, pos=None) -> str:
-        low, high = sorted(self.axis.get_view_interval())
+        axis = self.axis
+        if not isinstance(axis, Axis):  # not drawn on an axis yet
+            return ""
+        low, high = sorted(axis.get_view_interval())
         if low <= 0 or high / low >= 10:
             return ""
-        shown = [t for t in self.axis.get_minorticklocs() if low <= t <= high]
+        shown = [t for t in axis.get_minorticklocs() if low <= t <= high]
         return f"{x:.3g}" if x in shown[:: max(1, math.ceil(len(shown) / 4))] else ""
 
 

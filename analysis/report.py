@@ -117,8 +117,9 @@ def _datasets(client: MlflowClient, runs: pd.DataFrame) -> str:
     for data, run_id in zip(runs["data"], runs["run_id"]):
         if data in seen:
             continue
-        inputs = client.get_run(run_id).inputs.dataset_inputs
-        seen[data] = ", ".join(f"{d.dataset.name} {d.dataset.digest}" for d in inputs) or "not recorded"
+        inputs = client.get_run(run_id).inputs
+        found = inputs.dataset_inputs if inputs is not None else []
+        seen[data] = ", ".join(f"{d.dataset.name} {d.dataset.digest}" for d in found) or "not recorded"
     return "; ".join(f"{k} ({v})" for k, v in seen.items()) or "–"
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from analysis import stats
 from analysis.claims import Claim, check_arguments, check_claim, compose, skipped
 from analysis.decisions import MIN_SEEDS, RHO, Open, power, seeds_needed
-from analysis.evidence import EVIDENCE, INCONCLUSIVE, MARGIN, ROWS, Skip, find
+from analysis.evidence import EVIDENCE, INCONCLUSIVE, MARGIN, ROWS, Evidence, Skip, find
 from analysis.groups import Group
 from analysis.looks import decide, view
 from resnorm.config import TrainConfig
@@ -56,8 +56,8 @@ class Design:
         )
 
 
-def _looks(cid: int, groups: list[Group], design: Design) -> list:
-    out = []
+def _looks(cid: int, groups: list[Group], design: Design) -> list[Evidence | Skip]:
+    out: list[Evidence | Skip] = []
     for planned in design.rounds:
         try:
             out.append(EVIDENCE[cid](view(groups, planned)))

@@ -28,7 +28,7 @@ METHOD_TEXT = (
 )
 
 
-def spread(values: Sequence[float]) -> bool:
+def spread(values: Sequence[float] | np.ndarray) -> bool:
     """Whether ``values`` (two or more) differ among themselves: equal seeds carry no estimate of their spread."""
     return len(values) > 1 and float(np.ptp(np.asarray(values, dtype=float))) > 0
 

@@ -34,7 +34,7 @@ def _write(job: tuple[str, int, int, int, int]) -> None:
 @click.option("--size", type=click.IntRange(min=8), default=300, help="Pixels square of each JPEG.")
 def main(out: str, images: int, classes: int, size: int) -> None:
     root = Path(out)
-    jobs = []
+    jobs: list[tuple[str, int, int, int, int]] = []
     for split, share in SPLITS.items():
         for i in range(int(images * share)):
             label = i % classes

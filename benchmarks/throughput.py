@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -430,7 +431,8 @@ def _worker(job: dict) -> None:
                 raise ResnormError("the other bench workers did not get through their warm-up")
             time.sleep(0.01)
 
-    spec = BenchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()}
+    spec = BenchSpec(**fields)
     print(
         json.dumps(asdict(train_rate(spec, device=torch.device(job["device"]), barrier=barrier, **spec.shared()))),
         flush=True,

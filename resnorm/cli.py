@@ -172,7 +172,7 @@ def guard(job: Callable[[], object], run_id: str | None = None, entry: str | Non
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    stopping = []
+    stopping: list[int] = []
 
     def interrupt(signum, frame):
         # Once: a second SIGTERM (a supervisor repeating itself, the parent-death signal after a
@@ -199,7 +199,7 @@ class HeldSignals:
 
     def __init__(self) -> None:
         self.caught: list[str] = []
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Callable | int | None] = {}
 
     def start(self) -> None:
         def hold(signum, frame):

@@ -141,15 +141,19 @@ class TrainConfig:
             }[kind]
             if not ok:
                 raise ConfigError(f"{field}={value!r} is not {'an' if kind == 'int' else 'a'} {kind}")
-        return cls(**{k: float(v) if FIELD_TYPES[k] == "float" else v for k, v in fields.items()})
+        typed: dict[str, Any] = {k: float(v) if FIELD_TYPES[k] == "float" else v for k, v in fields.items()}
+        return cls(**typed)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
         """The configuration a run's logged params describe (other params, such as depth, are ignored)."""
-        return cls(**{k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES})
+        typed: dict[str, Any] = {k: parse_value(k, v) for k, v in params.items() if k in FIELD_TYPES}
+        return cls(**typed)
 
 
-FIELD_TYPES: dict[str, str] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # names: postponed annotations
+FIELD_TYPES: dict[str, str] = {
+    f.name: str(f.type) for f in dataclasses.fields(TrainConfig)
+}  # names: postponed annotations
 _PARSE = {"int": int, "float": float, "str": str}
 
 

@@ -115,9 +115,9 @@ def batches(
     n = len(split)
     src = split.images.device
     staged = device.type == "cuda" and src.type == "cpu"
+    draws: tuple[torch.Tensor, ...] | None = None
     if generator is None:
         order, stop = torch.arange(n, device=src), n
-        draws = None
     else:
         order, stop = torch.randperm(n, generator=generator), n - n % batch_size
         draws = augment_draws(n, generator, augment_padding) if augment_padding else None

@@ -223,6 +223,8 @@ def run_epoch(t: Training, epoch: int, progress: bool = False) -> EpochStats:
 
 def finish(t: Training) -> TrainResult:
     """The best-validation model, scored on every split, back as an ordinary float32 NCHW module."""
+    if t.best_state is None:
+        raise RuntimeError("no epoch was trained, so there is no best-validation model")  # epochs >= 1: never
     t.model.load_state_dict(t.best_state)
     evaluations = {s: evaluate(t.runner, t.data.split(s), t.cfg.batch_size) for s in SPLITS}
     model = t.model.to(memory_format=torch.contiguous_format).eval()
@@ -259,8 +261,9 @@ def train(
         print(f"{speed.describe()}; images in {t.where}", flush=True)
     if snapshot_path is not None and snapshot_path.exists():
         t.restore(snapshots.load(snapshot_path), snapshot_path)
-    for stats in t.history if on_epoch else ():
-        on_epoch(stats)
+    if on_epoch is not None:
+        for stats in t.history:
+            on_epoch(stats)
     # tqdm's disable=None turns the bar off when not writing to a terminal; one line per epoch then.
     bar = tqdm(
         range(len(t.history) + 1, cfg.epochs + 1),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import mlflow
 import torch
@@ -65,7 +66,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: nn.Module | None = No
     """
     check_images(model, images)
     model.eval()  # batch statistics would mix the images, and eval is how the model predicts
-    layer = layer if layer is not None else model.layer3
+    layer = layer if layer is not None else cast(nn.Module, model.layer3)
     with torch.no_grad():
         probabilities = torch.softmax(model(images), dim=1)
     predicted = probabilities.argmax(1)
@@ -129,6 +130,7 @@ def gradcam_grid(
             if j == 0:
                 ax.set_ylabel(plain("true ?" if truth is None else f"true {classes[truth]}"), fontsize=9)
     # Colorbar room is a fraction of the grid's height; about 0.5 inch whatever the rows.
+    assert shown is not None  # a grid has a cell at least (images and models are checked non-empty)
     fig.colorbar(
         shown,
         ax=axes,

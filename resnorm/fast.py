@@ -130,8 +130,8 @@ def place_images(data: DataBundle, device: torch.device) -> tuple[DataBundle, st
     need = sum(data.split(s).images.numel() for s in SPLITS)
     free, _ = torch.cuda.mem_get_info(device)
     if need + TRAINING_RESERVE_BYTES <= free:
-        splits = {s: Split(data.split(s).images.to(device), data.split(s).labels.to(device)) for s in SPLITS}
-        return dataclasses.replace(data, **splits), "gpu"
+        train, val, test = (Split(data.split(s).images.to(device), data.split(s).labels.to(device)) for s in SPLITS)
+        return dataclasses.replace(data, train=train, val=val, test=test), "gpu"
     return data, "host memory (batches staged through pinned memory)"
 
 
@@ -147,7 +147,8 @@ class Runner:
 
     def __init__(self, model: nn.Module, device: torch.device, speed: Speed = PLAIN) -> None:
         configure_backends(speed, device)
-        self.model = model.to(device, memory_format=speed.memory_format)
+        # torch's stubs leave memory_format out of Module.to, which takes it
+        self.model = model.to(device, memory_format=speed.memory_format)  # type: ignore[call-overload]
         self.device, self.speed = device, speed
         compile_mode = speed.compile_mode
         self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False) if compile_mode else self.model

@@ -27,17 +27,17 @@ def read_image(path: str | Path, image_size: int, channels: int = 3) -> tuple[to
             raw = f.read()
         with Image.open(io.BytesIO(raw)) as img:  # read once: the bytes are hashed too
             upright = ImageOps.exif_transpose(img)
-            img = ImageOps.fit(
+            fitted = ImageOps.fit(
                 _to_8bit(upright, "L" if channels == 1 else "RGB"), (image_size, image_size), Image.Resampling.BILINEAR
             )
-            pixels = np.asarray(img, dtype=np.uint8)
+            array = np.asarray(fitted, dtype=np.uint8)
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read image {path}: {e} Shrink the file or remove it from the folder") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: cannot identify image file {str(path)!r}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
-    pixels = torch.from_numpy(pixels.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
+    pixels = torch.from_numpy(array.reshape(image_size, image_size, -1).transpose(2, 0, 1).copy())
     return pixels, hashlib.sha256(raw).hexdigest()
 
 

@@ -20,6 +20,7 @@ from resnorm.cli import HeldSignals
 from resnorm.config import Launch, TrainConfig, resolve_device
 from resnorm.data import load_data
 from resnorm.engine import train as fit
+from resnorm.errors import ConfigError
 from resnorm.fast import resolve_speed
 from resnorm.resume import resumable
 from resnorm.runlog import training_run
@@ -54,6 +55,8 @@ def train_job(cfg: TrainConfig | None, launch: Launch, run_id: str | None = None
     if resumed is not None:
         cfg = resumed.config
         launch = dataclasses.replace(launch, threads=resumed.threads or launch.threads)
+    if cfg is None:
+        raise ConfigError("train_job needs a configuration, or a run to resume (launch.resume)")
     torch.set_num_threads(launch.torch_threads())
     device = resolve_device(launch.device)
     speed = resolve_speed(launch.mode, device, cfg.batch_size, launch.compile_mode)

@@ -111,6 +111,9 @@ class ResNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    input_mean: torch.Tensor  # buffers (register_buffer), (1, C, 1, 1)
+    input_std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.input_mean) / self.input_std  # (N, C, H, W), images in [0, 1]
         x = F.relu(self.norm1(self.conv1(x)))

@@ -59,6 +59,10 @@ class BatchNorm2d(_ChannelAffine):
     ``running_var`` is updated with the unbiased one, ``running = (1 - m) * running + m * batch``.
     """
 
+    running_mean: torch.Tensor  # buffers (register_buffer)
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = EPS, momentum: float = MOMENTUM) -> None:
         super().__init__(num_features, eps)
         self.momentum = momentum
@@ -220,7 +224,7 @@ def gate_clipper(model: nn.Module) -> Callable[[], None]:
     """A function that clips the model's Batch-Instance gates into [0, 1], which the engine calls
     after every step: the gates are found once, and clipped in two multi-tensor kernels per call
     (nothing to do for the other norms)."""
-    gates = [m.rho for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
+    gates: list[torch.Tensor] = [m.rho for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
 
     @torch.no_grad()
     def clip() -> None:

@@ -15,12 +15,18 @@ from resnorm.errors import ConfigError
 class Settings(Protocol):
     """What the builders read of a run's settings (``TrainConfig`` has it; the config imports this module)."""
 
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    scheduler: str
-    epochs: int
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def scheduler(self) -> str: ...
+    @property
+    def epochs(self) -> int: ...
 
 
 def build_optimizer(cfg: Settings, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:

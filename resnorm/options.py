@@ -17,19 +17,19 @@ class FiniteRange(click.FloatRange):
 
     def __init__(self, low: float, high: float, unit: str) -> None:
         super().__init__(low, high)
-        self.unit = unit
+        self.low, self.high, self.unit = low, high, unit
 
     @property
     def allowed(self) -> str:
         """What is allowed, in words: ``a finite number from 0.01 to 50 (accuracy points)``."""
-        return f"a finite number from {self.min:g} to {self.max:g} ({self.unit})"
+        return f"a finite number from {self.low:g} to {self.high:g} ({self.unit})"
 
     def convert(self, value, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if not (math.isfinite(number) and self.min <= number <= self.max):
+        if not (math.isfinite(number) and self.low <= number <= self.high):
             text = value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
             self.fail(f"{text!r} is not {self.allowed}", param, ctx)
         return number

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,7 +15,7 @@ def plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def curves(epochs: Sequence[int], series: dict[str, dict[str, Sequence[float]]], title: str = "") -> Figure:
+def curves(epochs: Sequence[int], series: Mapping[str, Mapping[str, Sequence[float]]], title: str = "") -> Figure:
     """One panel per quantity (e.g. loss, accuracy), one line per split (e.g. train, val)."""
     fig = Figure(figsize=(5 * len(series), 3.6), layout="constrained")
     for ax, (quantity, lines) in zip(fig.subplots(1, len(series), squeeze=False)[0], series.items()):

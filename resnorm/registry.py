@@ -91,7 +91,7 @@ def best_version(client: MlflowClient, name: str) -> int | None:
     scored = sorted(
         (-float(v.tags[key]), int(v.version), v.run_id)
         for v in client.search_model_versions(f"name = '{name}'")
-        if key in v.tags
+        if key in v.tags and v.run_id is not None
     )
     for _, version, run_id in scored:
         if read_run(client, run_id)[0] is not None:

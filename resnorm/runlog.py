@@ -93,7 +93,11 @@ class RunLogger:
         short = os.path.basename(data.name.rstrip("/")) or data.name
         inputs = [
             DatasetInput(
-                MetaDataset(local(data.source), name=f"{short}-{split}", digest=data.digest(split))._to_mlflow_entity(),
+                MetaDataset(  # type: ignore[abstract]  # MetaDataset is instantiable: its profile is optional
+                    local(data.source),  # type: ignore[operator]  # a registered source is a class
+                    name=f"{short}-{split}",
+                    digest=data.digest(split),
+                )._to_mlflow_entity(),
                 tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split])],
             )
             for split in SPLITS

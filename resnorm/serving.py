@@ -150,5 +150,8 @@ def check_pixels(x: torch.Tensor) -> None:
 
 def _load_pyfunc(path: str, model_config: dict | None = None) -> ImageClassifier:
     """Called by ``mlflow.pyfunc.load_model`` with the model's local folder."""
-    classes = Model.load(os.path.join(path, MLMODEL_FILE_NAME)).metadata[CLASSES_KEY]
+    metadata = Model.load(os.path.join(path, MLMODEL_FILE_NAME)).metadata or {}
+    if CLASSES_KEY not in metadata:
+        raise MlflowException(f"the model at {path} names no classes (its MLmodel has no metadata {CLASSES_KEY!r})")
+    classes = metadata[CLASSES_KEY]
     return ImageClassifier(mlflow.pytorch.load_model(path), classes)

@@ -95,12 +95,13 @@ def resolve(uri: str, client: MlflowClient | None = None) -> tuple[str, str | No
             if e.error_code not in _MISSING:
                 raise
             raise ModelError(f"model {name!r} has no version {version!r} (in {uri!r})") from None
-        if (gone := read_run(client, mv.run_id)[1]) is not None:
+        gone = "not recorded (a version made outside a run)" if mv.run_id is None else read_run(client, mv.run_id)[1]
+        if gone is not None:
             raise ModelError(
                 f"{uri!r} is version {mv.version} of {name!r}, whose run {mv.run_id} is {gone}; "
                 + _instead(name, m["alias"])
             )
-        return mv.run_id, str(mv.version)
+        return str(mv.run_id), str(mv.version)
     if uri.startswith("models:/"):
         raise ModelError(f"cannot read model URI {uri!r}; use models:/<name>@<alias> or models:/<name>/<version>")
     run_id = m["run_id"] if (m := _RUNS_URI.match(uri)) else uri

@@ -1,6 +1,8 @@
-"""Every command in README.md's fenced code blocks runs, as written, in the order the README gives.
+"""Every command in the fenced code blocks of README.md and of the manual (docs/, in the order the README's
+map lists its pages) runs, as written, in that order; every relative link resolves; no dated figure stands
+outside docs/benchmarks.md.
 
-The README is read when the test runs. Each ```bash block is cut into commands (continuation lines
+The README and the manual are read when the test runs. Each ```bash block is cut into commands (continuation lines
 joined, comments dropped, ``&&`` chains split) and every ```python block is one snippet. Each
 command must match exactly one row of RUNNERS or SKIPPED; a command that matches neither fails
 the test: a README command without a test is a defect.
@@ -29,6 +31,7 @@ Substitutions, only where a command would take long or names a place that does n
 | ``bench.py --image-size 32 ... --steps 10 --warmup 3`` | ``--image-size 8 ... --steps 1 --warmup 1 --feed-files 16 --compile-mode none`` | seconds (compiling on the CPU: a minute) |
 | ``analyze_store.py --runs 200 --steps 50``   | ``--runs 4 --steps 3``                            | seconds              |
 | ``benchmarks/startup.py``                    | ``--no-sweep --repeats 1`` appended               | a minute, not three  |
+| ``design.py --sims 2000``                    | ``--sims 5``, one scenario                        | seconds, not minutes |
 | a ``python`` snippet                         | run in this process, in the copy, on its default store; ``images``, ``labels``, ``classes`` defined first (digits test images at 8 px) | the README leaves them to the reader |
 """
 
@@ -53,6 +56,7 @@ from tests.conftest import NO_SERVER_JOBS, ROOT, free_port, make_class_tree, sto
 SKIPPED = {
     r"^pip install": "installs packages: the environment this test runs in is that install",
     r"^python -m pytest": "the test suite itself (this test is part of it)",
+    r"^mypy$": "the type check: the test command runs it before this suite",
     r"^bash benchmarks/gpu_check\.sh": "needs a CUDA GPU",
     r"^mlflow server --backend-store-uri sqlite:///mlflow\.db --host 0\.0\.0\.0 |^ray start |"
     r"^MLFLOW_TRACKING_URI=http://<server>:5000 mlflow run \. -e sweep .*-P executor=ray": "the multi-machine recipe: tests/test_distributed.py runs it on one machine (a server, a Ray head and two "
@@ -306,6 +310,11 @@ def run_ruff(r: Readme, cmd: str) -> None:
     r.run(cmd)  # the lint and the format check of the test command, on the copy of the project
 
 
+def run_design(r: Readme, cmd: str) -> None:
+    table = r.run(cmd.replace("--sims 2000", "--sims 5") + " --only 'claim 6, cosine'").stdout
+    assert "claim 6, cosine 0.3 points better" in table and "trainings to decide, mean" in table
+
+
 def run_startup(r: Readme, cmd: str) -> None:
     table = r.run(cmd + " --no-sweep --repeats 1").stdout
     assert "| pt2 export (torch.export) |" in table and "x the floor |" in table
@@ -328,6 +337,7 @@ RUNNERS = [
     (r"^mlflow run \. -e bench |^python entrypoints/bench\.py ", run_bench),
     (r"^python benchmarks/analyze_store\.py ", run_analyze_store),
     (r"^python benchmarks/startup\.py$", run_startup),
+    (r"^python benchmarks/design\.py ", run_design),
     (r"^ruff (check|format --check) \.$", run_ruff),
 ]
 
@@ -344,9 +354,21 @@ def how_to_run(kind: str, command: str):
     pytest.fail(f"README.md has a command this test does not know how to run; add it to RUNNERS or SKIPPED: {command}")
 
 
+def manual() -> list[Path]:
+    """README.md, then the manual's pages in the order its table lists them."""
+    readme = (ROOT / "README.md").read_text()
+    pages = re.findall(r"\]\((docs/[\w-]+\.md)\)", readme.split("## The manual", 1)[1])
+    return [ROOT / "README.md", *(ROOT / p for p in dict.fromkeys(pages))]
+
+
+def manual_text() -> str:
+    return "\n".join(path.read_text() for path in manual())
+
+
 def test_every_readme_command_is_known_to_this_test():
-    """Cheap and first: every command of the README has a runner or a reason to skip it."""
-    commands = readme_commands((ROOT / "README.md").read_text())
+    """Cheap and first: every command of the README and the manual has a runner or a reason to skip it."""
+    assert {p.name for p in manual()[1:]} == {p.name for p in (ROOT / "docs").glob("*.md")}, "a page not in the map"
+    commands = readme_commands(manual_text())
     assert any(kind == "python" for kind, _ in commands) and len(commands) > 10
     for kind, command in commands:
         how_to_run(kind, command)
@@ -356,9 +378,54 @@ def test_every_readme_command_is_known_to_this_test():
 def test_every_readme_command_runs_as_written(tmp_path):
     r = Readme(tmp_path)
     ran = []
-    for kind, command in readme_commands((ROOT / "README.md").read_text()):
+    for kind, command in readme_commands(manual_text()):
         runner = how_to_run(kind, command)
         if runner is not None:
             runner(r, command)
             ran.append(command)
     assert len(ran) >= 20, ran
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces as hyphens."""
+    text = heading.strip().lower().replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_every_relative_link_of_the_manual_resolves():
+    broken = []
+    for path in manual():
+        text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+://|^mailto:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.is_file():
+                broken.append(f"{path.name}: {target} (no such file)")
+            elif anchor and anchor not in anchors(linked):
+                broken.append(f"{path.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_no_dated_figure_stands_outside_the_benchmarks_page():
+    """A figure in prose goes stale: measured figures live in docs/benchmarks.md, with their date."""
+    dated = [
+        f"{path.name}: {line.strip()[:100]}"
+        for path in manual()
+        if path.name != "benchmarks.md"
+        for line in path.read_text().splitlines()
+        if re.search(r"\b20\d\d-\d\d\b", line)
+    ]
+    assert not dated, dated
+
+
+def test_the_readme_and_every_page_keep_their_size():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 220
+    for page in (ROOT / "docs").glob("*.md"):
+        assert len(page.read_text().splitlines()) < 300, page.name

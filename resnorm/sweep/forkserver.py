@@ -21,15 +21,17 @@ import os
 import sys
 from collections.abc import Sequence
 from multiprocessing import forkserver
+from types import FrameType
 
 # Imported by the server before it forks anything: this module first (the server then ends at once,
 # see the end of this file), then the worker and everything a training needs.
 PRELOAD = ["resnorm.sweep.forkserver", "resnorm.sweep.worker"]
 
 
-def context() -> multiprocessing.context.BaseContext:
+def context() -> multiprocessing.context.ForkServerContext:
     """The ``multiprocessing`` context whose processes are forked by the server."""
     ctx = multiprocessing.get_context("forkserver")
+    assert isinstance(ctx, multiprocessing.context.ForkServerContext)
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
@@ -79,7 +81,7 @@ def in_fork_server() -> bool:
     """Whether this import is the fork server's preload: ``multiprocessing.forkserver.main`` is on
     the stack (only there; the sweep and its workers import this module otherwise)."""
     main = getattr(sys.modules.get("multiprocessing.forkserver"), "main", None)
-    frame = sys._getframe()
+    frame: FrameType | None = sys._getframe()
     while frame is not None:
         if frame.f_code is getattr(main, "__code__", None):
             return True

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from multiprocessing import reduction
 from multiprocessing.process import BaseProcess
+from typing import IO
 
 from mlflow.tracking import MlflowClient
 
@@ -81,7 +82,7 @@ class Worker:
             process.start()
             os.close(requests_end)
             self.proc: subprocess.Popen | _Forked = _Forked(process)
-            self.requests = os.fdopen(requests, "w")
+            self.requests: IO[str] = os.fdopen(requests, "w")
         else:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "resnorm.sweep.worker", str(reply_end), str(os.getpid())],
@@ -91,6 +92,7 @@ class Worker:
                 env=env,
                 start_new_session=True,
             )
+            assert self.proc.stdin is not None  # stdin=PIPE
             self.requests = self.proc.stdin
         os.close(reply_end)  # the worker holds the only write end: its death is an end of file here
         self.replies = os.fdopen(replies)
@@ -176,6 +178,7 @@ class _Forked:
     code as the fork server reports it (None while it runs, or when the server is gone)."""
 
     def __init__(self, process: BaseProcess) -> None:
+        assert process.pid is not None  # started
         self.process, self.pid = process, process.pid
 
     def poll(self) -> int | None:
@@ -255,6 +258,7 @@ class Pool:
                 for replies in ready:
                     w = busy[replies]
                     child, run_id = w.child, w.run_id
+                    assert child is not None  # busy: it has a child
                     w.child = None
                     if w.read_reply() is None:  # the worker died: fail its child; another takes its place
                         report(child, run_id, settle(client, run_id, w.death()))

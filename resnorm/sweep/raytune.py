@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import tempfile
@@ -132,11 +133,11 @@ def run_ray(
         "excludes": excludes,
         "env_vars": {"MLFLOW_TRACKING_URI": absolute_tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true"},
     }
-    ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
+    ray.init(address=address or None, runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING)
     try:
         specs = [{"ctx": asdict(ctx), "child": asdict(c)} for c in children]  # plain dicts travel to the workers
         cpu = RAY_CPUS_PER_TRIAL
-        resources = {"cpu": cpu, "gpu": 1 / per_gpu} if gpus else {"cpu": cpu}
+        resources: dict[str, float] = {"cpu": cpu, "gpu": 1 / per_gpu} if gpus else {"cpu": cpu}
         with contextlib.ExitStack() as stack:
             storage = storage_for(storage_path) if storage_path else stack.enter_context(tempfile.TemporaryDirectory())
             tuner = tune.Tuner(

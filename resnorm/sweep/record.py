@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -45,7 +46,7 @@ def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: i
     the command that re-runs it into its parent (every word quoted for a shell). ``analyze`` reports
     against it."""
     params = " ".join(f"-P {k}={shlex.quote(v)}" for k, v in spec.params(parallel).items() if v)
-    record = {
+    record: dict[str, Any] = {
         "preset": spec.preset,
         "grid": spec.grid,
         "seeds": AUTO if spec.adaptive else spec.seeds,
@@ -64,7 +65,7 @@ def plan_record(spec: SweepSpec, children: list[Child], run_id: str, parallel: i
     return record
 
 
-def read_plan(client: MlflowClient, run_id: str) -> object | None:
+def read_plan(client: MlflowClient, run_id: str) -> Any:
     """The parent's ``sweep.json`` as it was logged (None when there is none; what JSON cannot read, as
     ``{"unreadable": why}``)."""
     if not any(f.path == names.SWEEP_PLAN for f in client.list_artifacts(run_id)):
@@ -81,12 +82,13 @@ def _without_seed(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, seed=TrainConfig.seed)
 
 
-def plan_problem(logged: object, seeds: int | None, max_seeds: int) -> str:
-    """What keeps a logged plan from holding together, or "" when it does: readable, each configuration
-    once, and (an adaptive sweep, ``seeds`` None) every configuration's seeds 3 in round 1, then one more
-    each after, in rounds that do not go back, up to ``max_seeds``."""
+def plan_problem(logged: Any, seeds: int | None, max_seeds: int) -> str:
+    """What keeps a logged plan (any JSON: a hand-edit may have made it anything) from holding together, or
+    "" when it does: readable, each configuration once, and (an adaptive sweep, ``seeds`` None) every
+    configuration's seeds 3 in round 1, then one more each after, in rounds that do not go back, up to
+    ``max_seeds``."""
     try:
-        entries = logged["configurations"]  # type: ignore[index]
+        entries = logged["configurations"]
         configs = [TrainConfig.from_record(c["config"]) for c in entries]
         rounds = [c.get("round", 1) for c in entries]
         for c in entries:

@@ -156,7 +156,7 @@ def _rounds(
         children = _to_run(client, ctx, spec, planned)
         _check_finished(execute(children), children, ctx.parent_run_id)
         _check_stored(client, ctx, planned)
-        if not spec.adaptive:
+        if not spec.adaptive or next_round is None:  # seeds fixed in advance: one round
             return
         more = next_round(client, ctx.parent_run_id, planned, spec)
         if not more:
