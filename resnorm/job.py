@@ -23,8 +23,8 @@ from resnorm.engine import train as fit
 from resnorm.errors import ConfigError
 from resnorm.fast import resolve_speed
 from resnorm.resume import resumable
-from resnorm.runlog import training_run
 from resnorm.tracking import check_tracking_server
+from resnorm.trainrun import training_run
 from resnorm.waiting import sync_timeout
 
 

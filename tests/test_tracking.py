@@ -17,7 +17,7 @@ from resnorm.data import synthetic
 from resnorm.engine import train
 from resnorm.errors import TrainingDiverged
 from resnorm.registry import promote_if_better
-from resnorm.runlog import training_run
+from resnorm.trainrun import training_run
 from resnorm.weights import load_trained
 from tests.conftest import TINY, command, one_line, run_command
 

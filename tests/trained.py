@@ -12,7 +12,7 @@ import torch
 from resnorm.bundle import DataBundle
 from resnorm.config import Launch, TrainConfig
 from resnorm.engine import TrainResult, train
-from resnorm.runlog import training_run
+from resnorm.trainrun import training_run
 
 CPU = torch.device("cpu")
 

@@ -24,7 +24,7 @@ from resnorm import PROJECT_ROOT, names, snapshots
 from resnorm.config import Launch, TrainConfig
 from resnorm.errors import ConfigError, ResnormError
 from resnorm.sweep.child import Child, SweepContext, absolute_tracking_uri, create_child_run, sweep_children
-from resnorm.sweep.pool import Worker
+from resnorm.sweep.workers import Worker
 from resnorm.tracking import FAILED, FINISHED, RUNNING
 
 RAY_MAX_FAILURES = 3  # a trial that fails (its node lost, its process killed) is retried this often
