@@ -240,7 +240,7 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
             )
         )
         start = time.perf_counter()
-        _, images, _ = decode_class_tree(Path(tmp), image_size, "decoding")
+        _, images, _ = decode_class_tree(Path(tmp), image_size)
         rates.append(
             FeedRate(
                 "decode",

@@ -1,9 +1,8 @@
 """What a data source becomes: three splits of uint8 images (``Split``) and their classes
-(``DataBundle``), the 70/15/15 split of a source that comes undivided, and the memory check every
-source makes before it decodes.
-
-Every source is decoded once into ``uint8`` tensors of shape (N, C, H, W) at ``image_size``; the
-digits and the synthetic set are made in ``resnorm.data``, image folders in ``resnorm.folders``.
+(``DataBundle``). Every source is loaded in one walk - its images made or listed and decoded (the digits
+and the synthetic set in ``resnorm.data``, image folders in ``resnorm.folders``), then split
+(``split_indices``: as a folder's splits say, or 70/15/15 per class) and built (``build``) here - with
+the memory check every source makes before it decodes (``check_fits``).
 """
 
 from __future__ import annotations
@@ -92,29 +91,31 @@ def check_classes(where: str, classes) -> None:
         )
 
 
-def split_arrays(name: str, classes, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """The 70/15/15 split of an undivided source (indices per split), or one line naming why not."""
-    check_classes(name, classes)
+def split_indices(name: str, labels: np.ndarray, given: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Step 3 of loading a source: the indices of each split - as ``given`` (each image's split, a folder
+    already split), else drawn 70/15/15 per class (``stratified_split``), or one line naming why not."""
+    if given is not None:
+        where = np.asarray(given)
+        return {s: np.flatnonzero(where == s) for s in SPLITS}
     try:
         return stratified_split(labels)
     except ValueError as e:  # scikit-learn: a class too small to stratify
         raise DataError(f"{name}: too few images per class to split it 70/15/15 ({e})") from None
 
 
-def bundle_from_arrays(
+def build(
     name: str,
     source: str,
     classes,
     images: torch.Tensor,
     labels: np.ndarray,
-    parts: dict[str, np.ndarray] | None = None,
+    parts: dict[str, np.ndarray],
     duplicates: tuple[str, ...] = (),
 ) -> DataBundle:
-    """Split an undivided source (``parts``: its split indices, made here when not given)."""
-    parts = split_arrays(name, classes, labels) if parts is None else parts
+    """Step 4: the bundle of a decoded source, ``parts`` its split indices (``split_indices``)."""
     targets = torch.as_tensor(labels, dtype=torch.long)
     splits = {k: Split(images[torch.as_tensor(v)], targets[torch.as_tensor(v)]) for k, v in parts.items()}
-    return DataBundle(name, source, tuple(classes), **splits, duplicates=duplicates)
+    return DataBundle(name, source, tuple(classes), splits["train"], splits["val"], splits["test"], duplicates)
 
 
 def check_fits(root: Path | str, count: int, image_size: int, channels: int = 3, bytes_per_value: int = 1) -> None:

@@ -22,7 +22,7 @@ import sklearn.datasets
 import torch
 import torch.nn.functional as F
 
-from resnorm.bundle import DataBundle, Split, bundle_from_arrays, check_fits
+from resnorm.bundle import DataBundle, Split, build, check_fits, split_indices
 from resnorm.folders import load_folder
 
 
@@ -51,7 +51,8 @@ def _digits(image_size: int) -> DataBundle:
     images = torch.as_tensor(np.rint(digits.images * (255 / 16)), dtype=torch.uint8).unsqueeze(1)
     source = str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
     classes = [str(c) for c in digits.target_names]
-    return bundle_from_arrays("digits", source, classes, _resize(images, image_size), digits.target)
+    parts = split_indices("digits", digits.target)
+    return build("digits", source, classes, _resize(images, image_size), digits.target, parts)
 
 
 def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, seed: int = 0) -> DataBundle:
@@ -67,9 +68,8 @@ def synthetic(image_size: int = 16, per_class: int = 40, num_classes: int = 4, s
         y0, x0 = (c // 2 % 2) * half, (c % 2) * half
         x[rows, c % 3, y0 : y0 + half, x0 : x0 + half] += 0.5
     images = (x * 255).round().to(torch.uint8)
-    return bundle_from_arrays(
-        "synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy()
-    )
+    parts = split_indices("synthetic", labels.numpy())
+    return build("synthetic", "synthetic", [f"class{c}" for c in range(num_classes)], images, labels.numpy(), parts)
 
 
 def augment_draws(n: int, generator: torch.Generator, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,11 +1,10 @@
-"""Image folders: listed, decoded once into uint8 tensors, and kept decoded on disk.
-
-A folder is either split already (``train/``, ``val/``, ``test/``, the same class folders in each)
-or one tree of class folders that is split here 70/15/15 per class. Every file is decoded with
-Pillow, in parallel threads, at ``image_size``; each file counts once whatever links point at it,
-and images byte-identical across splits are named. The decoded bundle is kept under
-``$RESNORM_HOME/decoded/``, keyed by every file's path, size and modification time and by
-``image_size``, so the runs of a sweep decode a folder once.
+"""Image folders, loaded in one walk: listed (``list_folder``: every file once whatever links point at it,
+and every check the listing allows), decoded (``decode``: Pillow, in parallel threads, at ``image_size``),
+split and built (``resnorm.bundle``). A folder is either split already (``train/``, ``val/``, ``test/``,
+the same class folders in each) or one tree of class folders that is split 70/15/15 per class; images
+byte-identical across splits are named. The built bundle is kept under ``$RESNORM_HOME/decoded/``, keyed
+by every file's path, size and modification time and by ``image_size``, so the runs of a sweep decode a
+folder once.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from resnorm import home
-from resnorm.bundle import SPLITS, DataBundle, Split, bundle_from_arrays, check_classes, check_fits, split_arrays
+from resnorm.bundle import SPLITS, DataBundle, Split, build, check_classes, check_fits, split_indices
 from resnorm.errors import DataError, one_line, warn
 from resnorm.images import image_extensions, read_image
 
@@ -112,46 +111,56 @@ def _own_files(listings: dict[str, Listing]) -> dict[str, Listing]:
     return kept
 
 
-def _cross_split_duplicates(root: Path, digests: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
-    """ "a = b" for every image whose bytes appear in another split too ({split: [(path, sha256)]})."""
-    first: dict[str, tuple[str, str]] = {}
-    found = []
-    for split, items in digests.items():
-        for path, digest in items:
-            if digest in first and first[digest][0] != split:
-                found.append(f"{os.path.relpath(first[digest][1], root)} = {os.path.relpath(path, root)}")
-            first.setdefault(digest, (split, path))
-    return tuple(found)
+@dataclass(frozen=True)
+class Folder:
+    """An image folder as listed: its classes, every image file once (as listed, links kept) with its label
+    and the split it lies in ("" for a single class tree, split later), and the files left out."""
+
+    root: Path
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    splits: tuple[str, ...]  # per file
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def given_splits(self) -> bool:
+        return bool(self.splits) and self.splits[0] != ""
 
 
-def decode_class_tree(root: Path, image_size: int, desc: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
-    """Decode every image of a class tree, in parallel (PIL releases the GIL while decoding), into
-    one preallocated uint8 tensor: (classes, images, labels)."""
-    listing = list_class_tree(root)
-    images, _ = _decode_listing(listing, image_size, desc)
-    return listing.classes, images, listing.labels
-
-
-def _decode_listing(listing: Listing, image_size: int, desc: str) -> tuple[torch.Tensor, list[str]]:
-    """(images, the SHA-256 of each file)."""
-    paths = listing.paths
-    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
-    hashes = [""] * len(paths)
-
-    def decode_into(i: int) -> None:
-        images[i], hashes[i] = read_image(paths[i], image_size)
-
-    workers = min(32, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
-            pass
-    return images, hashes
-
-
-# The decoded images of a folder are kept on disk, keyed by every file the listing reads (its
-# path as listed, the path of the file itself behind any link, size and modification time), by
-# the classes and by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
-CACHE_FORMAT = 3  # 3: EXIF orientation applied, float images scaled, hidden folders left out, links in the key
+def list_folder(root: Path) -> Folder:
+    """Step 1 of loading a folder: its files, and every check the listing allows - a folder, all of train/,
+    val/, test/ or none, the same class folders in each, at least two classes; files Pillow does not open
+    by their extension are left out on one ``warning:`` line."""
+    if not root.is_dir():
+        raise DataError(
+            f"data {str(root)!r} is not a folder; give 'digits', 'synthetic' or an image folder "
+            "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
+        )
+    root = root.resolve()
+    listings = _listings(root)
+    classes = next(iter(listings.values())).classes
+    for s, listing in listings.items():
+        if listing.classes != classes:
+            raise DataError(
+                f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has "
+                f"{', '.join(listing.classes)}"
+            )
+    check_classes(str(root), classes)
+    skipped = [p for listing in listings.values() for p in listing.skipped]
+    if skipped:
+        warn(
+            f"{root}: {len(skipped)} file(s) left out, not images Pillow opens by their extension: "
+            f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}"
+        )
+    return Folder(
+        root,
+        classes,
+        [p for listing in listings.values() for p in listing.paths],
+        np.concatenate([listing.labels for listing in listings.values()]),
+        tuple(s for s, listing in listings.items() for _ in listing.paths),
+        tuple(skipped),
+    )
 
 
 def _listings(root: Path) -> dict[str, Listing]:
@@ -166,36 +175,20 @@ def _listings(root: Path) -> dict[str, Listing]:
     return _own_files(listings)
 
 
-def _cache_key(root: Path, image_size: int, listings: dict[str, Listing]) -> str:
-    h = hashlib.sha256(f"{CACHE_FORMAT}:{root}:{image_size}".encode())
-    for split, listing in listings.items():
-        h.update(f"{split}:{'/'.join(listing.classes)}\n".encode("utf-8", "surrogateescape"))
-        for path, label in zip(listing.paths, listing.labels):
-            st = os.stat(path)
-            line = f"{os.path.relpath(path, root)}:{os.path.realpath(path)}:{label}:{st.st_size}:{st.st_mtime_ns}\n"
-            h.update(line.encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:24]
-
-
 def load_folder(root: Path, image_size: int) -> DataBundle:
-    """The folder's bundle: from the decoded cache when it holds this folder as it is now, else decoded."""
-    if not root.is_dir():
-        raise DataError(
-            f"data {str(root)!r} is not a folder; give 'digits', 'synthetic' or an image folder "
-            "(train/, val/, test/ with class sub-folders, or one tree of class folders)"
-        )
-    root = root.resolve()
-    listings = _listings(root)
-    skipped = [p for listing in listings.values() for p in listing.skipped]
-    if skipped:
-        warn(
-            f"{root}: {len(skipped)} file(s) left out, not images Pillow opens by their extension: "
-            f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}"
-        )
-    cached = home.decoded_dir() / f"{root.name}-{image_size}px-{_cache_key(root, image_size, listings)}.pt"
-    data = _load_cached(cached, root)
+    """A folder's bundle, in one walk: listed (``list_folder``), decoded (``decode``: Pillow, in parallel),
+    split (``bundle.split_indices``: as its folders say, or 70/15/15 per class) and built
+    (``bundle.build``). The decoded cache holds the built bundle, keyed by the listing: a folder listed
+    as it was before skips the three other steps."""
+    folder = list_folder(root)
+    cached = home.decoded_dir() / f"{folder.root.name}-{image_size}px-{_cache_key(folder, image_size)}.pt"
+    data = _load_cached(cached, folder.root)
     if data is None:
-        data = _decode_folder(root, image_size, listings)
+        check_fits(folder.root, len(folder.paths), image_size)  # before decoding: it may not fit in memory
+        images, hashes = decode(folder, image_size)
+        parts = split_indices(str(folder.root), folder.labels, folder.splits if folder.given_splits else None)
+        duplicates = _cross_split_duplicates(folder, hashes, parts)
+        data = build(str(folder.root), str(folder.root), folder.classes, images, folder.labels, parts, duplicates)
         _save_cached(cached, data)
     if data.duplicates:
         warn(
@@ -203,6 +196,57 @@ def load_folder(root: Path, image_size: int) -> DataBundle:
             f"so the scores overstate: {'; '.join(data.duplicates[:3])}"
         )
     return data
+
+
+def decode(folder: Folder, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Step 2: every listed file decoded, in parallel threads (Pillow releases the GIL while decoding),
+    into one preallocated uint8 tensor (N, 3, H, W); with the SHA-256 of each file."""
+    paths = folder.paths
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    hashes = [""] * len(paths)
+
+    def decode_into(i: int) -> None:
+        images[i], hashes[i] = read_image(paths[i], image_size)
+
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    desc = f"decoding {folder.root.name}"
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in tqdm(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
+            pass
+    return images, hashes
+
+
+def _cross_split_duplicates(folder: Folder, hashes: list[str], parts: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """ "a = b" for every image whose bytes appear in another split too."""
+    first: dict[str, tuple[str, str]] = {}
+    found = []
+    for split, indices in parts.items():
+        for i in indices:
+            path, digest = folder.paths[i], hashes[i]
+            if digest in first and first[digest][0] != split:
+                found.append(f"{os.path.relpath(first[digest][1], folder.root)} = {os.path.relpath(path, folder.root)}")
+            first.setdefault(digest, (split, path))
+    return tuple(found)
+
+
+# The decoded images of a folder are kept on disk, keyed by every file the listing reads (its
+# path as listed, the path of the file itself behind any link, size and modification time), by
+# the classes and by image_size, so the runs of a sweep (and later sweeps) decode a folder once.
+CACHE_FORMAT = 3  # 3: EXIF orientation applied, float images scaled, hidden folders left out, links in the key
+
+
+def _cache_key(folder: Folder, image_size: int) -> str:
+    root = folder.root
+    h = hashlib.sha256(f"{CACHE_FORMAT}:{root}:{image_size}".encode())
+    for split in dict.fromkeys(folder.splits):
+        h.update(f"{split}:{'/'.join(folder.classes)}\n".encode("utf-8", "surrogateescape"))
+        for path, label, where in zip(folder.paths, folder.labels, folder.splits):
+            if where != split:
+                continue
+            st = os.stat(path)
+            line = f"{os.path.relpath(path, root)}:{os.path.realpath(path)}:{label}:{st.st_size}:{st.st_mtime_ns}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24]
 
 
 def _load_cached(path: Path, root: Path) -> DataBundle | None:
@@ -242,37 +286,9 @@ def _save_cached(path: Path, data: DataBundle) -> None:
         warn(f"could not keep the decoded images in {path} (the next run decodes them again): {one_line(e)[:300]}")
 
 
-def _decode_folder(root: Path, image_size: int, listings: dict[str, Listing]) -> DataBundle:
-    check_fits(root, sum(len(listing.paths) for listing in listings.values()), image_size)
-    if "" in listings:
-        return _decode_tree(root, listings[""], image_size)
-    classes = listings["train"].classes
-    for s in SPLITS:
-        if listings[s].classes != classes:
-            raise DataError(
-                f"class folders differ between splits: train/ has {', '.join(classes)} but {s}/ has "
-                f"{', '.join(listings[s].classes)}"
-            )
-    check_classes(str(root), classes)
-    splits, digests = {}, {}
-    for s in SPLITS:
-        images, hashes = _decode_listing(listings[s], image_size, f"decoding {s}")
-        digests[s] = list(zip(listings[s].paths, hashes))
-        splits[s] = Split(images, torch.as_tensor(listings[s].labels))
-    return DataBundle(str(root), str(root), tuple(classes), **splits, duplicates=_cross_split_duplicates(root, digests))
-
-
-def _decode_tree(root: Path, listing: Listing, image_size: int) -> DataBundle:
-    """A single class tree, decoded and split here 70/15/15."""
-    parts = split_arrays(str(root), listing.classes, listing.labels)
-    images, hashes = _decode_listing(listing, image_size, f"decoding {root.name}")
-    digests = {s: [(listing.paths[i], hashes[i]) for i in parts[s]] for s in SPLITS}
-    return bundle_from_arrays(
-        str(root),
-        str(root),
-        listing.classes,
-        images,
-        listing.labels,
-        parts,
-        duplicates=_cross_split_duplicates(root, digests),
-    )
+def decode_class_tree(root: Path, image_size: int) -> tuple[list[str], torch.Tensor, np.ndarray]:
+    """Every image of a class tree, decoded: (classes, images, labels); for benchmarks, which time it."""
+    listing = list_class_tree(root)
+    folder = Folder(root, listing.classes, listing.paths, listing.labels, ("",) * len(listing.paths))
+    images, _ = decode(folder, image_size)
+    return listing.classes, images, listing.labels
