@@ -88,14 +88,14 @@ def child(spawned: float) -> None:
 
     import torch
 
-    from resnorm import engine, job, runlog, serving, snapshots, weights
+    from resnorm import engine, job, runlog, serving, snapshots, trainrun, weights
     from resnorm.config import Launch, TrainConfig
 
     wraps = [
         (job, "check_tracking_server", "tracking check"),
-        (runlog, "check_tracking_server", "tracking check"),
+        (trainrun, "check_tracking_server", "tracking check"),
         (job, "load_data", "data"),
-        (runlog, "_open", "run start (create or open)"),
+        (trainrun, "_open", "run start (create or open)"),
         (runlog.RunLogger, "log_config", "run start (params, tags)"),
         (runlog.RunLogger, "log_dataset", "run start (dataset inputs)"),
         (engine, "prepare", "model build"),

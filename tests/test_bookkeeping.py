@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import time
 from dataclasses import replace
@@ -267,7 +268,8 @@ def test_scores_that_are_not_scores_and_seeds_finished_twice_are_named_never_cou
         in err
     )
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "4 of 6 planned seeds finished" in md and "103" not in md and "150" not in md
+    scores_shown = re.sub(r"[0-9a-f]{32}", "<run id>", md)  # a run id may hold "103" or "150"
+    assert "4 of 6 planned seeds finished" in md and "103" not in scores_shown and "150" not in scores_shown
     csv = (tmp_path / "out" / "tables" / "sweep.csv").read_text()
     assert copy.info.run_id not in csv
 
