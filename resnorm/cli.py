@@ -11,17 +11,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import select
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NoReturn
 
 import click
 
-from resnorm.errors import ConfigError, Interrupted, ResnormError, RunBusy, one_line
+from resnorm.errors import ConfigError, ResnormError, RunBusy, one_line
+from resnorm.signals import interrupts, stop_with_parent
 
 
 def main(command: click.Command) -> NoReturn:
@@ -99,38 +97,6 @@ def leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-def stop_with_parent(parent_pid: int) -> None:
-    """Have the kernel send this process SIGTERM when ``parent_pid``, its parent, dies (Linux's
-    parent-death signal; elsewhere nothing): the job then ends as SIGTERM ends it, its run KILLED."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1  # from <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # it died before the line above took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def stop_when_gone(pid: int) -> None:
-    """Send this process SIGTERM when process ``pid`` (not its parent: a forked sweep worker's parent
-    is the fork server) ends, as ``stop_with_parent`` does for a parent: a thread waits on the
-    process's pidfd (Linux 5.3 and later; elsewhere nothing)."""
-    try:
-        watched = os.pidfd_open(pid)
-    except ProcessLookupError:  # gone already
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    except (AttributeError, OSError):  # no pidfds here
-        return
-
-    def watch() -> None:
-        select.select([watched], [], [])
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name=f"stop-when-{pid}-ends", daemon=True).start()
-
-
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command; print errors as ``error: ...`` and exit 2 (usage), 1 (run) or 130 (interrupted)."""
     code = _run(command, args)
@@ -148,7 +114,7 @@ def guard(job: Callable[[], object], run_id: str | None = None, entry: str | Non
     ``entry``: the job's entry point when ``run_id`` comes from ``MLFLOW_RUN_ID``, which a process may
     inherit: the run is then ended only if it was made for this entry point and no job has taken it
     (``resnorm.jobruns.made_for``); a notebook's run or a sweep's parent is left as it is."""
-    with _sigterm_interrupts():
+    with interrupts():
         try:
             job()
             return 0
@@ -168,59 +134,6 @@ def guard(job: Callable[[], object], run_id: str | None = None, entry: str | Non
             return _fail(str(e) or "interrupted", 130, run_id, entry, interrupted=True)
         except Exception as e:  # noqa: BLE001 - the boundary: whatever it is, one line and a FAILED run
             return _fail(f"{type(e).__name__}: {e} (RESNORM_DEBUG=1 prints the traceback)", 1, run_id, entry, e)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    stopping: list[int] = []
-
-    def interrupt(signum, frame):
-        # Once: a second SIGTERM (a supervisor repeating itself, the parent-death signal after a
-        # SIGTERM to the process group) must not cut short the first one's ending of the run KILLED.
-        if not stopping:
-            stopping.append(signum)
-            raise Interrupted("stopped by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class HeldSignals:
-    """From ``start()`` to the end of the block, SIGTERM and Ctrl-C wait: a run logging its model
-    completes (its model logged, registered, the run FINISHED) and the signal is raised afterwards,
-    as ``Interrupted``. Stopped half-way, MLflow could leave a FINISHED run without its model."""
-
-    def __init__(self) -> None:
-        self.caught: list[str] = []
-        self.previous: dict[int, Callable | int | None] = {}
-
-    def start(self) -> None:
-        def hold(signum, frame):
-            self.caught.append(signal.Signals(signum).name)
-
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.previous[signum] = signal.signal(signum, hold)
-        except ValueError:  # not the main thread: signals are not ours to hold
-            pass
-
-    def __enter__(self) -> HeldSignals:
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        if self.caught and kind is None:
-            raise Interrupted(
-                f"stopped by {self.caught[0]}, which came while the run was logging its model: the run finished first"
-            )
 
 
 def _fail(

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from resnorm import names
-from resnorm.cli import HeldSignals
 from resnorm.config import Launch, TrainConfig, resolve_device
 from resnorm.data import load_data
 from resnorm.engine import train as fit
 from resnorm.errors import ConfigError
 from resnorm.fast import resolve_speed
 from resnorm.resume import resumable
+from resnorm.signals import HeldSignals
 from resnorm.tracking import check_tracking_server
 from resnorm.trainrun import training_run
 from resnorm.waiting import sync_timeout

@@ -14,7 +14,7 @@ code the entry point would have had). It ends when its requests end.
 SIGTERM while a child trains ends that child KILLED (resumable) and the worker with it, as it
 ends a ``train`` process. Workers run in sessions of their own, so a terminal's Ctrl-C reaches
 only the sweep, which stops its workers itself; a sweep that dies without doing so (``kill -9``)
-has its workers sent SIGTERM (``resnorm.cli.stop_with_parent``, ``stop_when_gone``), so none
+has its workers sent SIGTERM (``resnorm.signals.stop_with_parent``, ``stop_when_gone``), so none
 trains on as an orphan holding its run's lock.
 """
 
@@ -36,8 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402, F401 - every training's optimizer loads it: once in the fork server
 
-from resnorm.cli import best_effort_output, guard, leave, stop_when_gone, stop_with_parent  # noqa: E402
+from resnorm.cli import best_effort_output, guard, leave  # noqa: E402
 from resnorm.job import train_job  # noqa: E402
+from resnorm.signals import stop_when_gone, stop_with_parent  # noqa: E402
 from resnorm.sweep.child import read_request  # noqa: E402
 from resnorm.sweep.forkserver import in_fork_server  # noqa: E402
 
