@@ -18,8 +18,9 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import throughput  # noqa: E402
-from benchmarks.throughput import BENCH_MODES, BenchSpec, Report, as_dicts, metrics, report  # noqa: E402
+from benchmarks import benchrun  # noqa: E402
+from benchmarks.benchrun import Report, as_dicts, metrics, report  # noqa: E402
+from benchmarks.throughput import BENCH_MODES, BenchSpec  # noqa: E402
 from resnorm import cli, names  # noqa: E402
 from resnorm.config import COMPILE_MODES, DEVICES, resolve_device  # noqa: E402
 from resnorm.jobruns import check_own_job_run  # noqa: E402
@@ -117,7 +118,7 @@ def bench(**options) -> None:
             {names.TAG_DEVICE: gpu, names.TAG_VERSIONS: f"torch {torch.__version__}, mlflow {mlflow.__version__}"}
         )
         click.echo(title)
-        rates, feeds, shares = throughput.run(spec, dev, progress=click.echo)
+        rates, feeds, shares = benchrun.run(spec, dev, progress=click.echo)
         result = report(rates, feeds, shares, title)
         _log(result, rates, feeds, shares)
     click.echo("\n" + result.train.to_string())
