@@ -58,14 +58,16 @@ def test_a_stop_inside_any_tracking_call_leaves_the_store_writable(mlflow_env, s
     rng = random.Random(signum)
     locked = []
     for trial, (kind, call) in zip(range(TRIALS), itertools.cycle(calls.items())):
+        delay = rng.random() * WINDOW_SECONDS
 
-        def loop(call=call) -> None:
+        def loop(call=call, delay=delay) -> None:
+            # Started here, inside guard: a signal before guard took SIGTERM would end this process.
+            threading.Timer(delay, os.kill, (os.getpid(), signum)).start()
             deadline = time.monotonic() + LOOP_SECONDS
             for i in itertools.count():
                 assert time.monotonic() < deadline, "the stop never came"
                 call(i)
 
-        threading.Timer(rng.random() * WINDOW_SECONDS, os.kill, (os.getpid(), signum)).start()
         assert guard(loop) == 130
         if not writable(path):
             locked.append(f"{kind} (trial {trial})")
