@@ -113,6 +113,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
+def _own_torch_threads():
+    """A training job run in this process sets torch's thread count for itself: put back the worker's own
+    afterwards, so that what a test computes does not depend on which tests ran before it (a run's last
+    digits of accuracy move with the thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _own_resnorm_home(tmp_path, monkeypatch):
     """Checkpoints and decoded-image caches of this test only, never the user's ~/.resnorm."""
     monkeypatch.setenv("RESNORM_HOME", str(tmp_path / "resnorm-home"))

@@ -124,9 +124,11 @@ def test_groups_are_checked_for_gn_only():
 
 
 @pytest.mark.slow
-def test_bn_reaches_97_percent_on_digits_within_15_epochs():
+def test_bn_reaches_96_percent_on_digits_within_15_epochs():
     """The study's SGD settings (lr 0.1, momentum 0.9, wd 1e-4, cosine, batch 32, augmentation), on
-    the digits at 16 px with a ResNet-8 (98 % in our runs)."""
+    the digits at 16 px with a ResNet-8. Seeds 0 to 5 at one thread reached 96.7 to 98.5 % (seed 0:
+    96.7 % at one thread, 98.1 % at two: the thread count changes the sums' order, and a few of the
+    270 test images move): 96 % is what every one of them reached, not what the best did."""
     cfg = TrainConfig(norm="bn", epochs=15, image_size=16, n=1)
     result = train(cfg, load_data("digits", cfg.image_size), CPU, progress=False)
-    assert result.final_metrics()[names.final_metric("test", "accuracy")] >= 0.97
+    assert result.final_metrics()[names.final_metric("test", "accuracy")] >= 0.96
