@@ -66,9 +66,9 @@ def _trace_nothing(frame: FrameType, event: str, arg: object) -> None:
 
 @contextlib.contextmanager
 def interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``Interrupted`` once and Ctrl-C raises ``KeyboardInterrupt``, each
-    where the main thread is or, inside a database store's call, as that call returns. Outside the main
-    thread, signals are left alone."""
+    """Within the block, SIGTERM raises ``Interrupted`` once and Ctrl-C (unless ignored) raises
+    ``KeyboardInterrupt``, each where the main thread is or, inside a database store's call, as that call
+    returns. Outside the main thread, signals are left alone."""
     stopping: list[int] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -85,8 +85,10 @@ def interrupts() -> Iterator[None]:
             raise error
         raise_on_return(store, error)
 
+    # A Ctrl-C this process was started ignoring (a shell's background job, nohup) stays ignored.
+    taken = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else [])
     try:
-        previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {signum: signal.signal(signum, interrupt) for signum in taken}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return

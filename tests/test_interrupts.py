@@ -73,3 +73,18 @@ def test_a_stop_inside_any_tracking_call_leaves_the_store_writable(mlflow_env, s
             locked.append(f"{kind} (trial {trial})")
     assert not locked, f"the store stayed locked after a stop inside: {', '.join(locked)}"
     assert capsys.readouterr().err.count("error: ") == TRIALS  # each stop said so, on one line
+
+
+def test_a_ctrl_c_the_process_was_started_ignoring_stays_ignored(mlflow_env):
+    """A job started as a shell's background job inherits SIGINT ignored: guard must not take it up."""
+
+    def job() -> None:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # a signal taken up would be raised here
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert guard(job) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
