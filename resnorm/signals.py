@@ -85,10 +85,8 @@ def interrupts() -> Iterator[None]:
             raise error
         raise_on_return(store, error)
 
-    # A Ctrl-C this process was started ignoring (a shell's background job, nohup) stays ignored.
-    taken = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else [])
     try:
-        previous = {signum: signal.signal(signum, interrupt) for signum in taken}
+        previous = {signum: signal.signal(signum, interrupt) for signum in _taken()}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -97,6 +95,13 @@ def interrupts() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _taken() -> list[signal.Signals]:
+    """The signals a job answers: SIGTERM, and Ctrl-C unless this process was started ignoring it (a
+    shell's background job), which stays ignored as Python leaves it."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    return [signal.SIGTERM] if ignored else [signal.SIGTERM, signal.SIGINT]
 
 
 class HeldSignals:
@@ -113,7 +118,7 @@ class HeldSignals:
             self.caught.append(signal.Signals(signum).name)
 
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in _taken():
                 self.previous[signum] = signal.signal(signum, hold)
         except ValueError:  # not the main thread: signals are not ours to hold
             pass

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from resnorm.cli import guard
+from resnorm.signals import HeldSignals
 
 TRIALS = 48
 WINDOW_SECONDS = 0.04  # a stop lands at a random moment in the first 40 ms of a loop of calls
@@ -76,12 +77,18 @@ def test_a_stop_inside_any_tracking_call_leaves_the_store_writable(mlflow_env, s
 
 
 def test_a_ctrl_c_the_process_was_started_ignoring_stays_ignored(mlflow_env):
-    """A job started as a shell's background job inherits SIGINT ignored: guard must not take it up."""
+    """A job started as a shell's background job inherits SIGINT ignored: guard must not take it up, nor
+    hold it while a model is logged."""
 
     def job() -> None:
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)  # a signal taken up would be raised here
+        with HeldSignals() as held:  # as while a model is logged
+            held.start()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert not held.caught
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
