@@ -53,6 +53,15 @@ def writable(path: str) -> bool:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_stop_inside_any_tracking_call_leaves_the_store_writable(mlflow_env, signum, capsys):
+    # Ctrl-C is answered even where the suite was started with SIGINT ignored (a shell's background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stop_inside_every_call(mlflow_env, signum, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_inside_every_call(mlflow_env, signum, capsys) -> None:
     client = MlflowClient()
     calls = store_calls(client, client.create_experiment("interrupts"))
     path = mlflow_env.removeprefix("sqlite:///")
