@@ -48,6 +48,8 @@ def raise_on_return(frame: FrameType, error: BaseException) -> None:
     function on that frame alone (``sys.settrace`` with a global function that traces no new frame, so the
     cost is one call per call until then; the tracer that was there before is put back)."""
     before = sys.gettrace()
+    if before is _trace_nothing:  # ours: a stop already waits for a return, and there was no tracer before it
+        before = None
 
     def on_return(f: FrameType, event: str, arg: object):
         if event != "return":

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sqlite3
+import sys
 import threading
 import time
 
@@ -66,6 +67,7 @@ def stop_inside_every_call(mlflow_env, signum, capsys) -> None:
     calls = store_calls(client, client.create_experiment("interrupts"))
     path = mlflow_env.removeprefix("sqlite:///")
     rng = random.Random(signum)
+    tracer = sys.gettrace()
     locked = []
     for trial, (kind, call) in zip(range(TRIALS), itertools.cycle(calls.items())):
         delay = rng.random() * WINDOW_SECONDS
@@ -79,6 +81,7 @@ def stop_inside_every_call(mlflow_env, signum, capsys) -> None:
                 call(i)
 
         assert guard(loop) == 130
+        assert sys.gettrace() is tracer, "a stop left a trace function behind"
         if not writable(path):
             locked.append(f"{kind} (trial {trial})")
     assert not locked, f"the store stayed locked after a stop inside: {', '.join(locked)}"
