@@ -31,15 +31,16 @@ def feed_rates(image_size: int, device: torch.device, files: int, batch_size: in
     """The three rates, in that order, over ``files`` random JPEG files a little larger than ``image_size``."""
     batch_size = max(1, min(batch_size, files // 4))  # a few batches even from a handful of files
     with tempfile.TemporaryDirectory() as tmp:
-        _write_jpegs(Path(tmp), files, int(image_size * 1.17), classes=4)
+        source = int(image_size * 1.17)  # files a little larger than what the model sees, as photos are
+        _write_jpegs(Path(tmp), files, source, classes=4)
         return [
-            loader_rate(Path(tmp), image_size, device, batch_size),
+            loader_rate(Path(tmp), source, image_size, device, batch_size),
             decode_rate(Path(tmp), image_size),
             cache_rate(max(files, 8 * batch_size), image_size, device, batch_size),
         ]
 
 
-def loader_rate(folder: Path, image_size: int, device: torch.device, batch_size: int) -> FeedRate:
+def loader_rate(folder: Path, source: int, image_size: int, device: torch.device, batch_size: int) -> FeedRate:
     """The plain path: torchvision's ImageFolder decoded and augmented by PIL in DataLoader workers."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
@@ -69,7 +70,7 @@ def loader_rate(folder: Path, image_size: int, device: torch.device, batch_size:
         x = x.to(device, non_blocking=True)
         seen += len(x)
     sync(device)
-    detail = f"{workers} workers, JPEG {int(image_size * 1.17)}px -> resize, crop, flip"
+    detail = f"{workers} workers, JPEG {source}px -> resize, crop, flip"
     return FeedRate("plain", "plain: PIL + DataLoader", seen / (time.perf_counter() - start), detail)
 
 
