@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from analysis import stats
-from analysis.decisions import FOUND, NEGLIGIBLE, RHO, Decision, Open, Part
+from analysis.decisions import FOUND, NEGLIGIBLE, Decision, Open, Part, Spending
 from analysis.evidence import (
     EVIDENCE,
     INCONCLUSIVE,
@@ -154,14 +154,13 @@ def compose(
     ev: Evidence,
     courses: Mapping[str, Course],
     margin: float,
-    max_seeds: int = 0,
+    spending: Spending | None = None,
     rounds: int = 0,
-    rho: float = RHO,
 ) -> Claim:
     """Claim ``cid``'s verdict and line from what became of its parts (``courses``, by ``Part.ident``); an
-    adaptive sweep's ``max_seeds`` and the looks it has had (``rounds``); 0 for seeds fixed in advance."""
+    adaptive sweep's spending and the looks it has had (``rounds``); None and 0 for seeds fixed in advance."""
     if cid == 4:
-        return _ranking(ev, courses, margin, (max_seeds, rounds, rho))
+        return _ranking(ev, courses, margin, (spending, rounds))
     decisions = [courses[p.ident].decision for p in ev.parts]
     verdict = verdict_of(cid, [d.support for d in decisions], len(ev.skipped))
     shown = headline(verdict, decisions)
@@ -172,10 +171,10 @@ def compose(
         line, details = _batch(verdict, decisions, margin)
     else:
         line = _single(cid, verdict, shown, margin)
-    return _claim(cid, verdict, line + ev.note, shown, details, decisions, courses, margin, (max_seeds, rounds, rho))
+    return _claim(cid, verdict, line + ev.note, shown, details, decisions, courses, margin, (spending, rounds))
 
 
-def _ranking(ev: Evidence, courses: Mapping[str, Course], margin: float, design: tuple[int, int, float]) -> Claim:
+def _ranking(ev: Evidence, courses: Mapping[str, Course], margin: float, design: tuple[Spending | None, int]) -> Claim:
     """Claim 4: Table 3's order, each adjacent pair as its own decision left it (better, tied or open)."""
     order = ev.ranking
     decisions = [courses[pair_key(x, y)].decision for x, y in zip(order, order[1:])]
@@ -207,13 +206,13 @@ def _claim(
     decisions: Sequence[Decision],
     courses: Mapping[str, Course],
     margin: float,
-    design: tuple[int, int, float],
+    design: tuple[Spending | None, int],
 ) -> Claim:
-    """The claim from its composed line: ``design`` is (max_seeds, rounds looked at, rho), zeros for seeds
+    """The claim from its composed line: ``design`` is (the spending, rounds looked at), None and 0 for seeds
     fixed in advance."""
-    max_seeds, rounds, rho = design
+    spending, rounds = design
     e = shown.part.estimate
-    opened = tuple(Open(c.decision.part, c.share, c.spent, max_seeds, rho) for c in courses.values() if c.open)
+    opened = tuple(Open(c.decision.part, c.share, c.spent, spending) for c in courses.values() if c.open)
     return Claim(
         cid,
         STATEMENTS[cid],

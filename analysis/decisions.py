@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from analysis import stats
 from analysis.stats import Estimate
+from resnorm.sweep.planner import FIRST_ROUND_SEEDS
 
 EFFECT, EQUAL, AT_LEAST = "effect", "equal", "at least"
 FOUND, NEGLIGIBLE = "found", "negligible"
@@ -122,15 +123,38 @@ class Decision:
     look: int = 0  # an adaptive sweep: the round it was decided at (or last tested at)
 
 
-# How much of its alpha a part may have spent by information fraction t: Kim & DeMets' power family
-# alpha * t ** rho. rho = 1 spends linearly; a smaller rho spends more at the first looks, where claims are
-# decided, and leaves less for seeds that are never trained (``benchmarks/design.py`` compares them).
-RHO = 0.5
+RHO = 0.3
+PILOT = FIRST_ROUND_SEEDS
 
 
-def spending(t: float, rho: float = RHO) -> float:
-    """The share of its alpha a part may have spent by information fraction ``t``."""
-    return min(1.0, max(0.0, t)) ** rho
+@dataclass(frozen=True)
+class Spending:
+    """How an adaptive sweep spends a part's alpha over its looks (Lan & DeMets' alpha spending, in Kim &
+    DeMets' power family): once the configurations it compares have n finished seeds (the fewest among them),
+    a part may have spent ``((n - pilot) / (max_seeds - pilot)) ** rho`` of its share. The first round's
+    seeds are a pilot: they plan the next round and spend nothing, since a look at 3 seeds a side decides
+    almost nothing (a t test on 2 degrees of freedom at a small level) and would leave every later look a
+    smaller level (``benchmarks/design.py`` measures what that saves). ``rho`` 1 spends linearly; a smaller
+    one spends more at the first looks after the pilot, where claims are decided."""
+
+    max_seeds: int
+    rho: float = RHO
+    pilot: int = PILOT
+
+    def spent(self, n: int) -> float:
+        """The share of its alpha a part may have spent once its configurations have ``n`` seeds."""
+        if n >= self.max_seeds:
+            return 1.0
+        if n <= self.pilot:
+            return 0.0
+        return ((n - self.pilot) / (self.max_seeds - self.pilot)) ** self.rho
+
+    def describe(self) -> str:
+        shape = "linearly" if self.rho == 1 else f"as t^{self.rho:g}"
+        return (
+            f"spends its share of alpha {shape} in t = (n - {self.pilot}) / ({self.max_seeds} - {self.pilot}), "
+            f"n the fewest seeds of its configurations (the first round's {self.pilot} a pilot that spends none)"
+        )
 
 
 @dataclass(frozen=True)
@@ -139,14 +163,13 @@ class Open:
 
     part: Part
     share: float  # its share of alpha (over the claim's parts not yet settled)
-    spent: float = 0.0  # the share of its alpha its looks have spent, spending(t) at its last look
-    max_seeds: int = 0  # an adaptive sweep's cap; 0: a sweep of fixed seeds, one look at ``share``
-    rho: float = RHO  # the design's spending
+    spent: float = 0.0  # the share of its alpha its looks have spent
+    spending: Spending | None = None  # an adaptive sweep's; None: seeds fixed in advance, one look at ``share``
 
     def level_at(self, n: int) -> float:
-        if not self.max_seeds:
+        if self.spending is None:
             return self.share
-        return self.share * max(0.0, spending(n / self.max_seeds, self.rho) - self.spent)
+        return self.share * max(0.0, self.spending.spent(n) - self.spent)
 
 
 # --- how many seeds a decision would take -----------------------------------------------------------------------

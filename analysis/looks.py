@@ -4,8 +4,9 @@ for an adaptive sweep (``seeds=auto``), a look after each round, alpha spent ove
 Testing after every round and stopping once decided would inflate false verdicts if every look used the
 whole alpha (10 % in simulation where 5 % was meant), so an adaptive sweep spends it (a group-sequential
 design with alpha spending, Lan & DeMets 1983): a part's information at a look is the fewest finished seeds
-among the configurations it compares over ``max_seeds`` (t in [0, 1]); by then it may have spent
-``share * spending(t)``, and each look tests at what that adds. Bonferroni's inequality over the looks bounds
+among the configurations it compares; by then it may have spent ``share * spending.spent(n)``
+(``decisions.Spending``: nothing on the first round's pilot seeds, all of it at ``max_seeds``), and each look
+tests at what that adds. Bonferroni's inequality over the looks bounds
 the chance of a false outcome by the part's share whenever the looks come; since each round's size depends
 on what earlier looks saw, that bound is measured too, by simulating sweeps through this code
 (``tests/test_sequential.py``), not only argued.
@@ -23,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from analysis.decisions import RHO, Decision, Part, spending
+from analysis.decisions import Decision, Part, Spending
 from analysis.groups import Group
 from resnorm.config import TrainConfig
 
@@ -49,11 +50,6 @@ def view(groups: Sequence[Group], planned: Mapping[TrainConfig, frozenset[int]])
     return out
 
 
-def fraction(part: Part, max_seeds: int) -> float:
-    """A part's information fraction: the fewest finished seeds among its configurations over max_seeds."""
-    return min(1.0, min(part.sizes) / max_seeds)
-
-
 @dataclass(frozen=True)
 class Course:
     """What became of one part over the looks: its decision (at the look that decided it, else its last),
@@ -61,7 +57,7 @@ class Course:
 
     decision: Decision
     share: float
-    spent: float  # spending(t) at its last look; 1 for one look at alpha
+    spent: float  # the share of it spent by its last look; 1 for one look at alpha
 
     @property
     def open(self) -> bool:
@@ -69,10 +65,10 @@ class Course:
 
 
 def decide(
-    looks: Sequence[Sequence[Part]], alpha: float, margin: float, max_seeds: int = 0, rho: float = RHO
+    looks: Sequence[Sequence[Part]], alpha: float, margin: float, spending: Spending | None = None
 ) -> dict[str, Course]:
-    """The parts of the last look (by ``Part.ident``), each decided at its first decisive look. ``max_seeds``
-    0: seeds fixed in advance, one look at the whole share; else alpha spent as t ** ``rho``."""
+    """The parts of the last look (by ``Part.ident``), each decided at its first decisive look. ``spending``
+    None: seeds fixed in advance, one look at the whole share; else an adaptive sweep's."""
     history: dict[str, list[tuple[int, Part]]] = {p.ident: [] for p in looks[-1]}
     for k, parts in enumerate(looks, 1):
         for p in parts:
@@ -86,7 +82,7 @@ def decide(
         passed = False
         for ident, seen in history.items():
             if ident not in decided:
-                found = _first_decisive(seen, share, margin, max_seeds, len(history), rho)
+                found = _first_decisive(seen, share, margin, spending, len(history))
                 if found is not None:
                     tried[ident] = found
                     if found[0].support:
@@ -109,21 +105,21 @@ def decide(
 
 
 def _first_decisive(
-    seen: Sequence[tuple[int, Part]], share: float, margin: float, max_seeds: int, parts: int, rho: float
+    seen: Sequence[tuple[int, Part]], share: float, margin: float, spending: Spending | None, parts: int
 ) -> tuple[Decision, float] | None:
     """A part's looks at ``share``: the first that decides it, else its last (None: never tested), with the
     fraction of its share spent by then."""
     spent, last = 0.0, None
     for k, part in seen:
-        t = spending(fraction(part, max_seeds), rho) if max_seeds else 1.0
+        t = spending.spent(min(part.sizes)) if spending else 1.0
         level = share * (t - spent)
         if level <= 0:
             continue
         spent = t
         outcome = part.outcome(margin, level)
         p = min(part.pvalues(margin)) if part.testable else math.nan
-        adjusted = p if max_seeds else min(1.0, p * parts)  # one look: Bonferroni's adjusted p
-        last = (Decision(part, outcome, part.support(outcome), adjusted, level, k if max_seeds else 0), spent)
+        adjusted = p if spending else min(1.0, p * parts)  # one look: Bonferroni's adjusted p
+        last = (Decision(part, outcome, part.support(outcome), adjusted, level, k if spending else 0), spent)
         if last[0].support:
             return last
     return last

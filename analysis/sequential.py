@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.claims import Claim, check_arguments, check_claim, compose, skipped
-from analysis.decisions import MIN_SEEDS, RHO, Open, power, seeds_needed
+from analysis.decisions import MIN_SEEDS, PILOT, RHO, Open, Spending, power, seeds_needed
 from analysis.evidence import EVIDENCE, INCONCLUSIVE, MARGIN, ROWS, Evidence, Skip, find
 from analysis.groups import Group
 from analysis.looks import decide, view
@@ -34,7 +34,12 @@ class Design:
     # Each completed round: configuration (without its seed) -> every seed planned for it by the round's end.
     rounds: tuple[Mapping[TrainConfig, frozenset[int]], ...] = ()
     alpha: float = stats.ALPHA
-    rho: float = RHO  # alpha spent as t ** rho (decisions.spending)
+    rho: float = RHO  # the shape of its spending (decisions.Spending)
+    pilot: int = PILOT  # the seeds that spend none (the first round's)
+
+    @property
+    def spending(self) -> Spending | None:
+        return Spending(self.max_seeds, self.rho, self.pilot) if self.adaptive else None
 
     @property
     def adaptive(self) -> bool:
@@ -46,13 +51,12 @@ class Design:
                 f"seeds fixed in advance: one look at alpha {self.alpha:g}, shared over each claim's parts "
                 "(Bonferroni; a share passes on from a part with no null left that could be true)"
             )
-        spend = "linearly" if self.rho == 1 else f"as t^{self.rho:g}"
+        spending = Spending(self.max_seeds, self.rho, self.pilot)
         return (
             f"adaptive, {len(self.rounds)} round{'s' if len(self.rounds) != 1 else ''} looked at, up to "
-            f"{self.max_seeds} seeds per configuration: each comparison spends its share of alpha {self.alpha:g} "
-            f"{spend} in t, the fewest seeds of its configurations over max_seeds, each look at what it adds "
-            "(Bonferroni over looks; error rates measured by simulation); intervals cut to the values an effect "
-            "can take"
+            f"{self.max_seeds} seeds per configuration: each comparison {spending.describe()}, alpha "
+            f"{self.alpha:g} shared over a claim's parts, each look at what it adds (Bonferroni over looks; error "
+            "rates measured by simulation); intervals cut to the values an effect can take"
         )
 
 
@@ -80,8 +84,8 @@ def assess_claim(cid: int, groups: list[Group], design: Design, margin: float = 
             claim = skipped(cid, last, margin, design.alpha)
         else:
             parts = [() if isinstance(ev, Skip) else ev.parts for ev in evidence]
-            courses = decide(parts, design.alpha, margin, design.max_seeds, design.rho)
-            claim = compose(cid, last, courses, margin, design.max_seeds, len(design.rounds), design.rho)
+            courses = decide(parts, design.alpha, margin, design.spending)
+            claim = compose(cid, last, courses, margin, design.spending, len(design.rounds))
     return claim if claim.decided or not explain else replace(claim, needed=needed(claim, design, margin))
 
 

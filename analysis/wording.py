@@ -15,6 +15,7 @@ from analysis.decisions import (
     NEGLIGIBLE,
     NO_SPREAD,
     NOT_WORSE,
+    OPEN,
     WORSE,
     Decision,
 )
@@ -79,6 +80,8 @@ def why(d: Decision, margin: float, words: tuple[str, str] = ("", "")) -> str:
     narrow = interval_words(e.interval(1 - 2 * alpha), 1 - 2 * alpha)
     wide = interval_words(e.interval(1 - alpha), 1 - alpha)
     low, high = e.interval(1 - alpha)
+    if d.outcome == OPEN and alpha == 0:
+        return "not tested yet: its seeds are the first round's, a pilot that plans the next round and spends no alpha"
     if d.outcome == NO_SPREAD:
         alike = ", ".join(f"all {s[0] * 100:.2f} %" for s in d.part.samples if len(set(s)) == 1)
         return f"no test: a configuration's seeds scored alike ({alike}), and identical seeds are not certainty"

@@ -5,8 +5,8 @@ of the nulls, where the design is weakest), with its Monte-Carlo standard error,
 a sweep took until the claim was decided (or stopped). ``tests/test_sequential.py`` drives the same
 simulator at the default spending.
 
-    python benchmarks/design.py                 # every scenario, linear spending and t^0.5, 2000 sweeps each
-    python benchmarks/design.py --sims 400 --rho 1,0.5,0.3
+    python benchmarks/design.py                 # every scenario, spending from the first look or after a pilot
+    python benchmarks/design.py --sims 400 --rho 1,0.5,0.3 --pilot 3
 
 The truths are the study's at digits scale (README, "An adaptive study"): a seed's test accuracy spread
 about 0.9 points within a configuration, claim 1's train-test gap about 0.55 points.
@@ -68,19 +68,27 @@ class Sweep:
 
 
 def simulate(
-    cid: int, truth, rng, max_seeds=40, rho: float | None = None, fixed: int = 0, gaps=None, naive: bool = False
+    cid: int,
+    truth,
+    rng,
+    max_seeds=40,
+    rho: float | None = None,
+    fixed: int = 0,
+    gaps=None,
+    naive: bool = False,
+    pilot: int | None = None,
 ) -> Sweep:
     """One simulated sweep of claim ``cid``'s configurations (``truth``: config -> (mean, sd)): 3 seeds
     each, then rounds as ``targets`` asks, until the claim is decided or asks for nothing; ``fixed``: that
     many seeds each, one look at alpha; ``naive``: every look at the whole alpha, as testing after each round
-    without a design would."""
+    without a design would; ``rho`` and ``pilot``: the spending's (``decisions.Spending``), else the default."""
     draws = {c: rng.normal(m, s, max(max_seeds, fixed)) for c, (m, s) in truth.items()}
     gap_draws = {c: rng.normal(m, s, max(max_seeds, fixed)) for c, (m, s) in (gaps or {}).items()}
     if fixed:
         claim = check_claim(cid, groups_of(draws, dict.fromkeys(truth, fixed), gap_draws), MARGIN, ALPHA)
         return Sweep(claim, 1, fixed * len(truth))
     seeds, rounds = dict.fromkeys(truth, 3), []
-    extra = {} if rho is None else {"rho": rho}
+    extra = {k: v for k, v in (("rho", rho), ("pilot", pilot)) if v is not None}
     while True:
         rounds.append({c: frozenset(range(n)) for c, n in seeds.items()})
         design = Design(max_seeds, tuple(rounds), **extra)
@@ -155,16 +163,17 @@ SCENARIOS["claim 4, two tied pairs among clear steps"] = (
 )
 
 
-def run(name: str, rho: float | None, sims: int, seed: int = 0) -> dict:
+def run(name: str, rho: float | None, pilot: int | None, sims: int, seed: int = 0) -> dict:
     cid, truth, gaps, false = SCENARIOS[name]
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    sweeps = [simulate(cid, truth, rng, rho=rho, gaps=gaps) for _ in range(sims)]
+    sweeps = [simulate(cid, truth, rng, rho=rho, gaps=gaps, pilot=pilot) for _ in range(sims)]
     rate = sum(map(false, (s.claim for s in sweeps))) / sims if false else math.nan
     decided = [s for s in sweeps if s.claim.decided]
     return {
         "scenario": name,
         "rho": rho,
+        "pilot": pilot,
         "false verdicts %": round(rate * 100, 2) if false else None,
         "± MC error %": round(mc_error(rate, sims) * 100, 2) if false else None,
         "decided %": round(100 * len(decided) / sims, 1),
@@ -177,14 +186,16 @@ def run(name: str, rho: float | None, sims: int, seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sims", type=int, default=2000)
-    parser.add_argument("--rho", default="1,0.5", help="spending exponents to compare, comma-separated")
+    parser.add_argument("--rho", default="0.5", help="spending exponents to compare, comma-separated")
+    parser.add_argument("--pilot", default="0,3", help="seeds that spend no alpha, to compare, comma-separated")
     parser.add_argument("--only", default="", help="scenarios whose name holds one of these texts (comma-separated)")
     args = parser.parse_args()
     rows = [
-        run(name, float(rho), args.sims)
+        run(name, float(rho), int(pilot), args.sims)
         for name in SCENARIOS
         if any(text in name for text in args.only.split(","))
         for rho in args.rho.split(",")
+        for pilot in args.pilot.split(",")
     ]
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(pd.DataFrame(rows).to_string(index=False))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from analysis import looks, stats
-from analysis.decisions import EFFECT, EQUAL, EQUIVALENT, FOUND, NEGLIGIBLE, NOT_WORSE, WORSE, Part, spending
+from analysis.decisions import EFFECT, EQUAL, EQUIVALENT, FOUND, NEGLIGIBLE, NOT_WORSE, RHO, WORSE, Part, Spending
 from analysis.evidence import AUG_OFF, AUG_ON, BATCH, SGD, STEP
 from analysis.sequential import GROWTH, Design, assess_claim, targets
 from analysis.wording import level_text
@@ -54,8 +54,9 @@ def test_each_look_tests_at_the_alpha_its_new_seeds_add():
     second = {bn: frozenset(range(12)), tb: frozenset(range(12))}
     groups = groups_of(draws, {bn: 12, tb: 12})
     claim = assess_claim(3, groups, Design(40, (first, second)), MARGIN)
-    # Round 1 spends alpha * (3/40)^0.5 and decides nothing on 3 seeds; round 2 tests at what 12 of 40 adds.
-    level = ALPHA * (spending(12 / 40) - spending(3 / 40))
+    # Round 1's 3 seeds are a pilot that spends nothing; round 2 tests at what 12 of 40 seeds spend.
+    level = ALPHA * Spending(40).spent(12)
+    assert level == pytest.approx(ALPHA * (9 / 37) ** RHO)
     assert claim.verdict == "supported" and claim.look == "round 2 of 2"
     assert claim.level == pytest.approx(level)
     assert f"[{level_text(1 - level)} CI" in claim.line and f"(round 2 at alpha {level:.3g})" in claim.line
@@ -63,6 +64,22 @@ def test_each_look_tests_at_the_alpha_its_new_seeds_add():
     # The same runs with seeds fixed in advance: one look at the whole alpha.
     fixed = assess_claim(3, groups, Design(), MARGIN)
     assert fixed.level == ALPHA and fixed.look == "" and "95 % CI" in fixed.line
+
+
+def test_the_first_rounds_seeds_are_a_pilot_that_spends_no_alpha():
+    """A look at 3 seeds a side decides almost nothing (a t test on 2 degrees of freedom at a small level) and
+    would leave each later look a smaller level: the first round plans the next, and its line says so."""
+    spending = Spending(40)
+    assert spending.spent(3) == 0 and spending.spent(2) == 0 and spending.spent(40) == spending.spent(41) == 1
+    assert 0 < spending.spent(4) < spending.spent(12) < 1
+    assert Spending(3).spent(3) == 1  # max_seeds at the pilot's size: every look spends all there is
+    bn, tb = config(SGD["bn"]), config(SGD["torch_bn"])
+    far = {bn: np.array([0.99, 0.991, 0.989]), tb: np.array([0.60, 0.61, 0.59])}  # 38 points apart at 3 seeds
+    claim = assess_claim(
+        3, groups_of(far, {bn: 3, tb: 3}), Design(40, ({bn: frozenset(range(3)), tb: frozenset(range(3))},)), MARGIN
+    )
+    assert claim.verdict == "inconclusive" and "a pilot that plans the next round and spends no alpha" in claim.line
+    assert "(no interval)" in claim.line and "about " in claim.needed
 
 
 def part(kind: str, a, b, name: str = "a minus b") -> Part:
@@ -101,7 +118,7 @@ def test_a_pair_of_claim_4_is_decided_by_its_own_seeds_while_another_norm_has_fe
     tie = next(d for d in claim.details if "bn minus torch_bn" in d or "torch_bn minus bn" in d)
     assert tie.startswith("1. tied:") and "round 2 at alpha" in tie, tie
     share = ALPHA / 21
-    assert f"round 2 at alpha {share * (spending(20 / 40) - spending(3 / 40)):.3g}" in tie
+    assert f"round 2 at alpha {share * Spending(40).spent(20):.3g}" in tie
     assert claim.line.startswith("inconclusive: ranking ") and "≈" in claim.line.split(";")[0]
 
 
