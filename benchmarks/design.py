@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import evidence  # noqa: E402
 from analysis.claims import Claim, check_claim  # noqa: E402
-from analysis.decisions import FOUND, NEGLIGIBLE  # noqa: E402
+from analysis.decisions import FOUND, NEGLIGIBLE, PILOT, RHO  # noqa: E402
 from analysis.evidence import AUG_OFF, AUG_ON, SGD, STEP  # noqa: E402
 from analysis.groups import Group  # noqa: E402
 from analysis.sequential import Design, assess_claim, targets  # noqa: E402
@@ -88,10 +88,10 @@ def simulate(
         claim = check_claim(cid, groups_of(draws, dict.fromkeys(truth, fixed), gap_draws), MARGIN, ALPHA)
         return Sweep(claim, 1, fixed * len(truth))
     seeds, rounds = dict.fromkeys(truth, 3), []
-    extra = {k: v for k, v in (("rho", rho), ("pilot", pilot)) if v is not None}
+    shape = Design(rho=RHO if rho is None else rho, pilot=PILOT if pilot is None else pilot)
     while True:
         rounds.append({c: frozenset(range(n)) for c, n in seeds.items()})
-        design = Design(max_seeds, tuple(rounds), **extra)
+        design = replace(shape, max_seeds=max_seeds, rounds=tuple(rounds))
         groups = groups_of(draws, seeds, gap_draws)
         claim = assess_claim(cid, groups, design, MARGIN, explain=False)
         if naive:

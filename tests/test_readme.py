@@ -32,6 +32,7 @@ Substitutions, only where a command would take long or names a place that does n
 | ``analyze_store.py --runs 200 --steps 50``   | ``--runs 4 --steps 3``                            | seconds              |
 | ``benchmarks/startup.py``                    | ``--no-sweep --repeats 1`` appended               | a minute, not three  |
 | ``design.py --sims 2000``                    | ``--sims 5``, one scenario                        | seconds, not minutes |
+| ``study_sim.py --sims 300``                  | ``--sims 2``                                      | seconds, not minutes |
 | a ``python`` snippet                         | run in this process, in the copy, on its default store; ``images``, ``labels``, ``classes`` defined first (digits test images at 8 px) | the README leaves them to the reader |
 """
 
@@ -315,6 +316,11 @@ def run_design(r: Readme, cmd: str) -> None:
     assert "claim 6, cosine 0.3 points better" in table and "trainings to decide, mean" in table
 
 
+def run_study_sim(r: Readme, cmd: str) -> None:
+    table = r.run(cmd.replace("--sims 300", "--sims 2")).stdout
+    assert "trainings, mean" in table and "claims 1, 2, 3, 6 all decided %" in table
+
+
 def run_startup(r: Readme, cmd: str) -> None:
     table = r.run(cmd + " --no-sweep --repeats 1").stdout
     assert "| pt2 export (torch.export) |" in table and "x the floor |" in table
@@ -338,6 +344,7 @@ RUNNERS = [
     (r"^python benchmarks/analyze_store\.py ", run_analyze_store),
     (r"^python benchmarks/startup\.py$", run_startup),
     (r"^python benchmarks/design\.py ", run_design),
+    (r"^python benchmarks/study_sim\.py ", run_study_sim),
     (r"^ruff (check|format --check) \.$", run_ruff),
 ]
 
