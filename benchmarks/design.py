@@ -72,23 +72,23 @@ def simulate(
     truth,
     rng,
     max_seeds=40,
-    rho: float | None = None,
+    rho: float = RHO,
     fixed: int = 0,
     gaps=None,
     naive: bool = False,
-    pilot: int | None = None,
+    pilot: int = PILOT,
 ) -> Sweep:
     """One simulated sweep of claim ``cid``'s configurations (``truth``: config -> (mean, sd)): 3 seeds
     each, then rounds as ``targets`` asks, until the claim is decided or asks for nothing; ``fixed``: that
     many seeds each, one look at alpha; ``naive``: every look at the whole alpha, as testing after each round
-    without a design would; ``rho`` and ``pilot``: the spending's (``decisions.Spending``), else the default."""
+    without a design would; ``rho`` and ``pilot``: the spending's (``decisions.Spending``)."""
     draws = {c: rng.normal(m, s, max(max_seeds, fixed)) for c, (m, s) in truth.items()}
     gap_draws = {c: rng.normal(m, s, max(max_seeds, fixed)) for c, (m, s) in (gaps or {}).items()}
     if fixed:
         claim = check_claim(cid, groups_of(draws, dict.fromkeys(truth, fixed), gap_draws), MARGIN, ALPHA)
         return Sweep(claim, 1, fixed * len(truth))
     seeds, rounds = dict.fromkeys(truth, 3), []
-    shape = Design(rho=RHO if rho is None else rho, pilot=PILOT if pilot is None else pilot)
+    shape = Design(rho=rho, pilot=pilot)
     while True:
         rounds.append({c: frozenset(range(n)) for c, n in seeds.items()})
         design = replace(shape, max_seeds=max_seeds, rounds=tuple(rounds))
@@ -163,7 +163,7 @@ SCENARIOS["claim 4, two tied pairs among clear steps"] = (
 )
 
 
-def run(name: str, rho: float | None, pilot: int | None, sims: int, seed: int = 0) -> dict:
+def run(name: str, rho: float, pilot: int, sims: int, seed: int = 0) -> dict:
     cid, truth, gaps, false = SCENARIOS[name]
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
