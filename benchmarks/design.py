@@ -5,7 +5,7 @@ of the nulls, where the design is weakest), with its Monte-Carlo standard error,
 a sweep took until the claim was decided (or stopped). ``tests/test_sequential.py`` drives the same
 simulator at the default spending.
 
-    python benchmarks/design.py                 # every scenario, spending from the first look or after a pilot
+    python benchmarks/design.py                 # every scenario: t^0.5 and t^0.3, from the first look or after a pilot
     python benchmarks/design.py --sims 400 --rho 1,0.5,0.3 --pilot 3
 
 The truths are the study's at digits scale (README, "An adaptive study"): a seed's test accuracy spread
@@ -186,7 +186,7 @@ def run(name: str, rho: float, pilot: int, sims: int, seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sims", type=int, default=2000)
-    parser.add_argument("--rho", default="0.5", help="spending exponents to compare, comma-separated")
+    parser.add_argument("--rho", default="0.5,0.3", help="spending exponents to compare, comma-separated")
     parser.add_argument("--pilot", default="0,3", help="seeds that spend no alpha, to compare, comma-separated")
     parser.add_argument("--only", default="", help="scenarios whose name holds one of these texts (comma-separated)")
     args = parser.parse_args()
