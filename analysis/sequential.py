@@ -46,12 +46,12 @@ class Design:
         return self.max_seeds > 0
 
     def describe(self) -> str:
-        if not self.adaptive:
+        spending = self.spending
+        if spending is None:
             return (
                 f"seeds fixed in advance: one look at alpha {self.alpha:g}, shared over each claim's parts "
                 "(Bonferroni; a share passes on from a part with no null left that could be true)"
             )
-        spending = Spending(self.max_seeds, self.rho, self.pilot)
         return (
             f"adaptive, {len(self.rounds)} round{'s' if len(self.rounds) != 1 else ''} looked at, up to "
             f"{self.max_seeds} seeds per configuration: each comparison {spending.describe()}, alpha "

@@ -67,11 +67,8 @@ GAP = {"augmentation off": (1.88, 0.62), "augmentation on": (0.87, 0.71)}  # tra
 
 def truths() -> tuple[dict, dict]:
     """Configuration -> (mean, sd) of its test accuracy, and of claim 1's gap, as fractions."""
-    rows = {r.label: r for rs in ROWS.values() for r in rs}
-    same = {r.label: config(r) for r in rows.values()}
-    accuracy: dict = {}
-    for label, (mean, sd) in ACCURACY.items():
-        accuracy[same[label]] = (mean / 100, sd / 100)
+    same = {r.label: config(r) for rs in ROWS.values() for r in rs}
+    accuracy = {same[label]: (mean / 100, sd / 100) for label, (mean, sd) in ACCURACY.items()}
     missing = {label for label, cfg in same.items() if cfg not in accuracy}
     assert not missing, f"no truth for {sorted(missing)}"  # rows sharing a configuration share its truth
     gaps = {same[label]: (mean / 100, sd / 100) for label, (mean, sd) in GAP.items()}
